@@ -30,6 +30,10 @@ $(MODEL): $(INSTALLED) examples/efficientnet_lite0.py
 demo: $(INSTALLED) $(MODEL)
 	@mkdir -p $(OUT)
 	$(MPQ) inspect $(MODEL)
+	@echo
+	$(MPQ) cost $(MODEL) --hw northpole --summary
+	@echo
+	$(MPQ) compare $(MODEL) --hw northpole --hw gpu_a100 --hw edge_npu --plot $(OUT)/compare.png
 
 clean:
 	rm -rf $(OUT) examples/models

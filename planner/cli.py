@@ -80,6 +80,234 @@ def inspect(model: str, input_shapes, no_pin: bool, pin_bits: int, as_json: bool
                f"{t['params']:,} params, {t['macs']:,} MACs ({report.si(t['macs'])}) at {shapes}")
 
 
+def _load_graph_for(model: str, input_shapes, spec, no_pin: bool, pin_bits: int | None):
+    """The LayerGraph with pins from the CLI (--no-pin, --pin-bits) or else from the spec."""
+    from .graph import load_graph
+
+    if no_pin:
+        pins = {"pin_first": None, "pin_last": None}
+    elif pin_bits is not None:
+        pins = {"pin_first": pin_bits, "pin_last": pin_bits}
+    else:
+        pins = {"pin_first": spec.pin_first, "pin_last": spec.pin_last}
+    return load_graph(model, _shape_option(input_shapes), **pins)
+
+
+def _cost_model(name: str | None, spec, lut: str | None):
+    from costmodels import load_cost_model
+
+    name = name or ("lut" if lut else spec.cost_model)
+    return load_cost_model(name, **({"table": lut} if lut else {}))
+
+
+hw_pin_options = [
+    click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
+    click.option("--pin-bits", type=int, default=None, help="Bits of the pinned first/last layers (default: the spec's pins)."),
+]
+cost_model_options = [
+    click.option("--cost-model", "cost_model", default=None, metavar="NAME|FILE.py:Class",
+                 help="Cost model (default: the spec's, usually northpole)."),
+    click.option("--lut", default=None, metavar="CSV", help="Latency table for the lut cost model (layer,bits,latency_s)."),
+]
+
+
+@main.group()
+def spec() -> None:
+    """Accelerator specs: validate a YAML file, show a shipped one."""
+
+
+@spec.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def spec_validate(files) -> None:
+    """Check spec FILES against the format; one line per file."""
+    from hw import load_spec
+
+    for file in files:
+        s = load_spec(file)
+        click.echo(f"{file}: ok ({s.name}: {len(s.precisions)} precisions {list(s.precisions)}, "
+                   f"{len(s.sources)} sourced figures, {len(s.assumptions)} assumptions)")
+
+
+@spec.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved spec as JSON.")
+def spec_show(name: str, as_json: bool) -> None:
+    """Show a spec (shipped NAME or a path) with every figure and its source."""
+    import dataclasses
+
+    from hw import load_spec, shipped_specs
+
+    s = load_spec(name)
+    if as_json:
+        _dump_json(dataclasses.asdict(s) | {"assumptions": list(s.assumptions)})
+        return
+    click.echo(f"{s.name}: {s.description}")
+    click.echo(f"file: {s.path}  (shipped specs: {', '.join(shipped_specs())})\n")
+    rows = [("precisions", ", ".join(map(str, s.precisions)), "", "")]
+
+    def add(path: str, label: str, value):
+        if value is None:
+            return
+        rows.append((label, report.si(value), "assumed" if path in s.assumptions else "", s.sources.get(path, "")))
+
+    add("cores", "cores", s.cores)
+    add("clock_hz", "clock (Hz)", s.clock_hz)
+    for b, v in s.macs_per_cycle.items():
+        add(f"macs_per_cycle_per_core.{b}", f"MACs/cycle/core @{b}b", v)
+    for b in s.precisions:
+        rows.append((f"peak MAC/s @{b}b", report.si(s.macs_per_second(b)), "derived", "cores x MACs/cycle x clock"))
+    add("launch_overhead_s", "overhead/layer (s)", s.launch_overhead_s or None)
+    add("memory.on_chip_bytes", "on-chip memory (B)", s.on_chip_bytes)
+    add("memory.per_core_bytes", "memory/core (B)", s.per_core_bytes)
+    add("memory.offchip_bandwidth_bytes_per_s", "off-chip bandwidth (B/s)", s.offchip_bandwidth)
+    add("memory.output_bits", "output bits", s.output_bits)
+    for b, v in s.energy_per_mac_j.items():
+        add(f"energy.per_mac_j.{b}", f"energy/MAC @{b}b (J)", v)
+    add("energy.per_byte_onchip_j", "energy/byte on chip (J)", s.energy_per_byte_onchip_j)
+    add("energy.per_byte_offchip_j", "energy/byte off chip (J)", s.energy_per_byte_offchip_j)
+    rows.append(("pins (first, last)", f"{s.pin_first}, {s.pin_last}", "", ""))
+    rows.append(("default cost model", s.cost_model, "", ""))
+    click.echo(report.table(["figure", "value", "", "source"], rows, right=[False, True, False, False]))
+
+
+def _metric_header(metric: str) -> str:
+    from .costs import unit
+
+    return f"{metric} ({unit(metric)})" if unit(metric) else metric
+
+
+@main.command()
+@click.argument("model")
+@click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Accelerator spec: shipped name or YAML path.")
+@_with(cost_model_options)
+@click.option("--bits", type=int, default=8, show_default=True, help="Uniform precision of the free layers.")
+@click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Cost this plan's bits instead.")
+@input_shape_option
+@_with(hw_pin_options)
+@click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the costs as JSON.")
+def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin, pin_bits, summary, as_json) -> None:
+    """Per-layer and total cost of MODEL on an accelerator, at uniform precision or for a plan."""
+    from hw import load_spec
+
+    from .costs import cost_table
+
+    spec_ = load_spec(hw_name)
+    graph = _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits)
+    table = cost_table(graph, spec_, _cost_model(cost_model, spec_, lut))
+    if plan_path:
+        from .plan import read_plan
+
+        choice = read_plan(plan_path).bits_for(graph)
+        what = f"plan {plan_path}"
+    else:
+        choice = table.uniform(bits)
+        if choice is None:
+            lacking = next(g for g in graph.groups if bits not in table.groups[g.id])
+            raise MpqError(f"{spec_.name} with cost model '{table.model_name}' does not offer {bits} bits for "
+                           f"{lacking.layers[0]} (offered: {table.options(lacking.id)}); choose --bits from them")
+        what = f"uniform {bits}-bit" + ("" if no_pin else " (pinned layers at their pins)")
+    totals = table.total(choice)
+    primary = table.metrics[0]
+    uniform = {b: (table.total(u) if (u := table.uniform(b)) else None) for b in (8, 4, 2)}
+    speedup = {f"{b}bit": (uniform[8][primary] / uniform[b][primary]) if uniform[b] and uniform[8] and uniform[b][primary] else None
+               for b in (4, 2)}
+    layer_rows = []
+    for layer in graph.layers:
+        b = choice[layer.group]
+        layer_rows.append({"name": layer.name, "group": layer.group, "bits": b, "cost": table.layers[layer.name][b]})
+    if as_json:
+        _dump_json({"model": graph.model.path, "hardware": spec_.name, "cost_model": table.model_name,
+                    "what": what, "metrics": list(table.metrics), "layers": layer_rows, "totals": totals,
+                    "uniform": {str(b): v for b, v in uniform.items()}, "speedup_over_8bit": speedup,
+                    "primary_metric": primary})
+        return
+    rows = [(r["name"], r["group"], r["bits"], *(f"{r['cost'][m]:.4g}" for m in table.metrics)) for r in layer_rows]
+    rows.append(("total", "", "", *(f"{totals[m]:.4g}" for m in table.metrics)))
+    if not summary:
+        click.echo(report.table(["layer", "group", "bits", *map(_metric_header, table.metrics)], rows,
+                                right=[False, True, True] + [True] * len(table.metrics)) + "\n")
+    click.echo(f"{graph.model.path} on {spec_.name}, cost model {table.model_name}, {what}")
+    for b in (8, 4, 2):
+        if uniform[b] is None:
+            click.echo(f"  uniform {b}-bit: not offered")
+        else:
+            click.echo(f"  uniform {b}-bit: " + ", ".join(f"{m}={report.si(uniform[b][m], _unit(m))}" for m in table.metrics))
+    parts = [f"{k[:-3]}-bit x{v:.2f}" for k, v in speedup.items() if v]
+    click.echo(f"  speedup over uniform 8-bit ({primary}): {', '.join(parts) or 'n/a'}")
+
+
+def _unit(metric: str) -> str:
+    from .costs import unit
+
+    return unit(metric)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--hw", "hw_names", multiple=True, required=True, metavar="SPEC", help="Accelerator spec (repeat).")
+@click.option("--cost-model", "cost_models", multiple=True, metavar="NAME", help="Cost model (repeat; default: each spec's own).")
+@click.option("--lut", default=None, metavar="CSV", help="Latency table for the lut cost model.")
+@click.option("--metric", default=None, help="Metric to compare (default: each cost model's first, e.g. latency_s).")
+@click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write a PNG of per-layer cost shares.")
+@click.option("--top", type=int, default=5, show_default=True, help="Layers listed per disagreement.")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(model, hw_names, cost_models, lut, metric, plot_path, top, input_shapes, as_json) -> None:
+    """Compare where (spec, cost model) pairs reward lower precision, layer by layer."""
+    from costmodels import load_cost_model
+    from hw import load_spec
+
+    from . import compare as cmp
+    from .graph import load_graph
+
+    graph = load_graph(model, _shape_option(input_shapes), pin_first=None, pin_last=None)
+    pairs, skipped = [], []
+    for hw_name in hw_names:
+        spec_ = load_spec(hw_name)
+        for name in cost_models or [("lut" if lut else spec_.cost_model)]:
+            cm = load_cost_model(name, **({"table": lut} if name == "lut" and lut else {}))
+            try:
+                pairs.append(cmp.pair_costs(graph, spec_, cm, metric))
+            except MpqError as e:
+                skipped.append(f"{spec_.name}/{cm.name}: {e}")
+    if len(pairs) < 2:
+        raise MpqError("compare needs at least two (spec, cost model) pairs that apply; "
+                       + ("skipped: " + "; ".join(skipped) if skipped else "give --hw twice or --cost-model twice"))
+    data = cmp.compare(graph, pairs, top)
+    data["skipped"] = skipped
+    if plot_path:
+        from .plots import compare_plot
+
+        compare_plot(data, plot_path)
+    if as_json:
+        _dump_json(data)
+        return
+    rows = []
+    for p in data["pairs"]:
+        tot = p["total"]
+        rows.append((f"{p['spec']}/{p['cost_model']}", p["metric"], *(report.si(tot[b]) if tot[b] is not None else "n/a" for b in ("8", "4", "2")),
+                     *(f"x{p[k]:.2f}" if p[k] else "n/a" for k in ("speedup_8to4", "speedup_4to2"))))
+    click.echo(report.table(["pair", "metric", "8-bit", "4-bit", "2-bit", "8->4", "4->2"], rows,
+                            right=[False, False, True, True, True, True, True]))
+    click.echo("\nrank correlation of the layers' savings (1 = same order):")
+    corr_rows = [(c["a"], c["b"], c["step"].replace("to", "->"), c["layers"],
+                  "n/a" if c["spearman"] is None else f"{c['spearman']:.3f}",
+                  "n/a" if c["kendall"] is None else f"{c['kendall']:.3f}") for c in data["correlations"]]
+    click.echo(report.table(["pair A", "pair B", "step", "layers", "Spearman", "Kendall"], corr_rows,
+                            right=[False, False, False, True, True, True]))
+    for c in data["correlations"]:
+        if c["disagree"] and c["step"] == "8to4":
+            click.echo(f"\nlargest disagreements, 8->4, {c['a']} vs {c['b']} (rank 1 = largest saving):")
+            click.echo(report.table(["layer", "rank A", "rank B", "saving A %", "saving B %"],
+                                    [(d["layer"], f"{d['rank_a']:.0f}", f"{d['rank_b']:.0f}", f"{100 * d['saving_a']:.2f}",
+                                      f"{100 * d['saving_b']:.2f}") for d in c["disagree"]]))
+    for s in skipped:
+        click.echo(f"skipped {s}")
+    if plot_path:
+        click.echo(f"\nwrote {plot_path}")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and maps errors to exit codes (2: user error, 1: bug)."""
     try:

@@ -1,0 +1,60 @@
+"""Measured latencies: a CSV table ``layer,bits,latency_s`` (as HAWQ-V3 and ModelOpt use).
+
+One row per layer and precision; ``layer`` is the ONNX node name that ``mpq inspect`` prints.
+A precision missing for every layer is simply not offered; a layer missing some precision that
+other layers have is an error that names the missing rows. ``weight_bytes`` is added from the
+weights so that memory budgets still work.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from planner.errors import MpqError
+
+
+class LutCost:
+    name = "lut"
+    metrics = ("latency_s", "weight_bytes")
+
+    def __init__(self, table: str | Path | None = None):
+        if table is None:
+            raise MpqError("the lut cost model needs a table: --lut latency.csv (columns layer,bits,latency_s)")
+        self.path = Path(table)
+        self.latency = self._read(self.path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[tuple[str, int], float]:
+        if not path.is_file():
+            raise MpqError(f"{path}: no such latency table")
+        table: dict[tuple[str, int], float] = {}
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"layer", "bits", "latency_s"} <= set(reader.fieldnames):
+                raise MpqError(f"{path}: expected a header with columns layer,bits,latency_s; got "
+                               f"{','.join(reader.fieldnames or [])}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    bits, latency = int(row["bits"]), float(row["latency_s"])
+                except (TypeError, ValueError):
+                    raise MpqError(f"{path}: line {line}: bits must be an integer and latency_s a number, "
+                                   f"got {row['bits']!r}, {row['latency_s']!r}") from None
+                if latency < 0:
+                    raise MpqError(f"{path}: line {line}: latency_s {latency} is negative")
+                table[(row["layer"], bits)] = latency
+        return table
+
+    def check(self, graph, spec) -> None:
+        offered = sorted({b for _, b in self.latency} & set(spec.precisions))
+        if not offered:
+            raise MpqError(f"{self.path}: no rows for any of the spec's precisions {list(spec.precisions)}")
+        missing = [f"{l.name}@{b}" for l in graph.layers for b in offered if (l.name, b) not in self.latency]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise MpqError(f"{self.path}: missing rows for {', '.join(missing[:3])}{more}; the table needs "
+                           f"every layer at bits {offered} (layer names as mpq inspect prints them)")
+
+    def layer_cost(self, layer, bits: int, spec) -> dict[str, float] | None:
+        if bits not in spec.precisions or (layer.name, bits) not in self.latency:
+            return None
+        return {"latency_s": self.latency[(layer.name, bits)], "weight_bytes": layer.params * bits / 8}

@@ -1,0 +1,30 @@
+"""NorthPole-style cost: compute-bound MAC arrays, every weight in on-chip memory.
+
+latency_s    = MACs / (cores x MACs/cycle/core at b bits x clock)
+weight_bytes = weights x b / 8
+energy_j     = MACs x energy/MAC at b + (weight + activation bytes) x energy/byte on chip
+               (only where the spec gives energies)
+
+An option whose weights do not fit in the chip's on-chip memory is not offered.
+"""
+from __future__ import annotations
+
+from . import activation_bytes
+
+
+class NorthPoleCost:
+    name = "northpole"
+    metrics = ("latency_s", "weight_bytes", "energy_j")
+
+    def layer_cost(self, layer, bits: int, spec) -> dict[str, float] | None:
+        if bits not in spec.macs_per_cycle:
+            return None
+        weight_bytes = layer.params * bits / 8
+        if spec.on_chip_bytes is not None and weight_bytes > spec.on_chip_bytes:
+            return None
+        cost = {"latency_s": layer.macs / spec.macs_per_second(bits) + spec.launch_overhead_s,
+                "weight_bytes": weight_bytes}
+        if spec.has_energy:
+            moved = weight_bytes + activation_bytes(layer, bits, None)
+            cost["energy_j"] = layer.macs * spec.energy_per_mac_j[bits] + moved * (spec.energy_per_byte_onchip_j or 0.0)
+        return cost

@@ -1,0 +1,192 @@
+"""Accelerator specs: YAML files validated against ``spec.schema.json`` into a HardwareSpec.
+
+A spec is found by name (a ``.yaml`` shipped in this package) or by path. Every error names the
+file, the field path, the value and what was expected, on one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from planner.errors import MpqError
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """An accelerator, with every figure resolved to a number (SI units: s, Hz, bytes, J).
+
+    ``macs_per_cycle[b]`` is per core; ``energy_per_mac_j`` is empty when the spec gives no
+    energies. ``sources`` maps a field path (``macs_per_cycle_per_core.8``) to its note and
+    ``assumptions`` lists the paths whose figures are not confirmed.
+    """
+
+    name: str
+    precisions: tuple[int, ...]
+    cores: float
+    clock_hz: float
+    macs_per_cycle: dict[int, float]
+    description: str = ""
+    launch_overhead_s: float = 0.0
+    on_chip_bytes: float | None = None
+    per_core_bytes: float | None = None
+    offchip_bandwidth: float | None = None
+    output_bits: float | None = None
+    energy_per_mac_j: dict[int, float] = field(default_factory=dict)
+    energy_per_byte_onchip_j: float | None = None
+    energy_per_byte_offchip_j: float | None = None
+    pin_first: int | None = 8
+    pin_last: int | None = 8
+    cost_model: str = "northpole"
+    sources: dict[str, str] = field(default_factory=dict)
+    assumptions: tuple[str, ...] = ()
+    path: str = ""
+    sha256: str = ""
+
+    def macs_per_second(self, bits: int) -> float:
+        return self.cores * self.macs_per_cycle[bits] * self.clock_hz
+
+    @property
+    def has_energy(self) -> bool:
+        return bool(self.energy_per_mac_j)
+
+
+def shipped_specs() -> list[str]:
+    """Names of the specs that ship with mpq."""
+    return sorted(p.name[:-5] for p in resources.files("hw").iterdir() if p.name.endswith(".yaml"))
+
+
+@cache
+def _schema() -> dict:
+    return json.loads(resources.files("hw").joinpath("spec.schema.json").read_text())
+
+
+def load_spec(name_or_path: str | Path) -> HardwareSpec:
+    """Load a spec by shipped name (``northpole``) or by path; raises MpqError if it is invalid."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.exists() and "/" not in text and not text.endswith((".yaml", ".yml")):
+        if text not in shipped_specs():
+            raise MpqError(f"no hardware spec named '{text}'; shipped specs: {', '.join(shipped_specs())}, "
+                           "or give the path of a YAML file")
+        path = Path(str(resources.files("hw").joinpath(text + ".yaml")))
+    if not path.is_file():
+        raise MpqError(f"{path}: no such spec file")
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MpqError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', e)})") from None
+    return parse_spec(data, str(path), hashlib.sha256(raw).hexdigest())
+
+
+def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
+    """Validate a spec's data (as loaded from YAML) and resolve its figures."""
+    if not isinstance(data, dict):
+        raise MpqError(f"{where}: a spec is a mapping of fields (name, precisions, cores, ...), "
+                       f"got {type(data).__name__}")
+    as_json = json.loads(json.dumps(data, default=str))  # YAML's integer keys become strings
+    errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(as_json),
+                    key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        raise MpqError(_describe(errors[0], where, len(errors)))
+    sources: dict[str, str] = {}
+    assumptions: list[str] = []
+
+    def figure(value, path: str) -> float:
+        if isinstance(value, dict):
+            if "source" in value:
+                sources[path] = value["source"]
+            if value.get("assumption"):
+                assumptions.append(path)
+            return float(value["value"])
+        return float(value)
+
+    def per_precision(table: dict, path: str) -> dict[int, float]:
+        return {int(b): figure(v, f"{path}.{b}") for b, v in sorted(table.items(), key=lambda kv: int(kv[0]))}
+
+    precisions = tuple(sorted(int(b) for b in data["precisions"]))
+    throughput = per_precision(data["macs_per_cycle_per_core"], "macs_per_cycle_per_core")
+    _require_each_precision(precisions, throughput, "macs_per_cycle_per_core", where)
+    memory = data.get("memory") or {}
+    energy = data.get("energy") or {}
+    energy_per_mac = per_precision(energy["per_mac_j"], "energy.per_mac_j") if energy else {}
+    if energy:
+        _require_each_precision(precisions, energy_per_mac, "energy.per_mac_j", where)
+    pins = data.get("pins") or {}
+
+    def optional(section: dict, key: str, prefix: str) -> float | None:
+        return figure(section[key], f"{prefix}.{key}") if key in section else None
+
+    cores = figure(data["cores"], "cores")
+    if cores != int(cores):
+        raise MpqError(f"{where}: cores: {cores} is not a whole number of cores")
+    return HardwareSpec(
+        name=data["name"], description=" ".join(str(data.get("description", "")).split()), precisions=precisions,
+        cores=cores, clock_hz=figure(data["clock_hz"], "clock_hz"), macs_per_cycle=throughput,
+        launch_overhead_s=figure(data["launch_overhead_s"], "launch_overhead_s") if "launch_overhead_s" in data else 0.0,
+        on_chip_bytes=optional(memory, "on_chip_bytes", "memory"),
+        per_core_bytes=optional(memory, "per_core_bytes", "memory"),
+        offchip_bandwidth=optional(memory, "offchip_bandwidth_bytes_per_s", "memory"),
+        output_bits=optional(memory, "output_bits", "memory"),
+        energy_per_mac_j=energy_per_mac,
+        energy_per_byte_onchip_j=optional(energy, "per_byte_onchip_j", "energy"),
+        energy_per_byte_offchip_j=optional(energy, "per_byte_offchip_j", "energy"),
+        pin_first=pins.get("first", 8), pin_last=pins.get("last", 8), cost_model=data.get("cost_model", "northpole"),
+        sources=sources, assumptions=tuple(assumptions), path=where, sha256=sha256,
+    )
+
+
+def _require_each_precision(precisions, table: dict[int, float], field_path: str, where: str) -> None:
+    missing = [b for b in precisions if b not in table]
+    if missing:
+        raise MpqError(f"{where}: {field_path}: no entry for {missing[0]} bits; every precision in "
+                       f"precisions {list(precisions)} needs one")
+    extra = [b for b in table if b not in precisions]
+    if extra:
+        raise MpqError(f"{where}: {field_path}.{extra[0]}: {extra[0]} bits is not in precisions "
+                       f"{list(precisions)}; add it there or remove this entry")
+
+
+def _describe(error: jsonschema.ValidationError, where: str, count: int) -> str:
+    """One line: file, field path, value, what was expected."""
+    if error.validator == "oneOf" and error.context:  # a figure: explain the alternative it resembles
+        wanted = "object" if isinstance(error.instance, dict) else "number"
+        alternatives = [e for e in error.context if e.schema_path and e.schema_path[0] == (0 if wanted == "number" else 1)]
+        error = min(alternatives or error.context, key=lambda e: len(e.absolute_path), default=error)
+        if wanted == "number" and error.validator == "type":
+            error.validator_value = "a number or {value, source}"
+    path = ".".join(str(p) for p in error.absolute_path)
+    more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"{where}: {path + '.' if path else ''}{missing}: missing required field{more}"
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return (f"{where}: {path + '.' if path else ''}{unknown[0] if unknown else '?'}: unknown field; "
+                f"expected one of {', '.join(sorted(error.schema.get('properties', {})))}{more}")
+    value = "a mapping" if isinstance(error.instance, dict) else json.dumps(error.instance)
+    v = error.validator_value
+    if error.validator == "type":
+        expected = f"expected {v if isinstance(v, str) else ' or '.join(v)}"
+    elif error.validator == "exclusiveMinimum":
+        expected = f"expected a number > {v}"
+    elif error.validator == "minimum":
+        expected = f"expected a number >= {v}"
+    elif error.validator == "pattern":
+        expected = f"expected text matching {v}"
+    elif error.validator == "const":
+        expected = f"expected {v!r}"
+    elif error.validator == "propertyNames":
+        expected = "expected bit widths (1, 2, 4, 8, ...) as keys"
+    else:
+        expected = error.message
+    return f"{where}: {path or '(top level)'}: {value}: {expected}{more}"

@@ -1,0 +1,213 @@
+"""Specs and cost models: hand-computed costs, NorthPole/GPU behaviour, bad specs, plugins."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from conftest import export
+from costmodels import load_cost_model
+from hw import load_spec, parse_spec, shipped_specs
+from planner import MpqError, load_graph
+from planner.costs import cost_table
+
+SMALL_SPEC = {
+    "name": "tiny", "precisions": [2, 4, 8], "cores": 2, "clock_hz": 1e6,
+    "macs_per_cycle_per_core": {8: 10, 4: 20, 2: 40},
+    "memory": {"on_chip_bytes": 1000, "offchip_bandwidth_bytes_per_s": 1000, "output_bits": 8},
+    "energy": {"per_mac_j": {8: 1.0, 4: 0.5, 2: 0.25}, "per_byte_onchip_j": 0.1, "per_byte_offchip_j": 2.0},
+}
+
+
+@pytest.fixture(scope="module")
+def two_layers(tmp_path_factory):
+    """fc1: 1x16 @ 16x8 (128 MACs, 128 weights); fc2: 1x8 @ 8x4 (32 MACs, 32 weights)."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 4, bias=False))
+    path = export(model.eval(), (torch.randn(1, 16),), tmp_path_factory.mktemp("two") / "two.onnx", "torchscript")
+    graph = load_graph(path, pin_first=None, pin_last=None)
+    assert [(l.macs, l.params, l.in_elems, l.out_elems) for l in graph.layers] == [(128, 128, 16, 8), (32, 32, 8, 4)]
+    return graph
+
+
+def test_northpole_hand_computed(two_layers):
+    spec = parse_spec(SMALL_SPEC, "tiny")
+    fc1, fc2 = two_layers.layers
+    model = load_cost_model("northpole")
+    # 128 MACs / (2 cores x 10 MACs/cycle x 1 MHz) = 6.4 us; energy 128 x 1 J + (128 + 16 + 8) B x 0.1 J
+    assert model.layer_cost(fc1, 8, spec) == pytest.approx({"latency_s": 6.4e-6, "weight_bytes": 128, "energy_j": 128 + 15.2})
+    # at 4 bits: 3.2 us, 64 B, 128 x 0.5 + (64 + 8 + 4) x 0.1
+    assert model.layer_cost(fc1, 4, spec) == pytest.approx({"latency_s": 3.2e-6, "weight_bytes": 64, "energy_j": 64 + 7.6})
+    assert model.layer_cost(fc2, 2, spec) == pytest.approx({"latency_s": 32 / 80e6, "weight_bytes": 8, "energy_j": 8 + (8 + 2 + 1) * 0.1})
+
+
+def test_northpole_weights_that_do_not_fit_are_not_offered(two_layers):
+    spec = parse_spec({**SMALL_SPEC, "memory": {"on_chip_bytes": 100}}, "tight")
+    fc1 = two_layers.layers[0]
+    model = load_cost_model("northpole")
+    assert model.layer_cost(fc1, 8, spec) is None  # 128 B > 100 B
+    assert model.layer_cost(fc1, 4, spec)["weight_bytes"] == 64
+    table = cost_table(two_layers, spec, model)
+    assert table.options(0) == [2, 4] and table.options(1) == [2, 4, 8]
+
+
+def test_bops_hand_computed(two_layers):
+    spec = parse_spec(SMALL_SPEC, "tiny")
+    model = load_cost_model("bops")
+    assert model.layer_cost(two_layers.layers[0], 4, spec) == {"bops": 128 * 16, "weight_bytes": 64}
+    assert model.layer_cost(two_layers.layers[1], 2, spec) == {"bops": 32 * 4, "weight_bytes": 8}
+    assert model.layer_cost(two_layers.layers[1], 3, spec) is None
+
+
+def test_roofline_hand_computed(two_layers):
+    spec = parse_spec(SMALL_SPEC, "tiny")
+    fc1 = two_layers.layers[0]
+    model = load_cost_model("roofline")
+    # 8 bits: compute 6.4 us; bytes 128 + 16 + 8 (outputs at 8 bits) = 152 B / 1000 B/s = 0.152 s: memory-bound
+    assert model.layer_cost(fc1, 8, spec) == pytest.approx({"latency_s": 0.152, "weight_bytes": 128, "energy_j": 128 + 152 * 2})
+    # 4 bits: 64 + 8 + 8 = 80 B -> 0.08 s: less than 2x, the outputs stay 8-bit
+    cost4 = model.layer_cost(fc1, 4, spec)
+    assert cost4["latency_s"] == pytest.approx(0.08)
+    assert 0.152 / cost4["latency_s"] < 2
+
+
+def test_lut_hand_computed_and_missing_rows(two_layers, tmp_path):
+    spec = parse_spec(SMALL_SPEC, "tiny")
+    fc1, fc2 = two_layers.layers
+    table = tmp_path / "lat.csv"
+    rows = [(fc1.name, 8, 5e-6), (fc1.name, 4, 3e-6), (fc1.name, 2, 2e-6), (fc2.name, 8, 1e-6), (fc2.name, 4, 1e-6)]
+    table.write_text("layer,bits,latency_s\n" + "".join(f"{n},{b},{t}\n" for n, b, t in rows))
+    model = load_cost_model("lut", table=table)
+    assert model.layer_cost(fc1, 4, spec) == {"latency_s": 3e-6, "weight_bytes": 64}
+    with pytest.raises(MpqError, match=rf"missing rows for {fc2.name}@2"):
+        cost_table(two_layers, spec, model)
+
+
+def test_northpole_uniform_2bit_is_a_quarter_of_8bit(exported):
+    graph = load_graph(exported("resnet50"), pin_first=None, pin_last=None)
+    table = cost_table(graph, load_spec("northpole"), load_cost_model("northpole"))
+    lat = {b: table.total(table.uniform(b))["latency_s"] for b in (8, 4, 2)}
+    assert lat[2] == pytest.approx(lat[8] / 4, rel=1e-12)
+    assert lat[4] == pytest.approx(lat[8] / 2, rel=1e-12)
+
+
+def test_gpu_has_no_2bit_and_memory_bound_layers_gain_less(exported):
+    graph = load_graph(exported("mobilenet"), pin_first=None, pin_last=None)
+    spec = load_spec("gpu_a100")
+    table = cost_table(graph, spec, load_cost_model(spec.cost_model))
+    assert table.uniform(2) is None and all(2 not in table.groups[g.id] for g in graph.groups)
+    ratios = [table.layers[l.name][8]["latency_s"] / table.layers[l.name][4]["latency_s"] for l in graph.layers]
+    assert all(r < 2 for r in ratios)
+    depthwise = [l for l in graph.layers if l.weight_shape[1] == 1 and l.weight_shape[2:] == [3, 3]]
+    model = load_cost_model("roofline")
+    for layer in depthwise:  # memory-bound: traffic time exceeds compute time
+        assert layer.macs / spec.macs_per_second(8) < model.layer_cost(layer, 8, spec)["latency_s"] - spec.launch_overhead_s
+
+
+def test_shipped_specs_validate_and_carry_sources():
+    assert {"northpole", "gpu_a100", "edge_npu"} <= set(shipped_specs())
+    np_spec = load_spec("northpole")
+    assert np_spec.cores == 256 and np_spec.macs_per_cycle == {2: 8192, 4: 4096, 8: 2048}
+    assert np_spec.on_chip_bytes == 224e6
+    assert set(np_spec.assumptions) == {"clock_hz", "memory.per_core_bytes"}
+    assert all(p in np_spec.sources for p in ("cores", "clock_hz", "macs_per_cycle_per_core.8", "memory.on_chip_bytes"))
+    gpu = load_spec("gpu_a100")
+    assert gpu.precisions == (4, 8) and gpu.offchip_bandwidth
+    edge = load_spec("edge_npu")
+    assert edge.energy_per_mac_j and edge.on_chip_bytes < 4e6
+
+
+def mpq(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
+
+
+def _one_line_error(result, *words):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+BAD_SPECS = {
+    "missing field": (lambda d: d.pop("cores"), ["cores", "missing required field"]),
+    "wrong type": (lambda d: d.__setitem__("clock_hz", "fast"), ["clock_hz", '"fast"', "expected a number"]),
+    "negative throughput": (lambda d: d["macs_per_cycle_per_core"].__setitem__(4, -5), ["macs_per_cycle_per_core.4", "-5", "> 0"]),
+    "zero throughput": (lambda d: d["macs_per_cycle_per_core"].__setitem__(8, {"value": 0, "source": "x"}), ["macs_per_cycle_per_core.8.value", "> 0"]),
+    "precision without throughput": (lambda d: d["macs_per_cycle_per_core"].pop(2), ["macs_per_cycle_per_core", "no entry for 2 bits"]),
+    "unknown key": (lambda d: d.__setitem__("colour", "blue"), ["colour", "unknown field"]),
+    "unknown nested key": (lambda d: d["memory"].__setitem__("l3_bytes", 5), ["memory.l3_bytes", "unknown field"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_specs_are_rejected_on_one_line(tmp_path, case):
+    data = yaml.safe_load(open(load_spec("northpole").path))
+    mutate, words = BAD_SPECS[case]
+    mutate(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _one_line_error(mpq("spec", "validate", path), str(path), *words)
+
+
+def test_spec_cli_validate_and_show():
+    ok = mpq("spec", "validate", *(load_spec(n).path for n in shipped_specs()))
+    assert ok.returncode == 0 and ok.stdout.count(": ok") == len(shipped_specs())
+    shown = mpq("spec", "show", "northpole")
+    assert shown.returncode == 0 and "Science 382:329" in shown.stdout and "assumed" in shown.stdout
+    _one_line_error(mpq("spec", "show", "nosuchchip"), "no hardware spec named 'nosuchchip'")
+
+
+PLUGIN = textwrap.dedent('''
+    class MacCount:
+        """Cost = MACs, at any precision the spec lists (a user's own model)."""
+        name = "maccount"
+        metrics = ("macs",)
+
+        def layer_cost(self, layer, bits, spec):
+            return {"macs": float(layer.macs) * bits / 8} if bits in spec.precisions else None
+''')
+
+
+def test_plugin_cost_model_from_file(exported, tmp_path):
+    (tmp_path / "plugin.py").write_text(PLUGIN)
+    result = mpq("cost", exported("resnet18"), "--hw", "northpole", "--cost-model", f"{tmp_path / 'plugin.py'}:MacCount",
+                 "--bits", "4", "--json", "--no-pin")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["cost_model"] == "maccount" and doc["totals"]["macs"] == pytest.approx(1814073344 / 2)
+    _one_line_error(mpq("cost", exported("resnet18"), "--hw", "northpole", "--cost-model", f"{tmp_path / 'plugin.py'}:Nope"),
+                    "has no 'Nope'")
+
+
+def test_plugin_cost_model_from_entry_point(exported, tmp_path):
+    (tmp_path / "mpq_maccount.py").write_text(PLUGIN)
+    dist = tmp_path / "mpq_maccount-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mpq-maccount\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mpq.costmodels]\nmaccount = mpq_maccount:MacCount\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "planner", "cost", str(exported("resnet18")), "--hw", "northpole",
+                             "--cost-model", "maccount", "--json"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cost_model"] == "maccount"
+
+
+def test_cost_and_compare_cli(exported, tmp_path):
+    model = exported("resnet50")
+    result = mpq("cost", model, "--hw", "northpole")
+    assert result.returncode == 0 and "speedup over uniform 8-bit (latency_s): 4-bit x1." in result.stdout
+    plot = tmp_path / "cmp.png"
+    result = mpq("compare", model, "--hw", "northpole", "--hw", "gpu_a100", "--hw", "edge_npu", "--plot", plot, "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [p["spec"] for p in doc["pairs"]] == ["northpole", "gpu_a100", "edge_npu"]
+    np_vs_gpu = next(c for c in doc["correlations"] if c["a"] == "northpole/northpole" and c["b"] == "gpu_a100/roofline"
+                     and c["step"] == "8to4")
+    assert np_vs_gpu["spearman"] < 0.9 and np_vs_gpu["disagree"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _one_line_error(mpq("cost", model, "--hw", "gpu_a100", "--bits", "2"), "does not offer 2 bits")
