@@ -34,6 +34,12 @@ demo: $(INSTALLED) $(MODEL)
 	$(MPQ) cost $(MODEL) --hw northpole --summary
 	@echo
 	$(MPQ) compare $(MODEL) --hw northpole --hw gpu_a100 --hw edge_npu --plot $(OUT)/compare.png
+	@echo
+	$(MPQ) plan $(MODEL) --hw northpole --gains eagl --budget latency=0.5 --between 2,4 \
+		-o $(OUT)/plan.json --csv $(OUT)/bitmap.csv
+	@echo
+	$(MPQ) frontier $(MODEL) --hw northpole --between 2,4 --points 11 --gains eagl --gains qerror \
+		--gains params --gains random --plot $(OUT)/frontier.png --csv $(OUT)/frontier.csv
 
 clean:
 	rm -rf $(OUT) examples/models

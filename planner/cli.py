@@ -308,6 +308,289 @@ def compare(model, hw_names, cost_models, lut, metric, plot_path, top, input_sha
         click.echo(f"\nwrote {plot_path}")
 
 
+def _between(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        low, high = (int(x) for x in text.replace(":", ",").split(","))
+    except ValueError:
+        raise MpqError(f"--between '{text}': expected two bit widths, e.g. 2,4") from None
+    return (low, high)
+
+
+gains_options = [
+    click.option("--gains", "gains_names", multiple=True, metavar="METHOD|FILE",
+                 help="Gains: eagl (default), uniform, random, params, qerror, or a gains JSON file."),
+    click.option("--step", type=click.Choice(["auto", "lsq", "mse"]), default="auto", show_default=True,
+                 help="Quantization step for eagl/qerror: the model's (QDQ scale) else LSQ init; lsq; mse."),
+    click.option("--mode", type=click.Choice(["entropy", "difference"]), default="entropy", show_default=True,
+                 help="eagl: gain = entropy at b (paper) or entropy minus the lowest precision's."),
+    click.option("--weighting", type=click.Choice(["none", "params"]), default="none", show_default=True,
+                 help="eagl: weight each layer's entropy by its weight count."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline."),
+]
+
+
+def _gains(name: str, graph, precisions, step, mode, weighting, seed):
+    from .gains import compute
+
+    options = {"eagl": {"step": step, "mode": mode, "weighting": weighting}, "random": {"seed": seed},
+               "qerror": {"step": "lsq" if step == "auto" else step}}.get(name, {})
+    return compute(name, graph, list(precisions), **options)
+
+
+def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits):
+    from hw import load_spec
+
+    from .costs import cost_table
+
+    spec_ = load_spec(hw_name)
+    graph = _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits)
+    table = cost_table(graph, spec_, _cost_model(cost_model, spec_, lut))
+    return spec_, graph, table
+
+
+@main.command()
+@click.argument("model")
+@click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Accelerator spec: shipped name or YAML path.")
+@_with(cost_model_options)
+@click.option("--budget", "budget_texts", multiple=True, required=True, metavar="METRIC<=VALUE|METRIC=R",
+              help="A budget: latency_s<=1.5e-3, weight_bytes<=3MB, or latency=0.5 (a fraction of the way "
+                   "from the cheapest plan to the dearest). Repeat for several.")
+@click.option("--between", default=None, metavar="LOW,HIGH",
+              help="Fractional budgets run from uniform LOW-bit to uniform HIGH-bit instead (e.g. 2,4).")
+@_with(gains_options)
+@click.option("-o", "--output", default=None, metavar="PLAN.json", help="Write the plan JSON here.")
+@click.option("--csv", "csv_path", default=None, metavar="BITMAP.csv", help="Write the layer,weight,w_bits,a_bits table.")
+@click.option("--explain", is_flag=True, help="Show why the most contested groups got their bits.")
+@click.option("--method", type=click.Choice(["cpsat", "knapsack"]), default="cpsat", show_default=True,
+              help="Solver: CP-SAT (any budgets) or OR-Tools' 0-1 knapsack (two precisions, one budget).")
+@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit (s).")
+@click.option("--timings", is_flag=True, help="Record the solver's wall time in the plan (then runs differ).")
+@input_shape_option
+@_with(hw_pin_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the summary.")
+def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, step, mode, weighting, seed, output,
+         csv_path, explain, method, time_limit, timings, input_shapes, no_pin, pin_bits, as_json) -> None:
+    """Choose each layer's precision under the budgets, maximising the total gain."""
+    from . import plan as plans
+    from .budget import parse_budget, resolve
+    from .solve import explain as why
+    from .solve import solve
+
+    spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits)
+    if len(gains_names) > 1:
+        raise MpqError("mpq plan takes one --gains; compare several with mpq frontier")
+    budgets = [parse_budget(t, table.metrics) for t in budget_texts]
+    limits = resolve(budgets, table, _between(between))
+    gains = _gains(gains_names[0] if gains_names else "eagl", graph, spec_.precisions, step, mode, weighting, seed)
+    solution = solve(gains.by_group, table.groups, limits, method=method, time_limit_s=time_limit)
+    doc = plans.build_plan(graph, spec_, table, gains, budgets, limits, solution, timings)
+    plans.validate(doc)
+    if output:
+        plans.write_plan(doc, output)
+    if csv_path:
+        plans.write_bitmap(doc, csv_path)
+    if as_json:
+        click.echo(plans.plan_json(doc), nl=False)
+        return
+    _print_plan_summary(doc, graph, table, solution)
+    if explain:
+        rows = why(gains.by_group, table.groups, limits, solution.bits)
+        metric = sorted(limits)[0]
+        click.echo(f"\nmost contested groups (price of {metric}: {rows[0]['price'][metric]:.4g} gain per unit)" if rows else "")
+        click.echo(report.table(
+            ["group", "first layer", "bits", "runner-up", "gain", "runner-up gain", f"extra {metric}", "gain per unit", "net margin"],
+            [(r["group"], graph.groups[r["group"]].layers[0], r["bits"], r["runner_up"], f"{r['gain']:.4g}",
+              f"{r['gain_runner_up']:.4g}", f"{r['delta_cost'][metric]:.4g}",
+              "-" if r["gain_per_cost"][metric] is None else f"{r['gain_per_cost'][metric]:.4g}", f"{r['margin']:.3g}")
+             for r in rows]))
+        click.echo("a group keeps the option with the larger net value (gain - price x cost); a small margin "
+                   "means a small change of budget or gain flips it")
+    for path in (output, csv_path):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+def _print_plan_summary(doc, graph, table, solution) -> None:
+    rows = [(l["name"], l["group"], l["w_bits"], "pin" if graph.groups[l["group"]].pinned_bits else "") for l in doc["layers"]]
+    click.echo(report.table(["layer", "group", "bits", ""], rows, right=[False, True, True, False]))
+    counts: dict[int, int] = {}
+    for g in doc["groups"]:
+        counts[g["bits"]] = counts.get(g["bits"], 0) + 1
+    s = doc["solver"]
+    click.echo(f"\n{len(doc['layers'])} layers in {len(doc['groups'])} groups: "
+               + ", ".join(f"{counts[b]} at {b}-bit" for b in sorted(counts, reverse=True))
+               + f"; gains {doc['gains']['method']} {json.dumps(doc['gains']['params'], sort_keys=True)}")
+    click.echo(f"solver {s['status']} ({s['method']}): objective {s['objective']:.6g}, bound {s['bound']:.6g}, "
+               f"gap {s['relative_gap']:.2g}, {solution.wall_time_s:.3f} s, {s['groups_fixed_by_presolve']} groups "
+               f"fixed by presolve; rounding error <= {s['gain_error_bound']:.2g} gain")
+    for b in doc["budgets"]:
+        used = doc["totals"][b["metric"]]
+        click.echo(f"budget {b['given']}: {b['metric']} <= {report.si(b['limit'], _unit(b['metric']))}, "
+                   f"plan {report.si(used, _unit(b['metric']))} ({100 * used / b['limit']:.1f}% of budget)" if b["limit"] else "")
+    click.echo("totals: " + ", ".join(f"{m}={report.si(v, _unit(m))}" for m, v in doc["totals"].items()))
+    primary = table.metrics[0]
+    parts = []
+    for b in (8, 4):
+        ref = doc["reference"].get(f"uniform_{b}bit")
+        if ref and doc["totals"][primary]:
+            parts.append(f"x{ref[primary] / doc['totals'][primary]:.2f} vs uniform {b}-bit")
+    click.echo(f"speedup ({primary}): " + ", ".join(parts))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Accelerator spec: shipped name or YAML path.")
+@_with(cost_model_options)
+@click.option("--metric", default=None, help="Budgeted metric to sweep (default: the cost model's first, e.g. latency_s).")
+@click.option("--between", default=None, metavar="LOW,HIGH", help="Sweep from uniform LOW-bit to uniform HIGH-bit "
+              "(default: from the cheapest plan to the dearest).")
+@click.option("--points", type=int, default=11, show_default=True, help="Budgets in the sweep.")
+@_with(gains_options)
+@click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the frontier plot.")
+@click.option("--csv", "csv_path", default=None, metavar="OUT.csv", help="Write the points as CSV "
+              "(finished points are checkpointed beside it, so a rerun resumes).")
+@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit per point (s).")
+@input_shape_option
+@_with(hw_pin_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
+             plot_path, csv_path, time_limit, input_shapes, no_pin, pin_bits, as_json) -> None:
+    """Optimal plans over a sweep of budgets, one curve per gain method."""
+    from .budget import parse_budget
+    from .checkpoint import Checkpoint
+    from .frontier import sweep
+
+    spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits)
+    if points < 2:
+        raise MpqError("--points must be at least 2")
+    metric = parse_budget(f"{metric}=0", table.metrics).metric if metric else table.metrics[0]
+    methods = list(dict.fromkeys(gains_names or ("eagl",)))
+    gains_list = [_gains(n, graph, spec_.precisions, step, mode, weighting, seed) for n in methods]
+    fractions = [round(k / (points - 1), 9) for k in range(points)]
+    checkpoint = Checkpoint(csv_path + ".partial.jsonl") if csv_path else None
+    with _progress(len(gains_list) * len(fractions), "frontier") as bar:
+        result = sweep(table, gains_list, metric, fractions, between=_between(between), checkpoint=checkpoint,
+                       key_prefix=graph.model.sha256 + spec_.sha256 + table.model_name,
+                       progress=lambda done, total: bar.update(1), time_limit_s=time_limit)
+    uniform = {}
+    for b in (2, 4, 8):
+        choice = table.uniform(b)
+        if choice is not None:
+            uniform[b] = {"totals": table.total(choice),
+                          "gain": {g.method: sum(g.by_group[k][bb] for k, bb in enumerate(choice)) for g in gains_list}}
+    rows = [p.to_json() for p in result]
+    if csv_path:
+        _write_frontier_csv(rows, metric, uniform, csv_path)
+        checkpoint.remove()
+    if plot_path:
+        from .plots import frontier_plot
+
+        frontier_plot(rows, uniform, metric, plot_path,
+                      title=f"{Path_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
+    if as_json:
+        _dump_json({"metric": metric, "points": rows, "uniform": {str(b): u for b, u in uniform.items()}})
+        return
+    ref = uniform.get(8, {}).get("totals", {}).get(metric)
+    table_rows = []
+    for p in rows:
+        gap = "-" if p["greedy_objective"] is None or not p["objective"] else f"{100 * (1 - p['greedy_objective'] / p['objective']):.2f}%"
+        table_rows.append((p["method"], f"{p['fraction']:.2f}", report.si(p["limit"], _unit(metric)),
+                           f"{p['totals'][metric] / ref:.3f}" if ref else "-", f"{p['objective']:.5g}", p["status"], gap))
+    click.echo(report.table(["gains", "r", f"budget {metric}", "vs 8-bit", "total gain", "status", "greedy short by"],
+                            table_rows, right=[False, True, True, True, True, False, True]))
+    for path in (csv_path, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+def Path_name(path) -> str:
+    from pathlib import Path
+
+    return Path(path).name if path else "model"
+
+
+def _write_frontier_csv(rows, metric, uniform, path) -> None:
+    import csv
+    import io
+
+    from .atomic import write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    metrics = list(rows[0]["totals"]) if rows else [metric]
+    writer.writerow(["method", "fraction", "limit", "objective", "bound", "status", "greedy_objective", *metrics, "bits"])
+    for p in rows:
+        writer.writerow([p["method"], p["fraction"], repr(p["limit"]), repr(p["objective"]), repr(p["bound"]), p["status"],
+                         "" if p["greedy_objective"] is None else repr(p["greedy_objective"]),
+                         *(repr(p["totals"][m]) for m in metrics), " ".join(map(str, p["bits"]))])
+    write_text(path, buffer.getvalue())
+
+
+class _progress:
+    """A tqdm bar on a terminal (stderr), nothing otherwise."""
+
+    def __init__(self, total: int, desc: str, unit: str = "it"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty(), leave=False)
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+@main.group()
+def gains() -> None:
+    """Estimate each group's gain of higher precision and write a gains file."""
+
+
+def _data_free_gains_command(method: str, help_text: str):
+    @gains.command(method, help=help_text)
+    @click.argument("model")
+    @click.option("--hw", "hw_name", default=None, metavar="SPEC", help="Take precisions and pins from this spec.")
+    @click.option("--bits", default="2,4,8", show_default=True, help="Precisions when no --hw is given.")
+    @_with(gains_options[1:])
+    @click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here.")
+    @input_shape_option
+    @_with(hw_pin_options)
+    def command(model, hw_name, bits, step, mode, weighting, seed, output, input_shapes, no_pin, pin_bits) -> None:
+        graph, precisions = _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits)
+        result = _gains(method, graph, precisions, step, mode, weighting, seed)
+        result.write(graph, output)
+        click.echo(f"wrote {output}: {method} gains for {len(graph.free_groups)} free groups at bits {precisions}")
+
+    return command
+
+
+def _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits):
+    from .graph import load_graph
+
+    if hw_name:
+        from hw import load_spec
+
+        spec_ = load_spec(hw_name)
+        return _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits), list(spec_.precisions)
+    try:
+        precisions = sorted({int(b) for b in bits.split(",")})
+    except ValueError:
+        raise MpqError(f"--bits '{bits}': expected comma-separated bit widths, e.g. 2,4,8") from None
+    return load_graph(model, _shape_option(input_shapes), **_pins(no_pin, pin_bits or 8)), precisions
+
+
+for _method, _help in [
+    ("eagl", "EAGL: entropy of each layer's quantized weights (data-free, seconds)."),
+    ("uniform", "Baseline: every group gains the same per step up."),
+    ("random", "Baseline: seeded random gains."),
+    ("params", "Baseline: gain = weight count per step up."),
+    ("qerror", "Baseline: drop in weight quantization error ||W - Q(W)||^2."),
+]:
+    _data_free_gains_command(_method, _help)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and maps errors to exit codes (2: user error, 1: bug)."""
     try:

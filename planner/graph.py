@@ -71,6 +71,7 @@ class Layer:
     out_elems: int
     output: str
     activation_inputs: list[str] = field(default_factory=list)
+    weight_operand: str | None = None
     weight_scale: str | None = None
     group: int = -1
     pinned_bits: int | None = None
@@ -110,6 +111,7 @@ class LayerGraph:
     graph: nx.DiGraph
     model: ModelInfo
     tensors: TensorStore = field(repr=False)
+    producers: dict[str, onnx.NodeProto] = field(repr=False, default_factory=dict)
 
     def layer(self, name: str) -> Layer:
         return self.graph.nodes[name]["layer"]
@@ -173,7 +175,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     dag = _layer_dag(nodes, layers, graph)
     groups = _group(layers, producers)
     _pin(layers, groups, dag, nodes, graph, pin_first, pin_last)
-    return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors)
+    return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors, producers=producers)
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -293,7 +295,7 @@ def _make_layer(node, activations: list[str], weight_operand: str | None, shapes
                  macs=_macs(node, shape_of(node.input[a]), shape_of(node.input[w]), out_shape),
                  input=activations[0], in_elems=sum(math.prod(shape_of(t)) for t in activations),
                  out_elems=math.prod(out_shape), output=node.output[0], activation_inputs=list(activations),
-                 weight_scale=scale)
+                 weight_operand=weight_operand, weight_scale=scale)
 
 
 def _macs(node, left: Shape, right: Shape, out: Shape) -> int:

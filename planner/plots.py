@@ -43,3 +43,40 @@ def compare_plot(data: dict, out: str | Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out: str | Path, title: str = "") -> None:
+    """Total gain (as a share of each method's best) against cost relative to uniform 8-bit, one
+    curve per gain method; uniform 2/4/8-bit plans marked where the hardware offers them.
+
+    ``points``: dicts with method, totals, objective; ``uniform[b]``: {"totals", "gain": {method: value}}.
+    """
+    reference = (uniform.get(8) or max(uniform.values(), key=lambda u: u["totals"][metric]))["totals"][metric]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    for k, method in enumerate(methods):
+        mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["totals"][metric])
+        best = max([p["objective"] for p in mine] + [u["gain"].get(method, float("-inf")) for u in uniform.values()])
+        scale = best if best > 0 else 1.0
+        xs = [p["totals"][metric] / reference for p in mine]
+        ys = [p["objective"] / scale for p in mine]
+        line, = ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, label=method,
+                        linestyle=["-", "--", "-.", ":"][k % 4])
+        for bits, u in sorted(uniform.items()):
+            if method in u["gain"]:
+                ax.plot(u["totals"][metric] / reference, u["gain"][method] / scale, marker="*", markersize=11,
+                        color=line.get_color(), markeredgecolor="black", linestyle="none")
+    for bits, u in sorted(uniform.items()):
+        x = u["totals"][metric] / reference
+        ax.axvline(x, color="grey", linewidth=0.8, linestyle=":")
+        ax.annotate(f"uniform {bits}-bit", (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=8, color="dimgrey", ha="right", va="bottom")
+    ax.set_xlabel(f"{metric} relative to uniform 8-bit")
+    ax.set_ylabel("total gain (share of the method's best plan)")
+    ax.set_title(title or "Optimal plans over a sweep of budgets (★ = uniform precision)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="gains", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

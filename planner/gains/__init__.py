@@ -1,0 +1,118 @@
+"""Gain estimators: ``gains[group][bits]``, the value of running a group at ``bits``.
+
+Every method is a function ``(graph, precisions, **options) -> Gains`` registered by name in
+:data:`METHODS` (data-free ones) or computed from a task and written to a gains file
+(ALPS, Hessian, sensitivity). Gains are relative to a group's lowest precision, which has
+gain 0; only differences within a group matter to the solver.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import write_text
+from ..errors import MpqError
+from ..graph import LayerGraph
+
+SCHEMA = "mpq.gains/v1"
+
+
+@dataclass
+class Gains:
+    """``by_group[g][bits]`` for every group id (pinned groups: their pin only, gain 0).
+
+    ``method`` and ``params`` describe where the numbers come from; ``extra`` carries
+    method-specific results (per-layer entropies, noise floors, wall time).
+    """
+
+    method: str
+    params: dict
+    by_group: list[dict[int, float]]
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self, graph: LayerGraph) -> dict:
+        return {
+            "schema": SCHEMA, "method": self.method, "params": self.params,
+            "model": {"path": graph.model.path, "sha256": graph.model.sha256},
+            "groups": [{"id": g.id, "layers": g.layers, "pinned_bits": g.pinned_bits,
+                        "gains": {str(b): v for b, v in sorted(self.by_group[g.id].items())}}
+                       for g in graph.groups],
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def write(self, graph: LayerGraph, path: str | Path) -> None:
+        write_text(path, json.dumps(self.to_json(graph), indent=1, sort_keys=True) + "\n")
+
+
+def relative(values: dict[int, float]) -> dict[int, float]:
+    """Shift a group's gains so that its lowest precision has gain 0."""
+    if not values:
+        return {}
+    low = values[min(values)]
+    return {b: v - low for b, v in values.items()}
+
+
+def read_gains(path: str | Path, graph: LayerGraph) -> Gains:
+    """Gains from a JSON file, matched to ``graph``'s groups by layer names.
+
+    Accepts ``{"groups": [{"layers": [...], "gains": {"2": 0, "4": 1.3}}]}`` (what mpq writes)
+    or ``{"layers": {"layer name": {"2": 0, "4": 0.4}}}`` (per-layer values, summed per group).
+    Every free group of the model needs gains; a file naming layers the model lacks is for
+    another model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MpqError(f"{path}: no such gains file")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MpqError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not ({"groups", "layers"} & set(doc)):
+        raise MpqError(f"{path}: a gains file needs 'groups' (as mpq writes) or 'layers' (per-layer gains)")
+    per_layer: dict[str, dict[int, float]] = {}
+    try:
+        if "groups" in doc:
+            for entry in doc["groups"]:
+                values = {int(b): float(v) for b, v in entry["gains"].items()}
+                first, *rest = entry["layers"]
+                per_layer[first] = values
+                for name in rest:
+                    per_layer[name] = dict.fromkeys(values, 0.0)
+        else:
+            per_layer = {name: {int(b): float(v) for b, v in values.items()} for name, values in doc["layers"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise MpqError(f"{path}: malformed gains entry ({type(e).__name__}: {e}); expected "
+                       "{'groups': [{'layers': [...], 'gains': {'4': 1.0, ...}}]}") from None
+    known = {l.name for l in graph.layers}
+    foreign = sorted(set(per_layer) - known)
+    if foreign:
+        raise MpqError(f"{path}: gains for layers this model does not have (e.g. '{foreign[0]}', {len(foreign)} in "
+                       f"all); the file is for another model — compute gains for {graph.model.path}")
+    by_group = []
+    for group in graph.groups:
+        present = [per_layer[n] for n in group.layers if n in per_layer]
+        if group.pinned_bits is not None:
+            by_group.append({group.pinned_bits: 0.0})
+            continue
+        if not present:
+            raise MpqError(f"{path}: no gains for group {group.id} ({group.layers[0]}); the file is for another "
+                           "model or an older graph, compute gains again")
+        bits = sorted(set.intersection(*(set(p) for p in present)))
+        by_group.append(relative({b: sum(p[b] for p in present) for b in bits}))
+    method = doc.get("method", "file")
+    return Gains(method=method, params={"file": str(path), **doc.get("params", {})}, by_group=by_group,
+                 extra=doc.get("extra", {}))
+
+
+def compute(name: str, graph: LayerGraph, precisions: list[int], **options) -> Gains:
+    """Run a data-free method by name, or read a gains file when ``name`` is a path."""
+    from . import baselines, eagl
+
+    methods = {"eagl": eagl.eagl, **baselines.METHODS}
+    if name in methods:
+        return methods[name](graph, precisions, **options)
+    if name.endswith(".json") or Path(name).is_file():
+        return read_gains(name, graph)
+    raise MpqError(f"unknown gains '{name}'; use one of {', '.join(sorted(methods))} or a gains JSON file "
+                   "(mpq gains alps|hessian|sensitivity --task ... -o gains.json)")

@@ -1,0 +1,134 @@
+"""EAGL: Entropy Approximation Guided Layer selection (Bablani et al., arXiv 2301.13330).
+
+For each layer, quantize its weights to the signed b-bit grid, take the empirical distribution
+over the 2^b levels and its entropy H_b in bits: the bit width the layer's weights actually use
+at b bits. No data, no training: one pass for mean |w| and one for the level counts.
+
+The step of the grid:
+- ``step="auto"`` (default): the step the model carries (a QDQ DequantizeLinear scale, or the
+  learned LSQ steps passed in ``steps``), else LSQ's initialisation 2*mean(|w|)/sqrt(Q_P);
+- ``"lsq"``: always LSQ's initialisation; ``"mse"``: the step minimising ||w - Q_b(w)||^2.
+At a precision other than the one a model's step was learned at, the step is rescaled by the
+ratio of LSQ's initial steps, sqrt(Q_P(model bits) / Q_P(b)).
+
+Group gains (options that change them):
+- ``mode="entropy"`` (the paper): gain(b) = sum over the group's layers of H_b for every b above
+  the group's lowest precision, 0 at the lowest. With two precisions this is the paper's rule:
+  the value of keeping the high precision is its entropy. With three, moving 4 -> 8 is worth
+  H_8 - H_4.
+- ``mode="difference"``: gain(b) = sum of H_b - H_low: the information the lowest precision
+  loses, so a layer whose 4-bit weights carry little more than 2 bits is worth little.
+- ``weighting="params"``: each layer's entropy is multiplied by its weight count (large
+  layers matter more); ``"none"`` (default) as in the paper.
+Layers without weights (activation x activation MatMuls) get the median of the weighted
+layers' values at each precision; ``extra["estimated_layers"]`` lists them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import MpqError
+from ..graph import LayerGraph
+from ..weights import layer_weights
+from . import Gains, grid
+
+STEP_CHOICES = ("auto", "lsq", "mse")
+MODES = ("entropy", "difference")
+WEIGHTINGS = ("none", "params")
+
+
+def layer_entropies(values: np.ndarray, bits: list[int], *, step: str = "auto", model_step=None,
+                    model_bits: int | None = None, learned: dict[int, float] | None = None) -> dict[int, float]:
+    """Entropy (bits) of one weight tensor's levels at every precision in ``bits``."""
+    steps = grid_steps(values, bits, step=step, model_step=model_step, model_bits=model_bits, learned=learned)
+    return {b: grid.entropy(c) for b, c in grid.level_counts(values, steps).items()}
+
+
+def grid_steps(values: np.ndarray, bits: list[int], *, step: str = "auto", model_step=None,
+               model_bits: int | None = None, learned: dict[int, float] | None = None) -> dict[int, float]:
+    """The quantization step at every precision, by the rules in the module docstring.
+
+    For QDQ weights ``values`` are integer levels and ``model_step`` is 1 in their units.
+    """
+    if step not in STEP_CHOICES:
+        raise MpqError(f"unknown EAGL step '{step}'; choose from {', '.join(STEP_CHOICES)}")
+    steps: dict[int, float] = {}
+    mean = None
+    for b in bits:
+        if step == "auto" and learned and b in learned:
+            steps[b] = learned[b]
+        elif step == "auto" and learned:
+            ref_bits = min(learned, key=lambda r: abs(r - b))
+            steps[b] = learned[ref_bits] * _ratio(ref_bits, b)
+        elif step == "auto" and model_step is not None:
+            steps[b] = model_step * _ratio(model_bits, b)
+        elif step == "mse":
+            steps[b] = grid.mse_step(values, b)
+        else:
+            mean = grid.mean_abs(values) if mean is None else mean
+            steps[b] = grid.lsq_step(mean, b) or 1.0
+    return steps
+
+
+def _ratio(from_bits: int, to_bits: int) -> float:
+    """LSQ initial step at ``to_bits`` over the one at ``from_bits``."""
+    return float(np.sqrt(max(grid.qrange(from_bits)[1], 1) / max(grid.qrange(to_bits)[1], 1)))
+
+
+def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: str = "entropy",
+         weighting: str = "none", learned_steps: dict[str, dict[int, float]] | None = None) -> Gains:
+    """EAGL gains for every group of ``graph`` at ``precisions``.
+
+    ``learned_steps[layer][bits]`` are steps learned by quantization-aware training (e.g. an LSQ
+    checkpoint); they win over the LSQ initialisation under ``step="auto"``.
+    """
+    if mode not in MODES:
+        raise MpqError(f"unknown EAGL mode '{mode}'; choose from {', '.join(MODES)}")
+    if weighting not in WEIGHTINGS:
+        raise MpqError(f"unknown EAGL weighting '{weighting}'; choose from {', '.join(WEIGHTINGS)}")
+    bits = sorted(set(precisions))
+    entropies: dict[str, dict[int, float]] = {}
+    used_steps: dict[str, str] = {}
+    for layer in graph.layers:
+        view = layer_weights(graph, layer)
+        if view is None:
+            continue
+        learned = (learned_steps or {}).get(layer.name)
+        if view.scale is not None and step == "auto" and not learned:
+            used_steps[layer.name] = f"model scale ({view.model_bits}-bit grid)"
+            values, model_step = view.values, np.asarray(1.0)
+            if np.ndim(view.scale):  # per-channel scales: levels are already on each channel's grid
+                values = view.values.astype(np.float32)
+            entropies[layer.name] = layer_entropies(values, bits, step=step, model_step=model_step,
+                                                    model_bits=view.model_bits)
+        else:
+            values = view.values if view.scale is None else view.values * view.scale
+            used_steps[layer.name] = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
+            entropies[layer.name] = layer_entropies(values, bits, step=step, learned=learned)
+    value = _layer_values(graph, entropies, bits, mode, weighting)
+    by_group = []
+    for group in graph.groups:
+        if group.pinned_bits is not None:
+            by_group.append({group.pinned_bits: 0.0})
+            continue
+        by_group.append({b: float(sum(value[n][b] for n in group.layers)) for b in bits})
+    estimated = [l.name for l in graph.layers if l.name not in entropies]
+    extra = {"entropy_bits": {n: {str(b): round(h, 6) for b, h in e.items()} for n, e in entropies.items()},
+             "steps": used_steps}
+    if estimated:
+        extra["estimated_layers"] = estimated
+    return Gains(method="eagl", params={"step": step, "mode": mode, "weighting": weighting}, by_group=by_group,
+                 extra=extra)
+
+
+def _layer_values(graph: LayerGraph, entropies, bits: list[int], mode: str, weighting: str) -> dict[str, dict[int, float]]:
+    """Per-layer gain at every precision (0 at the lowest), weightless layers at the median."""
+    low = bits[0]
+    values: dict[str, dict[int, float]] = {}
+    for name, h in entropies.items():
+        scale = graph.layer(name).params if weighting == "params" else 1.0
+        values[name] = {b: 0.0 if b == low else scale * (h[b] - (h[low] if mode == "difference" else 0.0)) for b in bits}
+    median = {b: float(np.median([v[b] for v in values.values()])) if values else 0.0 for b in bits}
+    for layer in graph.layers:
+        values.setdefault(layer.name, dict(median))
+    return values

@@ -1,0 +1,95 @@
+"""The weight values behind a layer, as the model stores them, one tensor at a time.
+
+For a plain weight this is the stored tensor itself (a memory map for external data); layout
+ops between it and the layer (Transpose, Reshape, Cast, ...) change neither the values nor
+their distribution and are not applied. For a weight behind DequantizeLinear it is the integer
+levels (q - zero point) together with the scale: a QDQ model carries its quantization grid.
+Weights computed from several constants (W * s) are evaluated with ONNX's reference evaluator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .graph import Layer, LayerGraph
+
+# Ops that leave the multiset of weight values unchanged (up to a cast).
+_VALUE_PRESERVING = {"Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+
+
+@dataclass
+class WeightView:
+    """``values``: the weights (or integer levels for a QDQ weight). ``scale``: None, or the
+    DequantizeLinear scale broadcastable against ``values``. ``model_bits``: the bit width the
+    levels occupy (signed), for QDQ weights."""
+
+    values: np.ndarray
+    scale: np.ndarray | None = None
+    model_bits: int | None = None
+
+
+def layer_weights(graph: LayerGraph, layer: Layer) -> WeightView | None:
+    """The weights of ``layer`` (None for activation x activation layers)."""
+    if layer.weight is None:
+        return None
+    store = graph.tensors
+    chain = _chain(graph, layer)
+    if chain is None:  # computed from several constants: evaluate the subgraph
+        return WeightView(values=_evaluate(graph, layer))
+    dq = next((n for n in chain if n.op_type == "DequantizeLinear"), None)
+    values = store.array(layer.weight)
+    if dq is None:
+        return WeightView(values=values)
+    q = values.astype(np.int32)
+    if len(dq.input) > 2 and dq.input[2] and dq.input[2] in store:
+        zero = store.array(dq.input[2]).astype(np.int32)
+        q = q - _broadcast(zero, q, dq)
+    scale = _broadcast(np.asarray(store.array(dq.input[1]), dtype=np.float64), q, dq)
+    peak = max(int(q.max(initial=0)), -int(q.min(initial=0)) - 1, 0)
+    model_bits = max(1, int(peak).bit_length() + 1)
+    return WeightView(values=q, scale=scale, model_bits=model_bits)
+
+
+def _broadcast(per_axis: np.ndarray, q: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    if per_axis.ndim == 0 or per_axis.size == 1:
+        return per_axis.reshape(())
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+    shape = [1] * q.ndim
+    shape[axis] = per_axis.size
+    return per_axis.reshape(shape)
+
+
+def _chain(graph: LayerGraph, layer: Layer) -> list[onnx.NodeProto] | None:
+    """Ops from the stored weight to the layer's operand, if all preserve values (or are one
+    DequantizeLinear); None if the weight is computed."""
+    chain, name = [], layer.weight_operand
+    while name != layer.weight:
+        node = graph.producers.get(name)
+        if node is None or not (node.op_type in _VALUE_PRESERVING or node.op_type == "DequantizeLinear"):
+            return None
+        chain.append(node)
+        name = node.input[0]
+    return chain
+
+
+def _evaluate(graph: LayerGraph, layer: Layer) -> np.ndarray:
+    from onnx.reference import ReferenceEvaluator
+
+    producers = graph.producers
+    operand = layer.weight_operand
+    nodes, stack, seen = [], [operand], set()
+    while stack:
+        t = stack.pop()
+        node = producers.get(t)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(i for i in node.input if i)
+    nodes.reverse()
+    inputs = sorted({i for n in nodes for i in n.input if i and i in graph.tensors and i not in producers})
+    g = onnx.helper.make_graph(nodes, "weight", [], [onnx.helper.make_empty_tensor_value_info(operand)])
+    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", graph.model.opset or 17)])
+    return ReferenceEvaluator(model).run(None, {i: np.asarray(graph.tensors.array(i)) for i in inputs})[0]
