@@ -5,10 +5,12 @@
                 sum_g sum_b cost[g][b][m] * x[g][b] <= budget[m]    for every budgeted metric m
                 x[g][b] in {0, 1}   (pinned groups offer their pin only)
 
-Solved exactly by OR-Tools CP-SAT on integers: gains are rounded to a grid of step
-``gain_unit`` and costs rounded *up* to a grid of step ``cost_unit[m]``, so every plan CP-SAT
-accepts meets the real budgets; the reported error bounds say how far the integer problem can be
-from the real one. Before CP-SAT, an exact reduction keeps the model small: options dominated
+Solved exactly by OR-Tools CP-SAT on integers. A plan meets a budget B when its total is at
+most B + tol with tol = 1e-9 |B| (room for floating-point sums in another order). Costs are
+rounded to a grid fine enough that the integer problem lies between "total <= B" and
+"total <= B + tol": every plan meeting B exactly is a candidate and every plan CP-SAT returns
+meets B + tol. Gains are rounded to 2^-40 of the largest gain; ``gain_error_bound`` says by how
+much the integer optimum's total gain can fall short of the real optimum's. Before CP-SAT, an exact reduction keeps the model small: options dominated
 by another option of their group are dropped, and, with the Lagrangian bound of the LP
 relaxation (OR-Tools GLOP) and a feasible plan, options that provably cannot be part of a
 better plan are fixed out (reduced-cost fixing). The paper's case (two precisions, one budget)
@@ -28,7 +30,8 @@ Costs = list[dict[int, dict[str, float]]]   # costs[group][bits][metric]
 GainTable = list[dict[int, float]]           # gains[group][bits]
 
 _GAIN_GRID = 2.0 ** 40   # integer units of the largest gain magnitude
-_COST_GRID = 2.0 ** 40   # integer units of the dearest total of a metric
+_TOLERANCE = 1e-9        # relative room of a budget for floating-point rounding
+_MAX_COEFFICIENT_SUM = 2.0 ** 60  # keep CP-SAT's linear sums far from int64 overflow
 
 
 @dataclass
@@ -65,6 +68,17 @@ def _round(x: float) -> float:
     return float(f"{x:.12g}")
 
 
+def _scale(grid: float, largest: float) -> float:
+    """Integer units per real unit so that ``largest`` becomes ``grid`` (1 for negligible values)."""
+    return grid / largest if largest > 1e-200 else 1.0
+
+
+def _slack(limit: float) -> float:
+    """The largest total that meets budget ``limit``: sums of the same costs in another order
+    must not turn a plan that meets it exactly into one that does not."""
+    return limit + abs(limit) * _TOLERANCE
+
+
 def totals(costs: Costs, bits: list[int]) -> dict[str, float]:
     metrics = next(iter(costs[0].values())).keys() if costs else []
     return {m: float(math.fsum(costs[g][b][m] for g, b in enumerate(bits))) for m in metrics}
@@ -85,7 +99,7 @@ def check_feasible(costs: Costs, budgets: dict[str, float]) -> None:
 
     for metric, limit in budgets.items():
         low = cheapest(costs, metric)
-        if low > limit * (1 + 1e-12):
+        if low > _slack(limit):
             raise MpqError(f"budget {metric}<={si(limit, unit(metric))} is infeasible: the cheapest plan reaches "
                            f"{metric}={si(low, unit(metric))} ({low:.6g}; every free group at its cheapest precision, "
                            "pinned groups at their pins); raise the budget")
@@ -147,9 +161,10 @@ def _lagrangian(gains, costs, options, budgets, metrics) -> tuple[np.ndarray, fl
     x = {(g, b): lp.NumVar(0, 1, "") for g, opts in enumerate(options) for b in opts}
     for g, opts in enumerate(options):
         lp.Add(sum(x[g, b] for b in opts) == 1)
-    rows = []
+    rows, scales = [], []
     for m in metrics:
-        scale = 1.0 / max(budgets[m], 1e-300)
+        scale = _scale(1.0, dearest(costs, m))
+        scales.append(scale)
         rows.append(lp.Add(sum(costs[g][b][m] * scale * x[g, b] for g, opts in enumerate(options) for b in opts)
                            <= budgets[m] * scale))
     lp.Maximize(sum(gains[g][b] * x[g, b] for g, opts in enumerate(options) for b in opts))
@@ -158,7 +173,8 @@ def _lagrangian(gains, costs, options, budgets, metrics) -> tuple[np.ndarray, fl
         if status == pywraplp.Solver.INFEASIBLE:
             raise MpqError("the budgets cannot all be met at once (each alone can); loosen one of them")
         return np.zeros(len(metrics)), math.inf
-    multipliers = np.array([max(0.0, abs(r.dual_value())) / max(budgets[m], 1e-300) for r, m in zip(rows, metrics)])
+    multipliers = np.array([abs(r.dual_value()) * s for r, s in zip(rows, scales)])
+    multipliers[~np.isfinite(multipliers)] = 0.0  # any multipliers >= 0 give a valid bound
     return multipliers, _lagrangian_bound(gains, costs, options, budgets, metrics, multipliers)
 
 
@@ -185,7 +201,7 @@ def greedy(gains: GainTable, costs: Costs, budgets: dict[str, float], options: l
     version = [0] * len(options)
 
     def violated() -> tuple[str, ...]:
-        return tuple(m for m in metrics if total[m] > budgets[m] * (1 + 1e-12))
+        return tuple(m for m in metrics if total[m] > _slack(budgets[m]))
 
     def move(g: int, b: int) -> None:
         for m in total:
@@ -196,17 +212,22 @@ def greedy(gains: GainTable, costs: Costs, budgets: dict[str, float], options: l
     def lowering_moves(g: int, over: tuple[str, ...]):
         here = costs[g][bits[g]]
         for b in options[g]:
-            saved = sum(max(0.0, here[m] - costs[g][b][m]) / budgets[m] for m in over if budgets[m] > 0)
+            saved = sum((here[m] - costs[g][b][m]) / max(abs(budgets[m]), 1e-300) for m in over)
             if saved > 0:
                 yield ((gains[g][bits[g]] - gains[g][b]) / saved, g, b, version[g])
 
+    def keeps_others(g: int, b: int, over: tuple[str, ...]) -> bool:
+        return all(total[m] + costs[g][b][m] - costs[g][bits[g]][m] <= _slack(budgets[m]) for m in metrics if m not in over)
+
+    # Each move lowers the violated budgets' normalised sum and breaks no budget that holds,
+    # so the loop ends: the set of violated budgets only shrinks, the sum only falls.
     over = violated()
     while over:
         heap = [item for g in range(len(options)) for item in lowering_moves(g, over)]
         heapq.heapify(heap)
         while heap and violated() == over:
             _, g, b, seen = heapq.heappop(heap)
-            if seen != version[g]:
+            if seen != version[g] or not keeps_others(g, b, over):
                 continue
             move(g, b)
             for item in lowering_moves(g, over):
@@ -229,7 +250,7 @@ def greedy(gains: GainTable, costs: Costs, budgets: dict[str, float], options: l
         _, g, b, seen = heapq.heappop(heap)
         if seen != version[g]:
             continue
-        if any(total[m] + costs[g][b][m] - costs[g][bits[g]][m] > budgets[m] * (1 + 1e-12) for m in metrics):
+        if any(total[m] + costs[g][b][m] - costs[g][bits[g]][m] > _slack(budgets[m]) for m in metrics):
             continue
         move(g, b)
         for item in raising_moves(g):
@@ -261,24 +282,28 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     reduced = [{b: max(r.values()) - v for b, v in r.items()} for r in reduced]
     incumbent = greedy(gains, costs, budgets, options)
     lower = _objective(gains, incumbent) if incumbent else -math.inf
-    tolerance = 1e-9 * (abs(upper) + 1.0) if math.isfinite(upper) else 0.0
-    margin = max((upper - lower) / 1000, tolerance) if incumbent and math.isfinite(upper) else math.inf
+    if not math.isfinite(upper) or incumbent is None:
+        upper, margin = math.inf, math.inf  # no usable bound: one round over every option
+    else:
+        margin = max((upper - lower) / 1000, 1e-12 * (abs(upper) + 1.0))
     while True:
-        covers = not math.isfinite(upper) or not incumbent or margin >= upper - lower + tolerance
         allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
                    for g, opts in enumerate(options)]
-        result = _cpsat_round(gains, costs, budgets, metrics, allowed, incumbent, max(0.1, deadline - time.perf_counter()), workers)
-        bits, status, round_bound, scales = result
+        complete = all(len(a) == len(o) for a, o in zip(allowed, options))
+        bits, status, round_bound, scales = _cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
+                                                         max(0.1, deadline - time.perf_counter()), workers)
         if bits is not None and (incumbent is None or _objective(gains, bits) > lower):
             incumbent, lower = bits, _objective(gains, bits)
+        # A better plan than the incumbent uses only options with reduced cost below upper - lower.
+        covers = complete or margin >= upper - lower + 1e-12 * (abs(upper) + 1.0)
         if status != "OPTIMAL" or time.perf_counter() >= deadline:
             if incumbent is None:
                 raise MpqError(f"no plan found within {time_limit_s:g} s (solver status {status}); raise --time-limit")
             bound = min(upper, round_bound) if covers else upper
             return _solution(gains, costs, incumbent, "FEASIBLE", max(bound, lower), allowed, scales, metrics)
-        if covers or margin >= upper - lower + tolerance:
+        if covers:
             return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
-        margin = max(upper - lower + tolerance, margin * 10) if margin * 10 >= upper - lower else margin * 10
+        margin = max(margin * 10, upper - lower + 1e-12 * (abs(upper) + 1.0)) if margin * 10 >= upper - lower else margin * 10
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):
@@ -288,12 +313,11 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     n = len(costs)
     free = [g for g in range(n) if len(options[g]) > 1]
     fixed = [g for g in range(n) if len(options[g]) == 1]
-    largest_gain = max((abs(gains[g][b]) for g in free for b in options[g]), default=0.0)
-    gain_scale = _GAIN_GRID / largest_gain if largest_gain > 0 else 1.0
-    cost_scale = {m: _COST_GRID / max(dearest(costs, m), 1e-300) for m in metrics}
-    scales = (gain_scale, cost_scale, len(free), len(fixed))
+    gain_scale = _scale(_GAIN_GRID, max((abs(gains[g][b]) for g in free for b in options[g]), default=0.0))
     base = {m: math.fsum(costs[g][options[g][0]][m] for g in fixed) for m in metrics}
-    if any(base[m] > budgets[m] * (1 + 1e-12) for m in metrics):
+    cost_scale = {m: _cost_scale(costs, options, free, budgets[m], m) for m in metrics}
+    scales = (gain_scale, cost_scale, len(free), len(fixed))
+    if any(base[m] > _slack(budgets[m]) for m in metrics):
         return None, "INFEASIBLE", -math.inf, scales
     model = cp_model.CpModel()
     x = {(g, b): model.new_bool_var(f"g{g}_b{b}") for g in free for b in options[g]}
@@ -301,8 +325,9 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     for g in free:
         model.add_exactly_one(x[g, b] for b in options[g])
     for m in metrics:
-        capacity = math.floor((budgets[m] - base[m]) * cost_scale[m] * (1 + 1e-12))
-        coefficients = [math.ceil(costs[g][b][m] * cost_scale[m]) for (g, b) in x]
+        half_tolerance = abs(budgets[m]) * _TOLERANCE / 2
+        capacity = math.floor((budgets[m] + half_tolerance - base[m]) * cost_scale[m])
+        coefficients = [round(costs[g][b][m] * cost_scale[m]) for (g, b) in x]
         model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= capacity)
     model.maximize(cp_model.LinearExpr.weighted_sum(variables, [round(gains[g][b] * gain_scale) for (g, b) in x]))
     if hint is not None:
@@ -319,9 +344,24 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
         return None, name, -math.inf, scales
     bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if solver.boolean_value(x[g, b]))
             for g in range(n)]
+    spent = totals(costs, bits)
+    if any(spent[m] > _slack(budgets[m]) for m in metrics):  # only where the grid had to be coarsened
+        return None, "ROUNDING", -math.inf, scales
     fixed_gain = math.fsum(gains[g][options[g][0]] for g in fixed)
     bound = fixed_gain + solver.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
     return bits, name, bound, scales
+
+
+def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
+    """Integer units per unit of ``metric``: fine enough that rounding every free option to the
+    nearest unit moves a plan's total by at most half the budget's tolerance."""
+    tolerance = abs(limit) * _TOLERANCE
+    reference = sum(max(costs[g][b][metric] for b in options[g]) for g in free)
+    if reference <= 1e-300:
+        return 1.0
+    scale = len(free) / tolerance if tolerance > 1e-300 else _MAX_COEFFICIENT_SUM / reference
+    total = sum(costs[g][b][metric] for g in free for b in options[g]) * scale
+    return scale if total <= _MAX_COEFFICIENT_SUM else _MAX_COEFFICIENT_SUM / total * scale
 
 
 def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> Solution:
@@ -329,7 +369,7 @@ def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> So
     objective = _objective(gains, bits)
     return Solution(bits=bits, status=status, objective=objective, bound=max(bound, objective), wall_time_s=0.0,
                     method="cp-sat", totals=totals(costs, bits), gain_error_bound=free / gain_scale,
-                    budget_slack_bound={m: (free + 1) / cost_scale[m] for m in metrics}, fixed_groups=fixed)
+                    budget_slack_bound={m: max(0.5 * free / cost_scale[m], 0.0) for m in metrics}, fixed_groups=fixed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,18 +388,18 @@ def _knapsack(gains, costs, budgets) -> Solution:
     items = [g for g, c in enumerate(costs) if len(c) == 2]
     high = {g: max(costs[g]) for g in items}
     base = math.fsum(costs[g][low[g]][metric] for g in range(len(costs)))
-    scale_c = _COST_GRID / max(dearest(costs, metric), 1e-300)
+    scale_c = _cost_scale([{0: {metric: abs(costs[g][high[g]][metric] - costs[g][low[g]][metric])}} for g in items],
+                          [[0]] * len(items), list(range(len(items))), limit, metric) if items else 1.0
     extra_gain = {g: gains[g][high[g]] - gains[g][low[g]] for g in items}
-    scale_g = _GAIN_GRID / max((abs(v) for v in extra_gain.values()), default=1.0)
-    scale_g = scale_g if math.isfinite(scale_g) else 1.0
+    scale_g = _scale(_GAIN_GRID, max((abs(v) for v in extra_gain.values()), default=0.0))
     chosen = []
     if items:
         positive = [g for g in items if extra_gain[g] > 0 or costs[g][high[g]][metric] <= costs[g][low[g]][metric]]
         solver = knapsack_solver.KnapsackSolver(
             knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "mpq")
         profits = [max(0, round(extra_gain[g] * scale_g)) for g in positive]
-        weights = [[max(0, math.ceil((costs[g][high[g]][metric] - costs[g][low[g]][metric]) * scale_c)) for g in positive]]
-        capacity = [max(0, math.floor((limit - base) * scale_c * (1 + 1e-12)))]
+        weights = [[max(0, round((costs[g][high[g]][metric] - costs[g][low[g]][metric]) * scale_c)) for g in positive]]
+        capacity = [max(0, math.floor((limit + abs(limit) * _TOLERANCE / 2 - base) * scale_c))]
         solver.init(profits, weights, capacity)
         solver.solve()
         chosen = [g for k, g in enumerate(positive) if solver.best_solution_contains(k)]
@@ -367,7 +407,7 @@ def _knapsack(gains, costs, budgets) -> Solution:
     objective = _objective(gains, bits)
     return Solution(bits=bits, status="OPTIMAL", objective=objective, bound=objective, wall_time_s=0.0,
                     method="knapsack", totals=totals(costs, bits), gain_error_bound=len(items) / scale_g,
-                    budget_slack_bound={metric: (len(items) + 1) / scale_c})
+                    budget_slack_bound={metric: 0.5 * len(items) / scale_c})
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
     if weighting not in WEIGHTINGS:
         raise MpqError(f"unknown EAGL weighting '{weighting}'; choose from {', '.join(WEIGHTINGS)}")
     bits = sorted(set(precisions))
+    needed = bits if mode == "difference" else bits[1:] or bits  # the lowest precision's entropy is unused
     entropies: dict[str, dict[int, float]] = {}
     used_steps: dict[str, str] = {}
     for layer in graph.layers:
@@ -99,12 +100,12 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
             values, model_step = view.values, np.asarray(1.0)
             if np.ndim(view.scale):  # per-channel scales: levels are already on each channel's grid
                 values = view.values.astype(np.float32)
-            entropies[layer.name] = layer_entropies(values, bits, step=step, model_step=model_step,
+            entropies[layer.name] = layer_entropies(values, needed, step=step, model_step=model_step,
                                                     model_bits=view.model_bits)
         else:
             values = view.values if view.scale is None else view.values * view.scale
             used_steps[layer.name] = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
-            entropies[layer.name] = layer_entropies(values, bits, step=step, learned=learned)
+            entropies[layer.name] = layer_entropies(values, needed, step=step, learned=learned)
     value = _layer_values(graph, entropies, bits, mode, weighting)
     by_group = []
     for group in graph.groups:
@@ -128,6 +129,8 @@ def _layer_values(graph: LayerGraph, entropies, bits: list[int], mode: str, weig
     for name, h in entropies.items():
         scale = graph.layer(name).params if weighting == "params" else 1.0
         values[name] = {b: 0.0 if b == low else scale * (h[b] - (h[low] if mode == "difference" else 0.0)) for b in bits}
+        if len(bits) == 1:
+            values[name] = {low: 0.0}
     median = {b: float(np.median([v[b] for v in values.values()])) if values else 0.0 for b in bits}
     for layer in graph.layers:
         values.setdefault(layer.name, dict(median))

@@ -1,0 +1,246 @@
+"""EAGL, the exact solver, plans and frontiers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from costmodels import load_cost_model
+from hw import load_spec
+from planner import MpqError, load_graph
+from planner.costs import cost_table
+from planner.gains import compute, grid
+from planner.gains.eagl import layer_entropies
+from planner.solve import greedy, solve
+
+
+# ------------------------------------------------------------------------------ EAGL
+
+def test_entropy_of_uniform_levels_is_their_bit_count():
+    step = 0.1
+    sixteen = np.repeat(np.arange(-8, 8), 50) * step
+    assert layer_entropies(sixteen, [4], learned={4: step})[4] == pytest.approx(4.0)
+    two = np.repeat([-1.0, 1.0], 300) * step
+    assert layer_entropies(two, [4], learned={4: step})[4] == pytest.approx(1.0)
+    assert layer_entropies(np.full(100, 0.3), [4], learned={4: step})[4] == pytest.approx(0.0)
+
+
+def test_entropy_ignores_the_order_of_weights():
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(4, size=(64, 32, 3, 3)).astype(np.float32)
+    shuffled = rng.permutation(w.reshape(-1)).reshape(w.shape)
+    assert layer_entropies(w, [2, 4, 8]) == layer_entropies(shuffled, [2, 4, 8])
+
+
+def test_level_counts_stream_in_chunks(monkeypatch):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=300_001).astype(np.float32)
+    whole = grid.level_counts(w, {4: 0.3, 8: 0.02})
+    monkeypatch.setattr(grid, "CHUNK", 4096)
+    chunked = grid.level_counts(w, {4: 0.3, 8: 0.02})
+    assert all((whole[b] == chunked[b]).all() for b in (4, 8))
+    assert whole[4].sum() == w.size and len(whole[8]) == 256
+
+
+def test_lsq_and_mse_steps():
+    w = np.random.default_rng(2).normal(size=10_000)
+    assert grid.lsq_step(np.abs(w).mean(), 4) == pytest.approx(2 * np.abs(w).mean() / np.sqrt(7))
+    mse = grid.mse_step(w, 4)
+    assert grid.quant_error(w, mse, 4) <= grid.quant_error(w, grid.lsq_step(np.abs(w).mean(), 4), 4)
+
+
+def test_eagl_gains_on_a_real_graph(exported):
+    graph = load_graph(exported("resnet18"))
+    gains = compute("eagl", graph, [2, 4, 8])
+    for group, values in zip(graph.groups, gains.by_group):
+        if group.pinned_bits:
+            assert values == {8: 0.0}
+        else:
+            assert values[2] == 0 and 0 < values[4] <= 4 * len(group.layers) and values[8] > values[4]
+    difference = compute("eagl", graph, [2, 4], mode="difference")
+    assert all(v[4] < g[4] for v, g, grp in zip(difference.by_group, gains.by_group, graph.groups) if not grp.pinned_bits)
+
+
+def test_eagl_weightless_layers_get_the_median(exported):
+    graph = load_graph(exported("bert"))
+    gains = compute("eagl", graph, [2, 4])
+    assert len(gains.extra["estimated_layers"]) == 24
+
+
+# ------------------------------------------------------------------------------ solver
+
+def brute_force(gains, costs, budgets):
+    """Best total gain over every combination (numpy, vectorised over the product)."""
+    options = [sorted(c) for c in costs]
+    index = np.stack(np.meshgrid(*[np.arange(len(o)) for o in options], indexing="ij"), -1).reshape(-1, len(options))
+    total_gain = sum(np.array([gains[g][b] for b in options[g]])[index[:, g]] for g in range(len(options)))
+    feasible = np.ones(len(index), bool)
+    for m, limit in budgets.items():
+        spent = sum(np.array([costs[g][b][m] for b in options[g]])[index[:, g]] for g in range(len(options)))
+        feasible &= spent <= limit * (1 + 1e-9)
+    if not feasible.any():
+        return None
+    return float(total_gain[feasible].max())
+
+
+@st.composite
+def instances(draw):
+    n = draw(st.integers(1, 12))
+    n_budgets = draw(st.integers(1, 2))
+    bits = [2, 4, 8]
+    costs, gains = [], []
+    for _ in range(n):
+        pinned = draw(st.booleans()) and draw(st.booleans())
+        offered = [8] if pinned else bits
+        base = [draw(st.floats(0.01, 100)) for _ in range(n_budgets)]
+        costs.append({b: {f"m{k}": base[k] * (b / 8) ** draw(st.floats(0.5, 1.5)) for k in range(n_budgets)} for b in offered})
+        steps = [draw(st.floats(0, 10)) for _ in offered]
+        gains.append({b: float(sum(steps[:i])) for i, b in enumerate(offered)})
+    fractions = [draw(st.floats(0, 1)) for _ in range(n_budgets)]
+    budgets = {}
+    for k in range(n_budgets):
+        low = sum(min(c[f"m{k}"] for c in o.values()) for o in costs)
+        high = sum(max(c[f"m{k}"] for c in o.values()) for o in costs)
+        budgets[f"m{k}"] = low + fractions[k] * (high - low)
+    return gains, costs, budgets
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_cpsat_optimum_equals_brute_force(instance):
+    gains, costs, budgets = instance
+    best = brute_force(gains, costs, budgets)
+    try:
+        solution = solve(gains, costs, budgets)
+    except MpqError:
+        assert best is None
+        return
+    assert solution.status == "OPTIMAL"
+    assert solution.objective == pytest.approx(best, rel=1e-9, abs=1e-9)
+    for m, limit in budgets.items():
+        assert solution.totals[m] <= limit * (1 + 1e-9)
+    for g, options in enumerate(costs):
+        assert solution.bits[g] in options  # pinned groups (one option) keep their pin
+    bits = greedy(gains, costs, budgets)
+    if bits is not None:
+        assert sum(gains[g][b] for g, b in enumerate(bits)) <= solution.objective + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 50), st.floats(0, 10)), min_size=1, max_size=12), st.floats(0, 1))
+def test_knapsack_solver_agrees_with_cpsat(items, fraction):
+    costs = [{2: {"latency_s": c / 4}, 4: {"latency_s": c / 2}} for c, _ in items]
+    gains = [{2: 0.0, 4: g} for _, g in items]
+    budgets = {"latency_s": sum(c / 4 for c, _ in items) + fraction * sum(c / 4 for c, _ in items)}
+    a = solve(gains, costs, budgets, method="cpsat")
+    b = solve(gains, costs, budgets, method="knapsack")
+    assert a.objective == pytest.approx(b.objective, rel=1e-9, abs=1e-9)
+    assert b.totals["latency_s"] <= budgets["latency_s"] * (1 + 1e-12)
+
+
+def test_large_instance_is_proven_optimal():
+    rng = np.random.default_rng(0)
+    n, bits = 500, [2, 4, 8]
+    macs, params = rng.lognormal(0, 1.5, n), rng.lognormal(0, 1.5, n)
+    costs = [{b: {"latency_s": macs[i] * b / 8, "weight_bytes": params[i] * b / 8} for b in bits} for i in range(n)]
+    step = rng.lognormal(0, 1, (n, 2))
+    gains = [{2: 0.0, 4: step[i, 0], 8: step[i, 0] + step[i, 1]} for i in range(n)]
+    budgets = {"latency_s": macs.sum() * 0.5, "weight_bytes": params.sum() * 0.6}
+    solution = solve(gains, costs, budgets)
+    assert solution.status == "OPTIMAL" and solution.gap == 0
+
+
+# ------------------------------------------------------------------------------ CLI: plan and frontier
+
+def mpq(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_resnet50_plan_on_northpole(exported, tmp_path):
+    model = exported("resnet50")
+    result = mpq("plan", model, "--hw", "northpole", "--budget", "latency=0.5", "-o", tmp_path / "plan.json",
+                 "--csv", tmp_path / "bitmap.csv")
+    assert result.returncode == 0, result.stderr
+    assert "solver OPTIMAL" in result.stdout
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["schema"] == "mpq.plan/v1" and doc["solver"]["status"] == "OPTIMAL"
+    graph = load_graph(model)
+    bits = {l["name"]: l["w_bits"] for l in doc["layers"]}
+    assert bits[graph.layers[0].name] == 8 and bits[graph.layers[-1].name] == 8
+    for group in graph.groups:
+        assert len({bits[n] for n in group.layers}) == 1  # downsample convs keep their partner's bits
+    assert doc["totals"]["latency_s"] <= doc["budgets"][0]["limit"]
+    csv = (tmp_path / "bitmap.csv").read_text().splitlines()
+    assert csv[0] == "layer,weight,w_bits,a_bits" and len(csv) == 55
+
+
+def test_same_inputs_same_bytes(exported, tmp_path):
+    model = exported("resnet18")
+    outputs = []
+    for k in range(2):
+        out = tmp_path / f"plan{k}.json"
+        assert mpq("plan", model, "--hw", "northpole", "--budget", "latency=0.4", "--budget", "weight_bytes<=8MB",
+                   "-o", out, "--csv", tmp_path / f"b{k}.csv").returncode == 0
+        outputs.append((out.read_bytes(), (tmp_path / f"b{k}.csv").read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("budget,words", [
+    ("latency_s<=1e-12", ["infeasible", "the cheapest plan reaches latency_s="]),
+    ("latency<=", ["expected METRIC<=VALUE"]),
+    ("latency=1.5", ["fractional budget"]),
+    ("weight_bytes<=3parsecs", ["unit"]),
+    ("power_w<=5", ["unknown metric 'power_w'"]),
+])
+def test_bad_budgets_exit_2_and_write_nothing(exported, tmp_path, budget, words):
+    out = tmp_path / "plan.json"
+    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", budget, "-o", out, "--csv", tmp_path / "b.csv")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert all(w in result.stderr for w in words), result.stderr
+    assert not out.exists() and not (tmp_path / "b.csv").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_gains_file_for_another_model(exported, tmp_path):
+    gains = tmp_path / "gains.json"
+    assert mpq("gains", "eagl", exported("mobilenet"), "--hw", "northpole", "-o", gains).returncode == 0
+    out = tmp_path / "plan.json"
+    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", "latency=0.5", "--gains", gains, "-o", out)
+    assert result.returncode == 2 and "for another model" in result.stderr and not out.exists()
+    ok = mpq("plan", exported("mobilenet"), "--hw", "northpole", "--budget", "latency=0.5", "--gains", gains, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["gains"]["method"] == "eagl"
+
+
+def test_explain_and_frontier(exported, tmp_path):
+    model = exported("resnet18")
+    result = mpq("plan", model, "--hw", "northpole", "--budget", "latency=0.5", "--explain")
+    assert result.returncode == 0 and "most contested groups" in result.stdout
+    result = mpq("frontier", model, "--hw", "northpole", "--points", "5", "--gains", "eagl", "--gains", "params",
+                 "--plot", tmp_path / "f.png", "--csv", tmp_path / "f.csv", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["points"]) == 10 and all(p["status"] == "OPTIMAL" for p in doc["points"])
+    eagl = [p["objective"] for p in doc["points"] if p["method"] == "eagl"]
+    assert eagl == sorted(eagl)  # more budget never lowers the optimum
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "f.csv.partial.jsonl").exists()
+
+
+def test_frontier_resumes_from_its_checkpoint(exported, tmp_path):
+    from planner.checkpoint import Checkpoint
+    from planner.frontier import sweep
+
+    graph = load_graph(exported("resnet18"))
+    table = cost_table(graph, load_spec("northpole"), load_cost_model("northpole"))
+    gains = compute("eagl", graph, [2, 4, 8])
+    checkpoint = Checkpoint(tmp_path / "ck.jsonl")
+    first = sweep(table, [gains], "latency_s", [0.0, 0.5], checkpoint=checkpoint)
+    calls = []
+    again = sweep(table, [gains], "latency_s", [0.0, 0.5, 1.0], checkpoint=Checkpoint(tmp_path / "ck.jsonl"),
+                  progress=lambda d, t: calls.append(d))
+    assert [p.objective for p in again[:2]] == [p.objective for p in first]
+    assert len(Checkpoint(tmp_path / "ck.jsonl").done) == 3
