@@ -58,7 +58,8 @@ def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher:
             if teacher is not None and distill > 0:
                 with torch.no_grad():
                     target = teacher(x)
-                loss = (1 - distill) * loss + distill * distillation_loss(outputs, target)
+                divergence = getattr(task, "distillation_loss", distillation_loss)
+                loss = (1 - distill) * loss + distill * divergence(outputs, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -104,7 +105,7 @@ def outputs_of(model: nn.Module, task, dataset) -> tuple[torch.Tensor, torch.Ten
 @torch.no_grad()
 def score(model: nn.Module, task, dataset, metric: str = "accuracy", teacher: nn.Module | None = None) -> float:
     """Higher is better: accuracy (the task's ``score`` where it has one), minus the mean loss,
-    or minus the mean KL divergence to ``teacher``."""
+    or minus the mean KL divergence to ``teacher`` (the task's ``divergence`` where it has one)."""
     if metric == "accuracy":
         if hasattr(task, "score"):
             return float(task.score(model, dataset))
@@ -115,6 +116,8 @@ def score(model: nn.Module, task, dataset, metric: str = "accuracy", teacher: nn
         return -float(task_loss(task, outputs, targets))
     if metric == "kl":
         reference, _ = outputs_of(teacher, task, dataset)
+        if hasattr(task, "divergence"):  # e.g. embeddings, where a softmax over outputs means nothing
+            return -float(task.divergence(outputs, reference))
         return -float(F.kl_div(F.log_softmax(outputs, -1), F.log_softmax(reference, -1), log_target=True,
                                reduction="batchmean"))
     raise ValueError(f"unknown metric {metric}")

@@ -10,9 +10,12 @@ A task is any object with
 - ``evaluate(model) -> float``: the task's score on its *test* split, higher is better;
 
 and optionally ``loss(outputs, targets)`` (default: cross-entropy), ``score(model, dataset)``
-(the validation "accuracy" metric; default: top-1 accuracy), ``augment(x, generator)`` (training
-augmentation), ``batch_size`` (default 64), ``example_inputs()`` (for the ONNX export; default:
-the first training input with a batch dimension of 1), ``lr`` / ``epochs`` defaults.
+(the validation "accuracy" metric; default: top-1 accuracy), ``divergence(outputs, reference)``
+(the "kl" metric; default: KL of softmaxed outputs), ``distillation_loss(student, teacher)``
+(default: softened KL), ``augment(x, generator)`` (training augmentation), ``batch_size``
+(default 64), ``example_inputs()`` (for the ONNX export; default: the first training input with a
+batch dimension of 1), ``lr`` / ``epochs`` / ``finetune_lr`` / ``finetune_epochs`` defaults.
+Models take one input tensor (a task with several inputs stacks them).
 
 ``load_task("mnist")`` gives the built-in MNIST task; ``"package.module:object"`` or
 ``"path/file.py:object"`` loads a user's (an object, or a class / function that returns one).
