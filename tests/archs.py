@@ -8,6 +8,7 @@ same structure as the real thing.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -281,3 +282,80 @@ def count_macs_params(model: nn.Module, inputs: tuple) -> tuple[int, int]:
     for h in handles:
         h.remove()
     return totals["macs"], totals["params"]
+
+
+def decoder_onnx(path, *, blocks: int = 2, hidden: int = 64, ffn: int = 176, heads: int = 4, vocab: int = 1000,
+                 seed: int = 0, chunk_elements: int = 1 << 22) -> dict:
+    """Write a decoder-only transformer (LLaMA-like: pre-norm, Q/K/V and gated MLP, fp32) as ONNX
+    with every weight in one external data file, streaming: no more than one tensor is ever held.
+
+    Inputs: ``input_ids`` [batch, seq] (both symbolic). Returns {"data": data path, "bytes": size,
+    "largest": bytes of the largest tensor, "params": weight count}.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = Path(path)
+    data_path = path.with_suffix(".data")
+    rng = np.random.default_rng(seed)
+    initializers, nodes = [], []
+    stats = {"bytes": 0, "largest": 0, "params": 0}
+    with open(data_path, "wb") as data:
+        def weight(name: str, shape: tuple[int, ...], scale: float = 0.02) -> str:
+            count = int(np.prod(shape))
+            offset = data.tell()
+            for start in range(0, count, chunk_elements):
+                block = rng.standard_normal(min(chunk_elements, count - start), dtype=np.float32) * np.float32(scale)
+                data.write(block.tobytes())
+            tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(count * 4))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            initializers.append(tensor)
+            stats["bytes"] += count * 4
+            stats["largest"] = max(stats["largest"], count * 4)
+            stats["params"] += count
+            return name
+
+        def const(name: str, values, dtype=np.float32) -> str:
+            initializers.append(onnx.numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+            return name
+
+        def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+            nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+            return name
+
+        head = hidden // heads
+        ones, zeros = const("norm_scale", np.ones(hidden)), const("norm_bias", np.zeros(hidden))
+        split_shape = const("split_shape", [0, 0, heads, head], np.int64)
+        merge_shape = const("merge_shape", [0, 0, hidden], np.int64)
+        scale = const("attn_scale", 1.0 / math.sqrt(head))
+        x = node("Gather", [weight("embed.weight", (vocab, hidden)), "input_ids"], "embed")
+        for b in range(blocks):
+            p = f"layers.{b}"
+            h = node("LayerNormalization", [x, ones, zeros], f"{p}.attn_norm", axis=-1)
+            q, k, v = (node("MatMul", [h, weight(f"{p}.{n}_proj.weight", (hidden, hidden))], f"{p}.{n}_proj") for n in "qkv")
+            q, k, v = (node("Transpose", [node("Reshape", [t, split_shape], f"{t}.split")], f"{t}.heads", perm=[0, 2, 1, 3])
+                       for t in (q, k, v))
+            kt = node("Transpose", [k], f"{p}.k_t", perm=[0, 1, 3, 2])
+            scores = node("Mul", [node("MatMul", [q, kt], f"{p}.scores"), scale], f"{p}.scaled")
+            probs = node("Softmax", [scores], f"{p}.probs", axis=-1)
+            context = node("MatMul", [probs, v], f"{p}.context")
+            merged = node("Reshape", [node("Transpose", [context], f"{p}.merge_t", perm=[0, 2, 1, 3]), merge_shape], f"{p}.merged")
+            x = node("Add", [x, node("MatMul", [merged, weight(f"{p}.o_proj.weight", (hidden, hidden))], f"{p}.o_proj")], f"{p}.attn_res")
+            h = node("LayerNormalization", [x, ones, zeros], f"{p}.mlp_norm", axis=-1)
+            gate = node("MatMul", [h, weight(f"{p}.gate_proj.weight", (hidden, ffn))], f"{p}.gate_proj")
+            up = node("MatMul", [h, weight(f"{p}.up_proj.weight", (hidden, ffn))], f"{p}.up_proj")
+            act = node("Mul", [node("Mul", [gate, node("Sigmoid", [gate], f"{p}.sigmoid")], f"{p}.silu"), up], f"{p}.gated")
+            x = node("Add", [x, node("MatMul", [act, weight(f"{p}.down_proj.weight", (ffn, hidden))], f"{p}.down_proj")], f"{p}.mlp_res")
+        x = node("LayerNormalization", [x, ones, zeros], "final_norm", axis=-1)
+        node("MatMul", [x, weight("lm_head.weight", (hidden, vocab))], "logits")
+    graph = helper.make_graph(
+        nodes, "decoder", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="mpq-synthetic")
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+    return {"data": data_path, **stats}

@@ -76,11 +76,14 @@ def _ratio(from_bits: int, to_bits: int) -> float:
 
 
 def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: str = "entropy",
-         weighting: str = "none", learned_steps: dict[str, dict[int, float]] | None = None) -> Gains:
+         weighting: str = "none", learned_steps: dict[str, dict[int, float]] | None = None,
+         workers: int | None = None) -> Gains:
     """EAGL gains for every group of ``graph`` at ``precisions``.
 
     ``learned_steps[layer][bits]`` are steps learned by quantization-aware training (e.g. an LSQ
-    checkpoint); they win over the LSQ initialisation under ``step="auto"``.
+    checkpoint); they win over the LSQ initialisation under ``step="auto"``. ``workers``: forked
+    processes that share the layers (default: one per CPU for models of more than 64M weights,
+    else none); results do not depend on it.
     """
     if mode not in MODES:
         raise MpqError(f"unknown EAGL mode '{mode}'; choose from {', '.join(MODES)}")
@@ -88,24 +91,11 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
         raise MpqError(f"unknown EAGL weighting '{weighting}'; choose from {', '.join(WEIGHTINGS)}")
     bits = sorted(set(precisions))
     needed = bits if mode == "difference" else bits[1:] or bits  # the lowest precision's entropy is unused
-    entropies: dict[str, dict[int, float]] = {}
-    used_steps: dict[str, str] = {}
-    for layer in graph.layers:
-        view = layer_weights(graph, layer)
-        if view is None:
-            continue
-        learned = (learned_steps or {}).get(layer.name)
-        if view.scale is not None and step == "auto" and not learned:
-            used_steps[layer.name] = f"model scale ({view.model_bits}-bit grid)"
-            values, model_step = view.values, np.asarray(1.0)
-            if np.ndim(view.scale):  # per-channel scales: levels are already on each channel's grid
-                values = view.values.astype(np.float32)
-            entropies[layer.name] = layer_entropies(values, needed, step=step, model_step=model_step,
-                                                    model_bits=view.model_bits)
-        else:
-            values = view.values if view.scale is None else view.values * view.scale
-            used_steps[layer.name] = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
-            entropies[layer.name] = layer_entropies(values, needed, step=step, learned=learned)
+    jobs = [(layer.name, needed, step, (learned_steps or {}).get(layer.name)) for layer in graph.layers
+            if layer.weight is not None]
+    results = _map_layers(graph, jobs, workers)
+    entropies = {name: h for name, (h, _) in zip((j[0] for j in jobs), results) if h is not None}
+    used_steps = {name: how for name, (_, how) in zip((j[0] for j in jobs), results) if how is not None}
     value = _layer_values(graph, entropies, bits, mode, weighting)
     by_group = []
     for group in graph.groups:
@@ -120,6 +110,46 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
         extra["estimated_layers"] = estimated
     return Gains(method="eagl", params={"step": step, "mode": mode, "weighting": weighting}, by_group=by_group,
                  extra=extra)
+
+
+def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str,
+                      learned: dict[int, float] | None) -> tuple[dict[int, float] | None, str | None]:
+    """Entropies of one layer's weights and how its step was chosen."""
+    view = layer_weights(graph, graph.layer(name))
+    if view is None:
+        return None, None
+    if view.scale is not None and step == "auto" and not learned:
+        values = view.values if not np.ndim(view.scale) else view.values.astype(np.float32)
+        return (layer_entropies(values, needed, step=step, model_step=np.asarray(1.0), model_bits=view.model_bits),
+                f"model scale ({view.model_bits}-bit grid)")
+    values = view.values if view.scale is None else view.values * view.scale
+    how = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
+    return layer_entropies(values, needed, step=step, learned=learned), how
+
+
+_FORKED_GRAPH: LayerGraph | None = None  # the graph a forked worker inherits
+
+
+def _forked_job(job):
+    return layer_entropy_job(_FORKED_GRAPH, *job)
+
+
+def _map_layers(graph: LayerGraph, jobs: list[tuple], workers: int | None) -> list:
+    import multiprocessing
+    import os
+
+    if workers is None:
+        total = sum(graph.layer(j[0]).params for j in jobs)
+        workers = (os.cpu_count() or 1) if total > 64_000_000 else 1
+    if workers <= 1 or len(jobs) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [layer_entropy_job(graph, *job) for job in jobs]
+    global _FORKED_GRAPH
+    _FORKED_GRAPH = graph
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            return pool.map(_forked_job, jobs, chunksize=1)
+    finally:
+        _FORKED_GRAPH = None
 
 
 def _layer_values(graph: LayerGraph, entropies, bits: list[int], mode: str, weighting: str) -> dict[str, dict[int, float]]:
