@@ -444,8 +444,9 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
                f"fixed by presolve; rounding error <= {s['gain_error_bound']:.2g} gain")
     for b in doc["budgets"]:
         used = doc["totals"][b["metric"]]
+        share = f" ({100 * used / b['limit']:.1f}% of budget)" if b["limit"] else ""
         click.echo(f"budget {b['given']}: {b['metric']} <= {report.si(b['limit'], _unit(b['metric']))}, "
-                   f"plan {report.si(used, _unit(b['metric']))} ({100 * used / b['limit']:.1f}% of budget)" if b["limit"] else "")
+                   f"plan {report.si(used, _unit(b['metric']))}{share}")
     click.echo("totals: " + ", ".join(f"{m}={report.si(v, _unit(m))}" for m, v in doc["totals"].items()))
     primary = table.metrics[0]
     parts = []
@@ -506,7 +507,7 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
         from .plots import frontier_plot
 
         frontier_plot(rows, uniform, metric, plot_path,
-                      title=f"{Path_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
+                      title=f"{_file_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
     if as_json:
         _dump_json({"metric": metric, "points": rows, "uniform": {str(b): u for b, u in uniform.items()}})
         return
@@ -523,7 +524,7 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
             click.echo(f"wrote {path}")
 
 
-def Path_name(path) -> str:
+def _file_name(path) -> str:
     from pathlib import Path
 
     return Path(path).name if path else "model"

@@ -129,3 +129,20 @@ def save_onnx_for_planning(task, model: nn.Module, path: str | Path) -> Path:
 
 
 __all__ = ["apply_plan", "bits_of", "export_qdq", "save_onnx_for_planning", "task_graph", "train", "uniform_bits"]
+
+
+def finetune_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epochs: float, lr: float,
+                 seed: int, distill: float) -> dict:
+    """Fine-tune the checkpoint at ``bits_by_module`` (distilling from the checkpoint itself when
+    ``distill`` > 0) and score it: {"test": task.evaluate, "val_loss": validation loss}. Single-threaded
+    and seeded, so any executor gives the same numbers."""
+    from .quant.checkpoint import load_checkpoint
+    from .quant.train import score
+    from .tasks import load_task
+
+    torch.set_num_threads(1)
+    task = load_task(task_ref)
+    base = load_checkpoint(checkpoint, task)
+    model = apply_bits(base, bits_by_module)
+    fit(model, task, epochs=epochs, lr=lr, seed=seed, teacher=base if distill > 0 else None, distill=distill)
+    return {"test": task.evaluate(model), "val_loss": -score(model, task, task.eval_data(), "loss")}
