@@ -73,13 +73,14 @@ def setups(quick: bool) -> dict[str, Setup]:
 class Run:
     """One task's pipeline with its caches."""
 
-    def __init__(self, setup: Setup, store: Checkpoint, executor: str, workers: int, log):
+    def __init__(self, setup: Setup, store: Checkpoint, executor: str, workers: int, log, ray_address: str | None = None):
         import torch
 
         from planner.tasks import load_task
 
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+        torch.set_num_threads(1)  # one thread per process: deterministic, no spinning threads under load
         self.setup, self.store, self.executor, self.workers, self.log = setup, store, executor, workers, log
+        self.parallel = {"executor": executor, "workers": workers, "ray_address": ray_address}
         self.task = load_task(setup.task)
         self.folder = CACHE / setup.task
 
@@ -147,12 +148,13 @@ class Run:
             resume = Checkpoint(self.folder / f"seed{seed}" / f"{method}.jsonl")
             result = alps(self.task, paths["w4"], graph, mapping, bits, epochs=self.setup.alps_epochs,
                           metric="accuracy" if method == "alps-accuracy" else "kl", seeds=self.setup.alps_seeds,
-                          executor=self.executor, workers=self.workers, resume=resume,
+                          **self.parallel, resume=resume,
                           progress=lambda k, v: self.log(f"  alps job {k.split(':', 1)[1]} -> {v:.5f}"))
         elif method == "hessian":
             result = hessian_gains(self.task, _float_copy(base), graph, mapping, bits, learned=learned_steps(base), seed=seed)
         elif method == "sensitivity":
-            result = sensitivity_gains(self.task, base, bits_of(base), graph, mapping, bits, metric="kl")
+            result = sensitivity_gains(self.task, paths["w4"], graph, mapping, bits, metric="kl", **self.parallel,
+                                       resume=Checkpoint(self.folder / f"seed{seed}" / "sensitivity.jsonl"))
         elif method == "params":
             result = baselines.params(graph, bits)
         elif method.startswith("random-"):
@@ -221,7 +223,7 @@ class Run:
 
         from planner.workflow import finetune_job
 
-        run_jobs(finetune_job, todo, finished, executor=self.executor, workers=self.workers)
+        run_jobs(finetune_job, todo, finished, **self.parallel)
 
     def job(self, paths, bits_by_module, seed: int) -> dict:
         return {"task_ref": self.setup.task, "checkpoint": str(paths["w4"]), "bits_by_module": bits_by_module,
@@ -439,6 +441,7 @@ def main() -> None:
     parser.add_argument("--task", choices=["mnist", "minilm", "all"], default="all")
     parser.add_argument("--executor", choices=["local", "processes", "ray"], default="processes")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: a local instance with --executor ray).")
     options = parser.parse_args()
     chosen = setups(options.quick)
     tasks = list(chosen) if options.task == "all" else [options.task]
@@ -450,7 +453,7 @@ def main() -> None:
 
     results = {}
     for task in tasks:
-        results[task] = Run(chosen[task], store, options.executor, options.workers, log).run()
+        results[task] = Run(chosen[task], store, options.executor, options.workers, log, options.ray_address).run()
     text = write_outputs(results, options.quick)
     name = "README-quick.md" if options.quick else "summary.md"
     (RESULTS / name).write_text(text + "\n")

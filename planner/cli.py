@@ -789,6 +789,16 @@ data_gains_options = [
 ]
 
 
+executor_options = [
+    click.option("--workers", type=int, default=1, show_default=True, help="Parallel workers."),
+    click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,
+                 help="Where jobs run (default: processes with --workers > 1, else local)."),
+    click.option("--ray-address", default=None, help="Ray cluster address (default: start a local instance)."),
+    click.option("--resume-file", default=None, metavar="JSONL",
+                 help="Checkpoint of finished jobs (default: OUTPUT.partial.jsonl, removed when done)."),
+]
+
+
 def _bits_list(text: str) -> list[int]:
     try:
         return sorted({int(b) for b in text.split(",")})
@@ -803,11 +813,7 @@ def _bits_list(text: str) -> list[int]:
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
               help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds of the base score (its spread is the noise floor).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Parallel worker processes.")
-@click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,
-              help="Where jobs run (default: processes with --workers > 1, else local).")
-@click.option("--ray-address", default=None, help="Ray cluster address (default: start a local instance).")
-@click.option("--resume-file", default=None, metavar="JSONL", help="Checkpoint of finished groups (default: OUTPUT.partial.jsonl).")
+@_with(executor_options)
 def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs, lr, metric, seeds, workers, executor,
                ray_address, resume_file) -> None:
     """ALPS: drop each group one step, fine-tune, measure the score lost (resumable)."""
@@ -865,15 +871,24 @@ def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, sam
 @gains.command("sensitivity")
 @_with(data_gains_options)
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True)
-def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, metric) -> None:
-    """AIMET-style: lower each group alone without fine-tuning and score it."""
+@_with(executor_options)
+def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, metric, workers, executor, ray_address,
+                      resume_file) -> None:
+    """AIMET-style: lower each group alone without fine-tuning and score it (resumable)."""
+    from .checkpoint import Checkpoint
     from .gains.sensitivity import sensitivity_gains
-    from .quant.lsq import bits_of
 
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    result = sensitivity_gains(task, model, bits_of(model), graph, mapping, _bits_list(bits), metric=metric)
+    resume = Checkpoint(resume_file or output + ".partial.jsonl")
+    executor = executor or ("processes" if workers > 1 else "local")
+    with _progress(0, f"sensitivity {task.name}", unit="job") as bar:
+        result = sensitivity_gains(task, checkpoint_path, graph, mapping, _bits_list(bits), metric=metric,
+                                   executor=executor, workers=workers, ray_address=ray_address, resume=resume,
+                                   progress=lambda key, value: bar.update(1))
     result.write(graph, output)
+    if not resume_file:
+        resume.remove()
     click.echo(f"wrote {output}: sensitivity gains ({metric}) for {len(graph.free_groups)} free groups")
 
 
