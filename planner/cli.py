@@ -636,7 +636,7 @@ def _threads() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--pin-bits", type=int, default=8, show_default=True, help="Bits of the pinned first and last layers.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the checkpoint here (and OUTPUT with .onnx: "
-              "the float ONNX export to plan on).")
+              "the float ONNX export to plan on). Finished epochs are kept in OUTPUT.partial: a rerun resumes.")
 def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None:
     """Train a task's model: full precision, or LSQ quantization-aware at uniform --bits."""
     from pathlib import Path
@@ -652,7 +652,7 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
             bar.total = total
             bar.update(1)
         model = workflow.train(task, model, bits=bits, epochs=epochs, lr=lr, seed=seed, pins=(pin_bits, pin_bits),
-                               progress=tick)
+                               progress=tick, resume=output + ".partial")
     test = task.evaluate(model)
     save_checkpoint(output, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
     onnx_path = Path(output).with_suffix(".onnx")
@@ -722,7 +722,7 @@ def finetune(plan_path, task_ref, checkpoint_path, epochs, lr, seed, distill, te
             bar.update(1)
         fit(model, task, epochs=epochs if epochs is not None else getattr(task, "finetune_epochs", 5),
             lr=lr if lr is not None else getattr(task, "finetune_lr", 0.01), seed=seed,
-            teacher=teacher if distill > 0 else None, distill=distill, progress=tick)
+            teacher=teacher if distill > 0 else None, distill=distill, progress=tick, resume=output + ".partial")
     test = task.evaluate(model)
     save_checkpoint(output, model, task, test_score=test, plan=plan_path, plan_sha256=_sha(plan_path),
                     init=checkpoint_path, seed=seed)

@@ -36,7 +36,8 @@ def uniform_bits(graph: LayerGraph, mapping: dict[str, str], bits: int) -> dict[
 
 
 def train(task, model: nn.Module, *, bits: int | None = None, epochs: float | None = None, lr: float | None = None,
-          seed: int = 0, pins: tuple[int | None, int | None] = (8, 8), progress=None) -> nn.Module:
+          seed: int = 0, pins: tuple[int | None, int | None] = (8, 8), progress=None,
+          resume: str | Path | None = None) -> nn.Module:
     """Train full precision (``bits=None``) or quantization-aware at uniform ``bits`` (pinned
     groups at their pins), starting from ``model``'s weights."""
     if bits is not None:
@@ -46,7 +47,7 @@ def train(task, model: nn.Module, *, bits: int | None = None, epochs: float | No
     else:
         default_epochs, default_lr = getattr(task, "epochs", 10), getattr(task, "lr", 0.05)
     return fit(model, task, epochs=epochs if epochs is not None else default_epochs,
-               lr=lr if lr is not None else default_lr, seed=seed, progress=progress)
+               lr=lr if lr is not None else default_lr, seed=seed, progress=progress, resume=resume)
 
 
 def apply_plan(task, model: nn.Module, plan) -> nn.Module:

@@ -213,3 +213,29 @@ def test_data_side_bad_inputs(trained, tmp_path):
     one_line_error(mpq("finetune", other_plan, "--task", TINY, "--checkpoint", trained / "w4.pt", "-o", tmp_path / "f.pt"),
                    "plan is for another model")
     assert not (tmp_path / "f.pt").exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_fit_resumes_after_interruption_with_the_same_result(tmp_path):
+    from planner.quant.train import fit, loader
+    from planner.tasks import load_task
+
+    task = load_task(TINY)
+    steps_per_epoch = len(loader(task, task.train_data(), shuffle=True))
+    reference = apply_bits(task.model(), {"stage2.conv1": 2, "fc": 8})
+    fit(reference, task, epochs=2, lr=0.05, seed=3)
+
+    model = apply_bits(task.model(), {"stage2.conv1": 2, "fc": 8})
+
+    def interrupt(step, total):
+        if step == steps_per_epoch + 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, task, epochs=2, lr=0.05, seed=3, resume=tmp_path / "state", progress=interrupt)
+    assert (tmp_path / "state").exists()
+    resumed = apply_bits(task.model(), {"stage2.conv1": 2, "fc": 8})
+    seen = []
+    fit(resumed, task, epochs=2, lr=0.05, seed=3, resume=tmp_path / "state", progress=lambda s, t: seen.append(s))
+    assert seen[0] == steps_per_epoch + 1 and not (tmp_path / "state").exists()
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

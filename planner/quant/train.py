@@ -3,6 +3,7 @@ progress goes to an optional callback ``progress(step, total)``."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher: nn.Module | None = None,
-        distill: float = 0.0, weight_decay: float = 5e-4, reestimate_bn: bool = True, progress=None) -> nn.Module:
+        distill: float = 0.0, weight_decay: float = 5e-4, reestimate_bn: bool = True, progress=None,
+        resume: str | Path | None = None) -> nn.Module:
     """Train ``model`` in place with SGD (momentum 0.9, cosine schedule) for ``epochs`` (may be
     fractional) on the task's training data; with a ``teacher``, the loss mixes in distillation
     with weight ``distill``. Batch-norm statistics are re-estimated at the end (quantized
-    networks drift from the statistics of their float parents)."""
+    networks drift from the statistics of their float parents).
+
+    With ``resume`` (a file path), the state after every finished epoch (weights, optimizer,
+    schedule, random generators) is saved there, a later call with the same settings continues
+    from it with the same result as an uninterrupted run, and the file is removed at the end.
+    """
     torch.manual_seed(seed)
     data = loader(task, task.train_data(), shuffle=True, seed=seed)
     steps = max(1, math.ceil(epochs * len(data)))
@@ -45,10 +52,12 @@ def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
     augment = getattr(task, "augment", None)
     generator = torch.Generator().manual_seed(seed + 1)
+    config = {"epochs": epochs, "lr": lr, "seed": seed, "distill": distill, "steps": steps,
+              "weight_decay": weight_decay, "keys": sorted(model.state_dict())}
+    step = _restore(resume, config, model, optimizer, schedule, data.generator, generator) if resume else 0
     if teacher is not None:
         teacher.eval()
     model.train()
-    step = 0
     while step < steps:
         for x, y in data:
             if augment is not None:
@@ -69,9 +78,44 @@ def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher:
                 progress(step, steps)
             if step >= steps:
                 break
+        else:  # a whole epoch finished: the state at an epoch boundary can be resumed exactly
+            if resume and step < steps:
+                _save(resume, config, step, model, optimizer, schedule, data.generator, generator)
     if reestimate_bn:
         reestimate_batch_norm(model, task, seed)
+    if resume:
+        Path(resume).unlink(missing_ok=True)
     return model.eval()
+
+
+def _save(path, config, step, model, optimizer, schedule, data_generator, augment_generator) -> None:
+    from ..atomic import atomic_path
+
+    state = {"config": config, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "data_rng": data_generator.get_state(),
+             "augment_rng": augment_generator.get_state(), "torch_rng": torch.get_rng_state()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _restore(path, config, model, optimizer, schedule, data_generator, augment_generator) -> int:
+    """The step to continue from (0 when there is no usable saved state)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return 0
+    if state.get("config") != config:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    data_generator.set_state(state["data_rng"])
+    augment_generator.set_state(state["augment_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
 
 
 @torch.no_grad()
