@@ -73,7 +73,8 @@ def setups(quick: bool) -> dict[str, Setup]:
 class Run:
     """One task's pipeline with its caches."""
 
-    def __init__(self, setup: Setup, store: Checkpoint, executor: str, workers: int, log, ray_address: str | None = None):
+    def __init__(self, setup: Setup, store: Checkpoint, executor: str, workers: int, log, ray_address: str | None = None,
+                 folder: Path = CACHE):
         import torch
 
         from planner.tasks import load_task
@@ -82,7 +83,7 @@ class Run:
         self.setup, self.store, self.executor, self.workers, self.log = setup, store, executor, workers, log
         self.parallel = {"executor": executor, "workers": workers, "ray_address": ray_address}
         self.task = load_task(setup.task)
-        self.folder = CACHE / setup.task
+        self.folder = folder / setup.task
 
     # -------------------------------------------------------------- models
 
@@ -445,7 +446,8 @@ def main() -> None:
     options = parser.parse_args()
     chosen = setups(options.quick)
     tasks = list(chosen) if options.task == "all" else [options.task]
-    store = Checkpoint(CACHE / ("store-quick.jsonl" if options.quick else "store.jsonl"))
+    cache = CACHE / ("quick" if options.quick else "full")
+    store = Checkpoint(cache / "store.jsonl")
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -453,7 +455,7 @@ def main() -> None:
 
     results = {}
     for task in tasks:
-        results[task] = Run(chosen[task], store, options.executor, options.workers, log, options.ray_address).run()
+        results[task] = Run(chosen[task], store, options.executor, options.workers, log, options.ray_address, cache).run()
     text = write_outputs(results, options.quick)
     name = "README-quick.md" if options.quick else "summary.md"
     (RESULTS / name).write_text(text + "\n")
