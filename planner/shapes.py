@@ -146,7 +146,7 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
         feeds[value.name] = np.zeros(input_shapes[value.name], dtype=dtype)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = session.run(names, feeds)

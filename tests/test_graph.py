@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -167,3 +168,28 @@ def test_inspect_json_is_deterministic(exported, tmp_path):
     assert doc["totals"]["layers"] == 54 and doc["totals"]["groups"] == 50
     assert set(doc["layers"][0]) >= {"name", "op_type", "weight", "weight_shape", "params", "macs", "input",
                                      "in_elems", "out_elems", "group", "pinned_bits"}
+
+
+def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
+    """A Resize whose sizes come from float arithmetic on Shape: ONNX inference stops there, so
+    the layer after it is sized by running the model once."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "factor")]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["y"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["y"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sf", "factor"], ["scaled"]),
+        helper.make_node("Sqrt", ["scaled"], ["root"]),
+        helper.make_node("Mul", ["root", "root"], ["squared"]),
+        helper.make_node("Round", ["squared"], ["rounded"]),
+        helper.make_node("Cast", ["rounded"], ["sizes"], to=TensorProto.INT64),
+        helper.make_node("Resize", ["y", "", "", "sizes"], ["z"], mode="nearest"),
+        helper.make_node("Conv", ["z", "W2"], ["out"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    graph = load_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert graph.layer("conv2").macs == 4 * 32 * 32 * 8 * 9
