@@ -275,6 +275,42 @@ def _module_bits(path: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------ report
 
+INTRO = """# Does the method work? EAGL and ALPS against the baselines
+
+Written by `python benchmarks/reproduce.py` (this file, the CSVs and the PNGs); every number below
+comes from that run. The question (Bablani et al., arXiv 2301.13330): does a mix of 4- and
+2-bit layers chosen by EAGL or ALPS recover the accuracy of the higher precision and beat
+commensurate methods over the whole accuracy-throughput frontier, at a fraction of their compute?
+
+**Protocol.** For each task and pipeline seed: train at full precision, quantize to W4A4 with LSQ
+(first and last layers pinned at 8 bits), estimate every method's gains on that network, plan on
+NorthPole latency with the exact solver at budgets r of the way from all-2-bit to all-4-bit (free
+groups at 2 or 4 bits), fine-tune every plan with the same recipe, score it on the test split. No
+method is tuned on the test split: ALPS, sensitivity and the Hessian read the training and
+validation splits only.
+
+**Fine-tuning recipe** (the same for every method and budget), chosen for stability before any
+method was compared: start from the LSQ 4-bit network, lower the planned groups, fine-tune with LSQ
+and distillation from the 4-bit network (weight 0.5, temperature 2), re-estimate batch-norm
+statistics at the end. Its spread over fine-tuning seeds on one fixed plan is reported per task as
+the noise; a difference between methods smaller than that spread is not a win.
+
+**Methods.** `eagl`: entropy of each layer's weights on the grid of the steps LSQ learned at 4 bits
+(data-free). `alps`: each group lowered to 2 bits, fine-tuned one epoch, scored by the KL divergence
+to the 4-bit network on the validation split (continuous: accuracy on 500 validation digits is below
+the noise). `alps-accuracy`: the same scored by validation accuracy, as the paper does. `hessian`:
+HAWQ's Hutchinson trace x weight quantization error. `sensitivity`: AIMET-style, each group lowered
+without fine-tuning, KL to the 4-bit network. `params`: weight count. `random`: seeded random gains
+(three seeds per pipeline seed, averaged).
+
+**The MNIST network.** The 3-stage ResNet of the reference calibration (widths 8/16/32, 6 free
+groups). With this recipe all-2-bit costs about 2-3 points against all-4-bit, several times the
+fine-tuning noise, so plans have room to differ, while 4-bit stays at full-precision accuracy; a
+wider network closes that gap and a narrower one loses full-precision accuracy. With 6 free groups
+there are only 64 possible plans: identical plans are fine-tuned once per pipeline seed (same seed,
+same result), so methods that choose the same plan get the same number.
+"""
+
 def family(method: str) -> str:
     return "random" if method.startswith("random-") else method
 
@@ -456,8 +492,8 @@ def main() -> None:
     results = {}
     for task in tasks:
         results[task] = Run(chosen[task], store, options.executor, options.workers, log, options.ray_address, cache).run()
-    text = write_outputs(results, options.quick)
-    name = "README-quick.md" if options.quick else "summary.md"
+    text = INTRO + "\n" + write_outputs(results, options.quick)
+    name = "README-quick.md" if options.quick else "README.md"
     (RESULTS / name).write_text(text + "\n")
     with open(RESULTS / ("results-quick.json" if options.quick else "results.json"), "w") as f:
         json.dump({t: {k: v for k, v in r.items() if not k.startswith("_")} for t, r in results.items()}, f, indent=1,
