@@ -15,12 +15,11 @@ Built-in models are registered below; others come from the entry point group
 """
 from __future__ import annotations
 
-import importlib.util
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from planner.errors import MpqError
+from planner.userfiles import load_object
 
 
 @runtime_checkable
@@ -51,7 +50,7 @@ def load_cost_model(ref: str, **options) -> CostModel:
     ``options`` go to the class's constructor (e.g. ``table=...`` for ``lut``).
     """
     if ":" in ref and ref.split(":", 1)[0].endswith(".py"):
-        cls = _from_file(*ref.rsplit(":", 1))
+        cls = load_object(ref, f"cost model {ref}")
     elif ref in _builtins():
         cls = _builtins()[ref]
     else:
@@ -71,21 +70,6 @@ def load_cost_model(ref: str, **options) -> CostModel:
         raise MpqError(f"cost model '{ref}' lacks name, metrics or layer_cost(layer, bits, spec); "
                        "see the protocol in the README")
     return model
-
-
-def _from_file(path_text: str, class_name: str):
-    path = Path(path_text)
-    if not path.is_file():
-        raise MpqError(f"{path}: no such cost model file")
-    spec = importlib.util.spec_from_file_location(f"mpq_user_costmodel_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise MpqError(f"{path}: failed to import ({type(e).__name__}: {e})") from None
-    if not hasattr(module, class_name):
-        raise MpqError(f"{path}: has no '{class_name}'")
-    return getattr(module, class_name)
 
 
 def activation_bytes(layer, bits: int, output_bits: float | None) -> float:

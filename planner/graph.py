@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import networkx as nx
 import onnx
 
 from .errors import MpqError
 from .onnxfile import TensorStore, read_model
-from .shapes import Shape, fix_input_shapes, graph_inputs, infer_shapes, run_for_shapes
+from .shapes import Shape, fix_input_shapes, infer_shapes, run_for_shapes
 
 # op_type -> (index of the activation operand, index of the weight operand) for layers with
 # one weight; MatMul-like ops may have the weight on either side.

@@ -24,6 +24,7 @@ from .errors import MpqError
 from .gains import Gains
 from .graph import LayerGraph
 from .solve import Solution
+from .userfiles import read_json
 
 SCHEMA = "mpq.plan/v1"
 
@@ -129,12 +130,6 @@ class PlanFile:
 
 
 def read_plan(path: str | Path) -> PlanFile:
-    path = Path(path)
-    if not path.is_file():
-        raise MpqError(f"{path}: no such plan file")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MpqError(f"{path}: not valid JSON ({e})") from None
+    doc = read_json(path, "plan")
     validate(doc, str(path))
     return PlanFile(str(path), doc)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .errors import MpqError
 from .graph import LayerGraph

@@ -272,7 +272,6 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     plan found. A plan better than the incumbent can only use options whose reduced cost is below
     that gap, so the last round's optimum is the global one."""
     deadline = time.perf_counter() + time_limit_s
-    n = len(costs)
     options = _undominated(gains, costs, metrics)
     if metrics:
         lam, upper = _lagrangian(gains, costs, options, budgets, metrics)

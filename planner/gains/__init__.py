@@ -14,6 +14,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import MpqError
 from ..graph import LayerGraph
+from ..userfiles import read_json
 
 SCHEMA = "mpq.gains/v1"
 
@@ -61,13 +62,7 @@ def read_gains(path: str | Path, graph: LayerGraph) -> Gains:
     Every free group of the model needs gains; a file naming layers the model lacks is for
     another model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MpqError(f"{path}: no such gains file")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MpqError(f"{path}: not valid JSON ({e})") from None
+    doc = read_json(path, "gains")
     if not isinstance(doc, dict) or not ({"groups", "layers"} & set(doc)):
         raise MpqError(f"{path}: a gains file needs 'groups' (as mpq writes) or 'layers' (per-layer gains)")
     per_layer: dict[str, dict[int, float]] = {}

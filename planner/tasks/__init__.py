@@ -22,11 +22,8 @@ Models take one input tensor (a task with several inputs stacks them).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from pathlib import Path
-
 from ..errors import MpqError
+from ..userfiles import load_object
 
 BUILTIN = {"mnist": "planner.tasks.mnist:task", "minilm": "planner.tasks.minilm:task"}
 REQUIRED = ("model", "train_data", "eval_data", "evaluate")
@@ -38,25 +35,7 @@ def load_task(ref: str):
     if ":" not in ref:
         raise MpqError(f"--task '{ref}': expected a built-in task ({', '.join(BUILTIN)}), package.module:object "
                        "or path/file.py:object")
-    where, name = ref.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise MpqError(f"--task {ref}: no such file {path}")
-        spec = importlib.util.spec_from_file_location(f"mpq_task_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise MpqError(f"--task {ref}: {path} failed to import ({type(e).__name__}: {e})") from None
-    else:
-        try:
-            module = importlib.import_module(where)
-        except Exception as e:
-            raise MpqError(f"--task {ref}: module '{where}' does not import ({type(e).__name__}: {e})") from None
-    if not hasattr(module, name):
-        raise MpqError(f"--task {ref}: '{where}' has no '{name}'")
-    task = getattr(module, name)
+    task = load_object(ref, f"--task {ref}")
     if isinstance(task, type) or (callable(task) and not any(hasattr(task, r) for r in REQUIRED)):
         task = task()
     missing = [r for r in REQUIRED if not callable(getattr(task, r, None))]
@@ -64,6 +43,6 @@ def load_task(ref: str):
         raise MpqError(f"--task {ref}: the task lacks {', '.join(missing)}(); a task needs "
                        "model(), train_data(), eval_data() and evaluate(model)")
     if not hasattr(task, "name"):
-        task.name = name
+        task.name = ref.rpartition(":")[2]
     task.ref = ref
     return task
