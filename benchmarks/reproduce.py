@@ -32,6 +32,7 @@ from planner.checkpoint import Checkpoint  # noqa: E402
 from planner.executors import run_jobs  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "cache" / "reproduce"
+RECIPE = "bn-sequential"  # part of every fine-tune's key: a change of recipe reruns them
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -58,7 +59,7 @@ def setups(quick: bool) -> dict[str, Setup]:
         return {
             "mnist": Setup("mnist", [0], [0.0, 0.5, 1.0], ["eagl", "alps", "hessian", "sensitivity", "params", "random-0"],
                            finetune_epochs=2, finetune_lr=0.01, noise_seeds=3, alps_seeds=2),
-            "minilm": Setup("minilm", [0], [0.5], ["eagl", "random-0"], finetune_epochs=0.25, finetune_lr=2e-3,
+            "minilm": Setup("minilm", [0], [0.5], ["eagl", "random-0"], finetune_epochs=0.25, finetune_lr=1e-3,
                             noise_seeds=0, alps_seeds=1, base_epochs=0.25),
         }
     return {
@@ -66,7 +67,7 @@ def setups(quick: bool) -> dict[str, Setup]:
                        ["eagl", "alps", "alps-accuracy", "hessian", "sensitivity", "params", "random-0", "random-1", "random-2"],
                        finetune_epochs=3, finetune_lr=0.01, noise_seeds=5, alps_seeds=3),
         "minilm": Setup("minilm", [0], [0.0, 0.25, 0.5, 0.75, 1.0], ["eagl", "alps", "params", "random-0"],
-                        finetune_epochs=1, finetune_lr=2e-3, noise_seeds=3, alps_seeds=2, base_epochs=1),
+                        finetune_epochs=1, finetune_lr=1e-3, noise_seeds=3, alps_seeds=2, base_epochs=1),
     }
 
 
@@ -170,19 +171,14 @@ class Run:
 
     def plans(self, seed: int, paths: dict[str, Path]) -> list[dict]:
         """Every (method, r) plan: bits per module, relative latency, solver time."""
-        from costmodels import load_cost_model
-        from hw import load_spec
         from planner.budget import endpoints
-        from planner.costs import cost_table
         from planner.solve import solve
         from planner.torchmap import bits_by_module
 
-        spec = load_spec("northpole")
         rows = []
         for method in self.setup.methods:
             graph, mapping, gains = self.gains(seed, method, paths)
-            table = cost_table(graph, spec, load_cost_model("northpole"))
-            table = table.restricted([2, 4], {g.id for g in graph.groups if g.pinned_bits is not None})
+            table = planning_table(graph, mapping)
             low, high = endpoints(table, "latency_s", (2, 4))
             for r in self.setup.fractions:
                 solution = solve(gains.by_group, table.groups, {"latency_s": low + r * (high - low)})
@@ -194,14 +190,11 @@ class Run:
         return rows
 
     def uniform_latency(self, seed: int, paths: dict[str, Path]) -> dict[int, float]:
-        from costmodels import load_cost_model
-        from hw import load_spec
         from planner import workflow
-        from planner.costs import cost_table
         from planner.quant.checkpoint import load_checkpoint
 
-        graph, _ = workflow.task_graph(self.task, load_checkpoint(paths["w4"], self.task))
-        table = cost_table(graph, load_spec("northpole"), load_cost_model("northpole"))
+        graph, mapping = workflow.task_graph(self.task, load_checkpoint(paths["w4"], self.task))
+        table = planning_table(graph, mapping, restrict=False)
         return {b: table.total(table.uniform(b))["latency_s"] for b in (2, 4, 8)}
 
     def finetune_all(self, jobs: dict[str, dict]) -> None:
@@ -241,18 +234,18 @@ class Run:
             latency = self.uniform_latency(seed, paths)
             pipeline[seed] = (paths, plans, latency)
             for p in plans:
-                key = f"{s.task}:ft:{seed}:{json.dumps(p['bits'], sort_keys=True)}:{s.finetune_epochs}:{s.finetune_lr}:{s.distill}"
+                key = f"{s.task}:ft:{seed}:{json.dumps(p['bits'], sort_keys=True)}:{s.finetune_epochs}:{s.finetune_lr}:{s.distill}:{RECIPE}"
                 p["key"] = key
                 all_jobs[key] = self.job(paths, p["bits"], seed)
             w8 = {m: 8 for m in _module_bits(paths["w8"])}
-            all_jobs[f"{s.task}:ft8:{seed}"] = {**self.job({"w4": paths["w8"]}, w8, seed), "distill": 0.0}
+            all_jobs[f"{s.task}:ft8:{seed}:{RECIPE}"] = {**self.job({"w4": paths["w8"]}, w8, seed), "distill": 0.0}
         if s.noise_seeds:  # one mid-frontier plan, fine-tuned with several seeds
             seed0 = s.pipeline_seeds[0]
             paths, plans, _ = pipeline[seed0]
             probe = next(p for p in plans if p["method"] == s.methods[0] and p["fraction"] == 0.5) if 0.5 in s.fractions \
                 else plans[len(plans) // 2]
             for k in range(s.noise_seeds):
-                all_jobs[f"{s.task}:noise:{seed0}:{k}"] = {**self.job(paths, probe["bits"], 100 + k)}
+                all_jobs[f"{s.task}:noise:{seed0}:{k}:{RECIPE}"] = {**self.job(paths, probe["bits"], 100 + k)}
         self.finetune_all(all_jobs)
         for seed, (paths, plans, latency) in pipeline.items():
             for p in plans:
@@ -260,11 +253,27 @@ class Run:
                 records.append({**{k: v for k, v in p.items() if k not in ("bits", "key")}, "test": result["test"],
                                 "relative_latency": p["latency_s"] / latency[8]})
             uniform[seed] = {"latency": latency, "fp": self.score_of(paths["fp"]), "w4": self.score_of(paths["w4"]),
-                             "w8": self.store.get(f"{s.task}:ft8:{seed}")["test"]}
+                             "w8": self.store.get(f"{s.task}:ft8:{seed}:{RECIPE}")["test"]}
         if s.noise_seeds:
-            noise = [self.store.get(f"{s.task}:noise:{s.pipeline_seeds[0]}:{k}")["test"] for k in range(s.noise_seeds)]
+            noise = [self.store.get(f"{s.task}:noise:{s.pipeline_seeds[0]}:{k}:{RECIPE}")["test"] for k in range(s.noise_seeds)]
         times = {m: [self.store.get(f"{s.task}:{seed}:time:gains:{m}") for seed in s.pipeline_seeds] for m in s.methods}
         return {"records": records, "uniform": uniform, "noise": noise, "gain_times": times, "setup": s.__dict__}
+
+
+def planning_table(graph, mapping: dict[str, str], restrict: bool = True):
+    """NorthPole costs with free groups at 2 or 4 bits (``restrict``), pins at 8, and groups the
+    torch model cannot quantize (attention MatMuls: torch.matmul, not modules) kept at 8 bits."""
+    from costmodels import load_cost_model
+    from hw import load_spec
+    from planner.costs import cost_table
+
+    full = cost_table(graph, load_spec("northpole"), load_cost_model("northpole"))
+    fixed = {g.id for g in graph.groups if g.pinned_bits is not None}
+    table = full.restricted([2, 4] if restrict else [2, 4, 8], fixed)
+    for g in graph.groups:
+        if g.id not in fixed and not any(n in mapping for n in g.layers):
+            table.groups[g.id] = {8: full.groups[g.id][8]}
+    return table
 
 
 def _module_bits(path: Path) -> list[str]:

@@ -3,7 +3,9 @@
 From the network trained at the high precision (a quantized checkpoint), for every unpinned
 group: lower the group one step (e.g. 4 -> 2 bits), fine-tune ``epochs`` (1, as the paper),
 score on the task's held-out validation split; the group's gain of keeping the high precision
-is ``base score - score``. The base score is the unchanged network fine-tuned the same way,
+is ``base score - score``. Groups without a quantized torch module to lower (attention MatMuls
+are ``torch.matmul``, not modules) cannot be measured: they get gain 0 at every precision and are
+listed in ``extra["unmeasured_groups"]``. The base score is the unchanged network fine-tuned the same way,
 over ``seeds`` seeds: their spread is the noise floor, reported next to the gains, below which a
 gain says nothing.
 
@@ -66,7 +68,7 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     for group in graph.free_groups:
         high = group_bits(graph, mapping, base_bits, group)
         low = lower(precisions, high) if high else None
-        if low is None:
+        if low is None:  # no quantized module to lower (e.g. an attention MatMul): nothing to measure
             continue
         steps[group.id] = (low, high)
         jobs[f"{key}:group:{group.id}"] = {**common, "seed": 0,
@@ -98,8 +100,8 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
             scores[str(group.id)] = results[f"{key}:group:{group.id}"]
             by_group.append({low: 0.0, high: base - scores[str(group.id)]})
         else:
-            by_group.append({min(precisions): 0.0})
-    extra = {"base_scores": base_scores, "base_score": base,
+            by_group.append(dict.fromkeys(sorted(precisions), 0.0))
+    extra = {"unmeasured_groups": [g.id for g in graph.free_groups if g.id not in steps],"base_scores": base_scores, "base_score": base,
              "noise_floor": statistics.stdev(base_scores) if len(base_scores) > 1 else None,
              "group_scores": scores, "steps": {str(g): list(s) for g, s in steps.items()}}
     return Gains("alps", {"metric": metric, "epochs": epochs, "lr": lr, "seeds": seeds}, by_group, extra)

@@ -46,6 +46,9 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
     plan: dict[int, tuple[int | None, list[int]]] = {}
     for group in graph.free_groups:
         high = group_bits(graph, mapping, base_bits, group)
+        if not group_modules(graph, mapping, group):  # nothing to lower in the torch model
+            plan[group.id] = (None, [])
+            continue
         candidates = [b for b in sorted(precisions) if high is None or b < high]
         plan[group.id] = (high, candidates)
         for b in candidates:
@@ -69,6 +72,9 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
             by_group.append({group.pinned_bits: 0.0})
             continue
         high, candidates = plan[group.id]
+        if not candidates:
+            by_group.append(dict.fromkeys(sorted(precisions), 0.0))
+            continue
         values = {high: base_score} if high else {}
         values.update({b: results[f"{key}:group:{group.id}:{b}"] for b in candidates})
         low = min(values)

