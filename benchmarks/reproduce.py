@@ -131,7 +131,7 @@ class Run:
         from planner.gains.hessian import hessian_gains
         from planner.gains.sensitivity import sensitivity_gains
         from planner.quant.checkpoint import load_checkpoint
-        from planner.quant.lsq import bits_of, learned_steps
+        from planner.quant.lsq import learned_steps
         from planner.torchmap import _float_copy
 
         base = load_checkpoint(paths["w4"], self.task)
