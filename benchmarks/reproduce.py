@@ -179,9 +179,10 @@ class Run:
         for method in self.setup.methods:
             graph, mapping, gains = self.gains(seed, method, paths)
             table = planning_table(graph, mapping)
+            by_group = [{b: gains.by_group[g].get(b, 0.0) for b in options} for g, options in enumerate(table.groups)]
             low, high = endpoints(table, "latency_s", (2, 4))
             for r in self.setup.fractions:
-                solution = solve(gains.by_group, table.groups, {"latency_s": low + r * (high - low)})
+                solution = solve(by_group, table.groups, {"latency_s": low + r * (high - low)})
                 by_layer = {l.name: solution.bits[l.group] for l in graph.layers}
                 rows.append({"seed": seed, "method": method, "fraction": r, "latency_s": solution.totals["latency_s"],
                              "status": solution.status, "solve_s": solution.wall_time_s,
