@@ -32,7 +32,7 @@ from planner.checkpoint import Checkpoint  # noqa: E402
 from planner.executors import run_jobs  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "cache" / "reproduce"
-RECIPE = "bn-sequential"  # part of every fine-tune's key: a change of recipe reruns them
+RECIPE = "bn-random"  # part of every fine-tune's key: a change of recipe reruns them
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -66,8 +66,9 @@ def setups(quick: bool) -> dict[str, Setup]:
         "mnist": Setup("mnist", [0, 1, 2], [round(0.1 * k, 1) for k in range(11)],
                        ["eagl", "alps", "alps-accuracy", "hessian", "sensitivity", "params", "random-0", "random-1", "random-2"],
                        finetune_epochs=3, finetune_lr=0.01, noise_seeds=5, alps_seeds=3),
-        "minilm": Setup("minilm", [0], [0.0, 0.25, 0.5, 0.75, 1.0], ["eagl", "alps", "params", "random-0"],
-                        finetune_epochs=1, finetune_lr=1e-3, noise_seeds=3, alps_seeds=2, base_epochs=1),
+        "minilm": Setup("minilm", [0], [0.0, 0.25, 0.5, 0.75, 1.0], ["eagl", "alps", "random-0"],
+                        finetune_epochs=0.5, finetune_lr=1e-3, noise_seeds=3, alps_seeds=1, alps_epochs=0.1,
+                        base_epochs=0.5),
     }
 
 
@@ -243,8 +244,7 @@ class Run:
         if s.noise_seeds:  # one mid-frontier plan, fine-tuned with several seeds
             seed0 = s.pipeline_seeds[0]
             paths, plans, _ = pipeline[seed0]
-            probe = next(p for p in plans if p["method"] == s.methods[0] and p["fraction"] == 0.5) if 0.5 in s.fractions \
-                else plans[len(plans) // 2]
+            probe = min((p for p in plans if p["method"] == s.methods[0]), key=lambda p: abs(p["fraction"] - 0.5))
             for k in range(s.noise_seeds):
                 all_jobs[f"{s.task}:noise:{seed0}:{k}:{RECIPE}"] = {**self.job(paths, probe["bits"], 100 + k)}
         self.finetune_all(all_jobs)

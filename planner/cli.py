@@ -612,7 +612,7 @@ for _method, _help in [
 # ------------------------------------------------------------------------------ the data side
 
 task_option = click.option("--task", "task_ref", required=True, metavar="TASK",
-                           help="mnist, package.module:object or path/file.py:object.")
+                           help="Built-in mnist or minilm, package.module:object or path/file.py:object.")
 
 
 def _task(ref: str):

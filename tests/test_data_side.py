@@ -239,3 +239,17 @@ def test_fit_resumes_after_interruption_with_the_same_result(tmp_path):
     assert seen[0] == steps_per_epoch + 1 and not (tmp_path / "state").exists()
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_batch_norm_statistics_come_from_a_random_sample_of_a_sorted_dataset():
+    """Training sets are often stored sorted by class (the MNIST task's is): re-estimating on the
+    first samples would describe a few classes only."""
+    from types import SimpleNamespace
+
+    from planner.quant.train import reestimate_batch_norm
+
+    inputs = torch.cat([torch.zeros(500, 1, 2, 2), torch.ones(500, 1, 2, 2)])  # "class 0" then "class 1"
+    task = SimpleNamespace(train_data=lambda: torch.utils.data.TensorDataset(inputs, torch.zeros(1000)), batch_size=50)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
+    reestimate_batch_norm(model, task, seed=0, samples=200)
+    assert 0.35 < float(model[0].running_mean) < 0.65

@@ -121,8 +121,8 @@ def _restore(path, config, model, optimizer, schedule, data_generator, augment_g
 @torch.no_grad()
 def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int = 2048) -> None:
     """Recompute every BatchNorm's running statistics the way the network will run: one norm
-    at a time, in forward order, over up to ``samples`` training inputs, with every norm before
-    it already in eval mode on its new statistics.
+    at a time, in forward order, over up to ``samples`` training inputs drawn at random (seeded),
+    with every norm before it already in eval mode on its new statistics.
 
     Statistics gathered in training mode (each norm fed by upstream norms on batch statistics)
     describe another network than the one evaluated; with 2-bit activations the difference
@@ -131,7 +131,8 @@ def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int = 
     if not norms:
         return
     data = task.train_data()
-    subset = torch.utils.data.Subset(data, range(min(samples, len(data))))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))  # datasets may be sorted by class
+    subset = torch.utils.data.Subset(data, order[:samples].tolist())
     batches = [x for x, _ in loader(task, subset, shuffle=False, seed=seed)]
     model.eval()
     for norm in norms:
