@@ -452,7 +452,7 @@ def markdown(task: str, result: dict, table: dict, metric: str, suffix: str) -> 
         f"r={f}: {statistics.fmean(v['latency'] for (m, ff), v in table.items() if ff == f):.3f}" for f in fractions))
     out.append("")
     out.append("Wall time of each gain method (seconds, mean over pipeline seeds): " + ", ".join(
-        f"{m} {statistics.fmean(t for t in ts if t is not None):.1f}" for m, ts in result["gain_times"].items()
+        f"{m} {statistics.fmean(t for t in ts if t is not None):.3g}" for m, ts in result["gain_times"].items()
         if any(t is not None for t in ts)))
     out.append(f"Solver time per frontier point: mean {statistics.fmean(r['solve_s'] for r in result['records']) * 1e3:.0f} ms, "
                f"max {max(r['solve_s'] for r in result['records']) * 1e3:.0f} ms; statuses: "
@@ -501,7 +501,7 @@ def verdict(task: str, result: dict, table: dict, methods: list[str], fractions:
     if "eagl" in times:
         others = ", ".join(f"{m} {t / times['eagl']:.0f}x" for m, t in times.items() if m != "eagl" and not m.startswith("random")
                            and m != "params")
-        out.append(f"3. *At a fraction of their compute.* EAGL took {times['eagl']:.2f} s; the data-driven methods took "
+        out.append(f"3. *At a fraction of their compute.* EAGL took {times['eagl'] * 1e3:.1f} ms; the data-driven methods took "
                    f"(as multiples of EAGL): {others}.")
     return out
 

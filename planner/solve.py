@@ -10,10 +10,12 @@ most B + tol with tol = 1e-9 |B| (room for floating-point sums in another order)
 rounded to a grid fine enough that the integer problem lies between "total <= B" and
 "total <= B + tol": every plan meeting B exactly is a candidate and every plan CP-SAT returns
 meets B + tol. Gains are rounded to 2^-40 of the largest gain; ``gain_error_bound`` says by how
-much the integer optimum's total gain can fall short of the real optimum's. Before CP-SAT, an exact reduction keeps the model small: options dominated
-by another option of their group are dropped, and, with the Lagrangian bound of the LP
-relaxation (OR-Tools GLOP) and a feasible plan, options that provably cannot be part of a
-better plan are fixed out (reduced-cost fixing). The paper's case (two precisions, one budget)
+much the integer optimum's total gain can fall short of the real optimum's.
+
+Before CP-SAT, an exact reduction keeps the model small: options dominated by another option of
+their group are dropped, and, with the Lagrangian bound of the LP relaxation (OR-Tools GLOP) and
+a feasible plan, options that provably cannot be part of a better plan are fixed out
+(reduced-cost fixing). The paper's case (two precisions, one budget)
 can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``).
 """
 from __future__ import annotations

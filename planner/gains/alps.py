@@ -101,7 +101,8 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
             by_group.append({low: 0.0, high: base - scores[str(group.id)]})
         else:
             by_group.append(dict.fromkeys(sorted(precisions), 0.0))
-    extra = {"unmeasured_groups": [g.id for g in graph.free_groups if g.id not in steps],"base_scores": base_scores, "base_score": base,
+    extra = {"unmeasured_groups": [g.id for g in graph.free_groups if g.id not in steps],
+             "base_scores": base_scores, "base_score": base,
              "noise_floor": statistics.stdev(base_scores) if len(base_scores) > 1 else None,
              "group_scores": scores, "steps": {str(g): list(s) for g, s in steps.items()}}
     return Gains("alps", {"metric": metric, "epochs": epochs, "lr": lr, "seeds": seeds}, by_group, extra)
