@@ -422,7 +422,7 @@ def markdown(task: str, result: dict, table: dict, metric: str, suffix: str) -> 
         out += [TASK_NOTES[task], ""]
     out.append(f"Pipeline seeds: {len(setup['pipeline_seeds'])}; budgets r = {', '.join(map(str, fractions))} of the way "
                f"from all-2-bit to all-4-bit NorthPole latency; fine-tuning {setup['finetune_epochs']} epoch(s), lr "
-               f"{setup['finetune_lr']}, distillation weight {setup['distill']} from the 4-bit network, BN re-estimated; "
+               f"{setup['finetune_lr']}, distillation weight {setup['distill']} from the 4-bit network, batch-norm statistics (if any) re-estimated; "
                f"ALPS {setup['alps_epochs']} epoch(s) per group, {setup['alps_seeds']} fine-tuning seed(s) averaged.")
     out.append("")
     fp = statistics.fmean(u["fp"] for u in seeds)
