@@ -161,15 +161,22 @@ def _lagrangian(gains, costs, options, budgets, metrics) -> tuple[np.ndarray, fl
 
     lp = pywraplp.Solver.CreateSolver("GLOP")
     x = {(g, b): lp.NumVar(0, 1, "") for g, opts in enumerate(options) for b in opts}
-    for g, opts in enumerate(options):
-        lp.Add(sum(x[g, b] for b in opts) == 1)
+    for g, opts in enumerate(options):  # coefficients set one by one: no Python expression trees
+        one = lp.Constraint(1, 1)
+        for b in opts:
+            one.SetCoefficient(x[g, b], 1)
     rows, scales = [], []
     for m in metrics:
         scale = _scale(1.0, dearest(costs, m))
         scales.append(scale)
-        rows.append(lp.Add(sum(costs[g][b][m] * scale * x[g, b] for g, opts in enumerate(options) for b in opts)
-                           <= budgets[m] * scale))
-    lp.Maximize(sum(gains[g][b] * x[g, b] for g, opts in enumerate(options) for b in opts))
+        row = lp.Constraint(-lp.infinity(), budgets[m] * scale)
+        for (g, b), var in x.items():
+            row.SetCoefficient(var, costs[g][b][m] * scale)
+        rows.append(row)
+    objective = lp.Objective()
+    for (g, b), var in x.items():
+        objective.SetCoefficient(var, gains[g][b])
+    objective.SetMaximization()
     status = lp.Solve()
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
         if status == pywraplp.Solver.INFEASIBLE:
