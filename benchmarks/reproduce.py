@@ -1,6 +1,6 @@
 """Does the method work? The accuracy-cost frontier of EAGL and ALPS against the baselines.
 
-    python benchmarks/reproduce.py            # the full run (hours on 2 cores; resumable)
+    python benchmarks/reproduce.py            # the full run (about 65 minutes on 2 cores; resumable)
     python benchmarks/reproduce.py --quick    # fewer budgets, seeds and methods (under 15 minutes)
 
 For each task: train full precision, quantize to 4 bits with LSQ (pinned layers 8-bit), estimate
@@ -316,9 +316,9 @@ without fine-tuning, KL to the 4-bit network. `params`: weight count. `random`: 
 
 TASK_NOTES = {
     "mnist": """**The MNIST network.** The 3-stage ResNet of the reference calibration (widths 8/16/32, 6 free
-groups), chosen as the smallest network of that family that reaches full-precision accuracy on
-these 4,000 digits: wider networks absorb 2-bit layers and leave nothing to plan, narrower ones
-lose accuracy at full precision. With 6 free groups there are only 64 possible plans: identical
+groups), kept at that size because 2-bit layers hurt it: there, plain LSQ at W2A2 lost about 8
+points against W4A4. The stable recipe (distillation, BN re-estimation) narrows that gap to the
+"room to plan" figure below, still several times the noise; widths were not swept. With 6 free groups there are only 64 possible plans: identical
 plans are fine-tuned once per pipeline seed (same seed, same result), so methods that choose the
 same plan get the same number. ALPS scores by KL to the 4-bit network on the 500 validation digits
 (accuracy on them moves in steps of 0.2 points, below the noise); `alps-accuracy` is the paper's
