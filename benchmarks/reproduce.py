@@ -318,9 +318,9 @@ TASK_NOTES = {
     "mnist": """**The MNIST network.** The 3-stage ResNet of the reference calibration (widths 8/16/32, 6 free
 groups), kept at that size because 2-bit layers hurt it: there, plain LSQ at W2A2 lost about 8
 points against W4A4. The stable recipe (distillation, BN re-estimation) narrows that gap to the
-"room to plan" figure below, still several times the noise; widths were not swept. With 6 free groups there are only 64 possible plans: identical
-plans are fine-tuned once per pipeline seed (same seed, same result), so methods that choose the
-same plan get the same number. ALPS scores by KL to the 4-bit network on the 500 validation digits
+"room to plan" figure below, still several times the noise; widths were not swept. With 6 free
+groups there are only 64 possible plans: identical plans are fine-tuned once per pipeline seed
+(same seed, same result), so methods that choose the same plan get the same number. ALPS scores by KL to the 4-bit network on the 500 validation digits
 (accuracy on them moves in steps of 0.2 points, below the noise); `alps-accuracy` is the paper's
 accuracy score, for comparison.""",
     "minilm": """**The transformer.** all-MiniLM-L6-v2 with its trained weights (`planner.tasks.minilm`): its
