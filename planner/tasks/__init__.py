@@ -17,8 +17,9 @@ and optionally ``loss(outputs, targets)`` (default: cross-entropy), ``score(mode
 batch dimension of 1), ``lr`` / ``epochs`` / ``finetune_lr`` / ``finetune_epochs`` defaults.
 Models take one input tensor (a task with several inputs stacks them).
 
-``load_task("mnist")`` and ``load_task("minilm")`` give the built-in tasks; ``"package.module:object"`` or
-``"path/file.py:object"`` loads a user's (an object, or a class / function that returns one).
+``load_task("mnist")`` and ``load_task("minilm")`` give the built-in tasks;
+``"package.module:object"`` or ``"path/file.py:object"`` loads a user's (an object, or a class /
+function that returns one).
 """
 from __future__ import annotations
 
