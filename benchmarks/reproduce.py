@@ -86,6 +86,7 @@ class Run:
         self.parallel = {"executor": executor, "workers": workers, "ray_address": ray_address}
         self.task = load_task(setup.task)
         self.folder = folder / setup.task
+        self._graphs: dict[int, tuple] = {}
 
     # -------------------------------------------------------------- models
 
@@ -121,11 +122,19 @@ class Run:
 
         return float(read_checkpoint(path)["meta"]["test_score"])
 
+    def graph(self, seed: int, paths: dict[str, Path]):
+        """(LayerGraph, layer -> module map) of the seed's 4-bit network, exported once per seed."""
+        from planner import workflow
+        from planner.quant.checkpoint import load_checkpoint
+
+        if seed not in self._graphs:
+            self._graphs[seed] = workflow.task_graph(self.task, load_checkpoint(paths["w4"], self.task))
+        return self._graphs[seed]
+
     # -------------------------------------------------------------- gains
 
     def gains(self, seed: int, method: str, paths: dict[str, Path]):
         """Gains of one method (cached as a gains file; wall time in the store)."""
-        from planner import workflow
         from planner.gains import baselines, read_gains
         from planner.gains.alps import alps
         from planner.gains.eagl import eagl
@@ -135,11 +144,11 @@ class Run:
         from planner.quant.lsq import learned_steps
         from planner.torchmap import _float_copy
 
-        base = load_checkpoint(paths["w4"], self.task)
-        graph, mapping = workflow.task_graph(self.task, base)
+        graph, mapping = self.graph(seed, paths)
         out = self.folder / f"seed{seed}" / f"gains-{method}.json"
         if out.exists():
             return graph, mapping, read_gains(out, graph)
+        base = load_checkpoint(paths["w4"], self.task)
         self.log(f"{self.setup.task} seed {seed}: gains {method}")
         start = time.perf_counter()
         bits = [2, 4]
@@ -192,10 +201,7 @@ class Run:
         return rows
 
     def uniform_latency(self, seed: int, paths: dict[str, Path]) -> dict[int, float]:
-        from planner import workflow
-        from planner.quant.checkpoint import load_checkpoint
-
-        graph, mapping = workflow.task_graph(self.task, load_checkpoint(paths["w4"], self.task))
+        graph, mapping = self.graph(seed, paths)
         table = planning_table(graph, mapping, restrict=False)
         return {b: table.total(table.uniform(b))["latency_s"] for b in (2, 4, 8)}
 

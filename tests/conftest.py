@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,21 @@ BUILDERS = {
     "inception": archs.inception,
 }
 EXPORTERS = ["torchscript", "dynamo"]
+
+
+def mpq(*args, cwd=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m planner ARGS`` (the installed CLI, as a user would) and capture its output."""
+    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit code 2 and one line on stderr, no traceback, naming every one of ``words``."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
 
 
 def export(model, inputs, path: Path, exporter: str, **kwargs) -> Path:

@@ -1,28 +1,13 @@
 """Bad input gets exit code 2 and one line on stderr, never a traceback."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import export
-
-
-def mpq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+from conftest import assert_user_error, export, mpq
 
 
 @pytest.fixture(scope="module")

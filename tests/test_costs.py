@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import export
+from conftest import assert_user_error, export, mpq
 from costmodels import load_cost_model
 from hw import load_spec, parse_spec, shipped_specs
 from planner import MpqError, load_graph
@@ -121,17 +121,6 @@ def test_shipped_specs_validate_and_carry_sources():
     assert edge.energy_per_mac_j and edge.on_chip_bytes < 4e6
 
 
-def mpq(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
-
-
-def _one_line_error(result, *words):
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
 
 BAD_SPECS = {
     "missing field": (lambda d: d.pop("cores"), ["cores", "missing required field"]),
@@ -151,7 +140,7 @@ def test_bad_specs_are_rejected_on_one_line(tmp_path, case):
     mutate(data)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    _one_line_error(mpq("spec", "validate", path), str(path), *words)
+    assert_user_error(mpq("spec", "validate", path), str(path), *words)
 
 
 def test_spec_cli_validate_and_show():
@@ -159,7 +148,7 @@ def test_spec_cli_validate_and_show():
     assert ok.returncode == 0 and ok.stdout.count(": ok") == len(shipped_specs())
     shown = mpq("spec", "show", "northpole")
     assert shown.returncode == 0 and "Science 382:329" in shown.stdout and "assumed" in shown.stdout
-    _one_line_error(mpq("spec", "show", "nosuchchip"), "no hardware spec named 'nosuchchip'")
+    assert_user_error(mpq("spec", "show", "nosuchchip"), "no hardware spec named 'nosuchchip'")
 
 
 PLUGIN = textwrap.dedent('''
@@ -180,7 +169,7 @@ def test_plugin_cost_model_from_file(exported, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["cost_model"] == "maccount" and doc["totals"]["macs"] == pytest.approx(1814073344 / 2)
-    _one_line_error(mpq("cost", exported("resnet18"), "--hw", "northpole", "--cost-model", f"{tmp_path / 'plugin.py'}:Nope"),
+    assert_user_error(mpq("cost", exported("resnet18"), "--hw", "northpole", "--cost-model", f"{tmp_path / 'plugin.py'}:Nope"),
                     "has no 'Nope'")
 
 
@@ -210,4 +199,4 @@ def test_cost_and_compare_cli(exported, tmp_path):
                      and c["step"] == "8to4")
     assert np_vs_gpu["spearman"] < 0.9 and np_vs_gpu["disagree"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    _one_line_error(mpq("cost", model, "--hw", "gpu_a100", "--bits", "2"), "does not offer 2 bits")
+    assert_user_error(mpq("cost", model, "--hw", "gpu_a100", "--bits", "2"), "does not offer 2 bits")

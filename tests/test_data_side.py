@@ -14,22 +14,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import assert_user_error, mpq
 from planner import load_graph
 from planner.quant.lsq import LsqQuantizer, apply_bits, bits_of
 from planner.torchmap import from_torch
 
 TINY = str(Path(__file__).with_name("tiny_task.py")) + ":task"
 
-
-def mpq(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
-
-
-def one_line_error(result, *words):
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 # ------------------------------------------------------------------------------ LSQ
@@ -196,11 +187,11 @@ def test_eagl_on_qdq_equals_eagl_on_checkpoint(trained, tmp_path):
 
 def test_data_side_bad_inputs(trained, tmp_path):
     (tmp_path / "broken.py").write_text("import no_such_module\n")
-    one_line_error(mpq("train", "--task", f"{tmp_path / 'broken.py'}:task", "-o", tmp_path / "x.pt"), "failed to import")
+    assert_user_error(mpq("train", "--task", f"{tmp_path / 'broken.py'}:task", "-o", tmp_path / "x.pt"), "failed to import")
     no_eval = str(Path(__file__).with_name("tiny_task.py")) + ":NoEvaluate"
-    one_line_error(mpq("train", "--task", no_eval, "-o", tmp_path / "x.pt"), "lacks evaluate()")
-    one_line_error(mpq("evaluate", "--task", "mnist", "--checkpoint", trained / "w4.pt"), "checkpoint is for another model")
-    one_line_error(mpq("evaluate", "--task", TINY, "--checkpoint", trained / "w4.onnx"), "not a readable checkpoint")
+    assert_user_error(mpq("train", "--task", no_eval, "-o", tmp_path / "x.pt"), "lacks evaluate()")
+    assert_user_error(mpq("evaluate", "--task", "mnist", "--checkpoint", trained / "w4.pt"), "checkpoint is for another model")
+    assert_user_error(mpq("evaluate", "--task", TINY, "--checkpoint", trained / "w4.onnx"), "not a readable checkpoint")
     other_plan = tmp_path / "other.json"
     assert mpq("plan", Path(__file__).parent / "no.onnx", "--hw", "northpole", "--budget", "latency=1").returncode == 2
     import torch as _torch
@@ -210,7 +201,7 @@ def test_data_side_bad_inputs(trained, tmp_path):
            (_torch.randn(1, 1, 8, 8),), tmp_path / "other.onnx", "torchscript")
     assert mpq("plan", tmp_path / "other.onnx", "--hw", "northpole", "--budget", "latency=1", "--no-pin",
                "-o", other_plan).returncode == 0
-    one_line_error(mpq("finetune", other_plan, "--task", TINY, "--checkpoint", trained / "w4.pt", "-o", tmp_path / "f.pt"),
+    assert_user_error(mpq("finetune", other_plan, "--task", TINY, "--checkpoint", trained / "w4.pt", "-o", tmp_path / "f.pt"),
                    "plan is for another model")
     assert not (tmp_path / "f.pt").exists() and not (tmp_path / "x.pt").exists()
 

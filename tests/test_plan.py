@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import mpq
 from costmodels import load_cost_model
 from hw import load_spec
 from planner import MpqError, load_graph
@@ -156,10 +155,6 @@ def test_large_instance_is_proven_optimal():
 
 
 # ------------------------------------------------------------------------------ CLI: plan and frontier
-
-def mpq(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True, cwd=cwd)
-
 
 def test_resnet50_plan_on_northpole(exported, tmp_path):
     model = exported("resnet50")

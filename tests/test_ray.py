@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+import conftest
+
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
@@ -22,9 +24,8 @@ JOBS = 1 + 6
 TIMEOUT_S = 240
 
 
-def mpq(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=TIMEOUT_S)
+def mpq(*args, cwd=None):
+    return conftest.mpq(*args, cwd=cwd, timeout=TIMEOUT_S)
 
 
 def gains_of(path: Path) -> tuple:

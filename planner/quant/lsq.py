@@ -73,27 +73,25 @@ class LsqQuantizer(nn.Module):
         return f"bits={self.bits}, signed={'auto' if int(self.signed_flag) == -1 else self.signed}"
 
 
-class QConv2d(nn.Conv2d):
-    """Conv2d with its weight and input quantized at ``bits`` (W_b A_b); depthwise included."""
+class _Quantized:
+    """Adds the weight (signed) and input (sign from the data) quantizers at ``bits`` to a layer."""
 
     def __init__(self, *args, bits: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.bits = bits
         self.weight_quantizer = LsqQuantizer(bits, signed=True)
         self.input_quantizer = LsqQuantizer(bits, signed=None)
+
+
+class QConv2d(_Quantized, nn.Conv2d):
+    """Conv2d with its weight and input quantized at ``bits`` (W_b A_b); depthwise included."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
 
 
-class QLinear(nn.Linear):
+class QLinear(_Quantized, nn.Linear):
     """Linear with its weight and input quantized at ``bits`` (W_b A_b)."""
-
-    def __init__(self, *args, bits: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.bits = bits
-        self.weight_quantizer = LsqQuantizer(bits, signed=True)
-        self.input_quantizer = LsqQuantizer(bits, signed=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)

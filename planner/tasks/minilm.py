@@ -92,21 +92,23 @@ class SelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)
 
 
-class AttentionOutput(nn.Module):
-    def __init__(self, hidden: int = HIDDEN):
+class DenseResidualNorm(nn.Module):
+    """LayerNorm(dense(x) + residual): BERT's attention output and block output."""
+
+    def __init__(self, in_features: int, hidden: int = HIDDEN):
         super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(in_features, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=LN_EPS)
 
-    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(context) + residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
 
 
 class Attention(nn.Module):
     def __init__(self):
         super().__init__()
         self.self = SelfAttention()
-        self.output = AttentionOutput()
+        self.output = DenseResidualNorm(HIDDEN)
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(h, additive_mask), h)
@@ -121,22 +123,12 @@ class Intermediate(nn.Module):
         return F.gelu(self.dense(h))  # exact (erf) GELU, as BERT
 
 
-class Output(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.dense = nn.Linear(INTERMEDIATE, HIDDEN)
-        self.LayerNorm = nn.LayerNorm(HIDDEN, eps=LN_EPS)
-
-    def forward(self, inner: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(inner) + residual)
-
-
 class Block(nn.Module):
     def __init__(self):
         super().__init__()
         self.attention = Attention()
         self.intermediate = Intermediate()
-        self.output = Output()
+        self.output = DenseResidualNorm(INTERMEDIATE)
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         h = self.attention(h, additive_mask)
