@@ -80,3 +80,128 @@ def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def sweep_plot(result, out: str | Path, title: str = "") -> None:
+    """The figures of a design-space sweep (a :class:`planner.sweep.SweepResult`), one panel each:
+    the plan's cost (at the first target, or gain at the first budget) against each varied field,
+    one line per combination of the other fields; a heatmap over the first two fields; the exact
+    frontiers of up to six variants overlaid (the Pareto set's first); and, where the spec gives a
+    hardware cost, the plans' cost against it with the Pareto set marked."""
+    import numpy as np
+
+    from .sweep import show
+
+    metric = result.metric
+    rows = result.rows
+    first = rows[0]["given"] if rows else ""
+    chosen = [r for r in rows if r["given"] == first]
+    at_target = bool(chosen) and chosen[0]["kind"] == "target"
+    fields = list(result.variants[0].values) if result.variants else []
+    label = f"{metric} at {first}" if at_target else f"gain at {first} (share of the largest)"
+
+    def value(r):
+        if not r.get("totals"):
+            return float("nan")
+        return r["totals"][metric] if at_target else r["objective"] / r["max_gain"] if r["max_gain"] else float("nan")
+
+    hardware = any(r["hardware_cost"] is not None and r.get("totals") for r in chosen)
+    panels = ["field"] * len(fields) + (["heatmap"] if len(fields) >= 2 else []) + ["frontiers"] + (["hardware"] if hardware else [])
+    cols = 2 if len(panels) > 1 else 1
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 4.6 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    styles = ["-o", "--s", "-.^", ":D", "-v", "--x", "-.P", ":*"]
+    for k, f in enumerate(fields):
+        ax = flat[k]
+        others = [o for o in fields if o != f]
+        lines: dict[tuple, list] = {}
+        for r in chosen:
+            lines.setdefault(tuple(show(r["values"][o]) for o in others), []).append(r)
+        categorical = any(isinstance(r["values"][f], (list, tuple)) for r in chosen)
+        ticks = list(dict.fromkeys(show(r["values"][f]) for r in chosen))
+        for n, (key, members) in enumerate(sorted(lines.items())):
+            members = sorted(members, key=lambda r: ticks.index(show(r["values"][f])) if categorical else r["values"][f])
+            xs = [ticks.index(show(r["values"][f])) if categorical else r["values"][f] for r in members]
+            name = ", ".join(f"{o}={v}" for o, v in zip(others, key)) or None
+            ax.plot(xs, [value(r) for r in members], styles[n % len(styles)], markersize=5, linewidth=1.4,
+                    label=name if n < 8 else None)
+        if categorical:
+            ax.set_xticks(range(len(ticks)))
+            ax.set_xticklabels([f"{{{t}}}" for t in ticks])
+        else:
+            xs = [r["values"][f] for r in chosen]
+            if min(xs) > 0 and max(xs) / min(xs) >= 8:
+                ax.set_xscale("log", base=2)
+        ax.set_xlabel(f)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=8)
+    k = len(fields)
+    if len(fields) >= 2:
+        ax = flat[k]
+        k += 1
+        fx, fy = fields[0], fields[1]
+        xt = list(dict.fromkeys(show(r["values"][fx]) for r in chosen))
+        yt = list(dict.fromkeys(show(r["values"][fy]) for r in chosen))
+        grid = np.full((len(yt), len(xt)), np.nan)
+        for r in chosen:  # the best over any further fields
+            i, j = yt.index(show(r["values"][fy])), xt.index(show(r["values"][fx]))
+            v = value(r)
+            if not np.isnan(v):
+                grid[i, j] = v if np.isnan(grid[i, j]) else (min if at_target else max)(grid[i, j], v)
+        image = ax.imshow(grid, cmap="viridis_r" if at_target else "viridis", aspect="auto", origin="lower")
+        for i in range(len(yt)):
+            for j in range(len(xt)):
+                text = "infeasible" if np.isnan(grid[i, j]) else (f"{grid[i, j]:.3g}")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if not np.isnan(grid[i, j]) else "red")
+        ax.set_xticks(range(len(xt)))
+        ax.set_xticklabels(xt)
+        ax.set_yticks(range(len(yt)))
+        ax.set_yticklabels(yt)
+        ax.set_xlabel(fx)
+        ax.set_ylabel(fy)
+        ax.set_title(label + (" (best over other fields)" if len(fields) > 2 else ""), fontsize=9)
+        fig.colorbar(image, ax=ax)
+    ax = flat[k]
+    k += 1
+    feasible = [(v, r) for v, r in zip(result.variants, result.results) if r["frontier"]["costs"]]
+    marked = {r["variant"] for r in chosen if r["pareto"]}
+    order = sorted(feasible, key=lambda vr: (vr[0].index not in marked, vr[0].index))
+    picked = order[:6] if marked else feasible[:: max(1, -(-len(feasible) // 6))][:6]
+    scale = max((r["max_gain"] or 0 for _, r in feasible), default=0) or 1.0
+    for n, (v, r) in enumerate(sorted(picked, key=lambda vr: vr[0].index)):
+        ax.step(r["frontier"]["costs"], np.array(r["frontier"]["gains"]) / scale, where="post", linewidth=1.3,
+                linestyle=["-", "--", "-.", ":"][n % 4], label=f"{v.index}: {v.describe() or 'base'}")
+    if at_target:
+        ax.axhline(chosen[0]["fraction"], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{metric} of the plan")
+    ax.set_ylabel("total gain (share of the sweep's largest)")
+    ax.set_title("exact frontiers" + (" (Pareto variants)" if marked else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if hardware:
+        ax = flat[k]
+        points = [r for r in chosen if r["hardware_cost"] is not None and r.get("totals")]
+        ax.scatter([r["hardware_cost"] for r in points], [value(r) for r in points], color="lightgrey",
+                   edgecolor="black", zorder=2, label="variant")
+        front = sorted((r for r in points if r["pareto"]), key=lambda r: r["hardware_cost"])
+        ax.plot([r["hardware_cost"] for r in front], [value(r) for r in front], "-o", color="tab:red", zorder=3,
+                label="Pareto set")
+        for r in points:
+            ax.annotate(", ".join(show(r["values"][f]) for f in fields), (r["hardware_cost"], value(r)), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("hardware cost" + (f" ({result.hardware_cost_unit})" if getattr(result, "hardware_cost_unit", "") else ""))
+        ax.set_ylabel(label)
+        ax.set_title("hardware cost against the plan", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "Design-space sweep")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
