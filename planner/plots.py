@@ -89,8 +89,11 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
     frontiers of up to six variants overlaid (the Pareto set's first); and, where the spec gives a
     hardware cost, the plans' cost against it with the Pareto set marked."""
     import numpy as np
+    from matplotlib.ticker import FuncFormatter
 
     from .sweep import show
+
+    from .costs import unit
 
     metric = result.metric
     rows = result.rows
@@ -98,12 +101,15 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
     chosen = [r for r in rows if r["given"] == first]
     at_target = bool(chosen) and chosen[0]["kind"] == "target"
     fields = list(result.variants[0].values) if result.variants else []
-    label = f"{metric} at {first}" if at_target else f"gain at {first} (share of the largest)"
+    largest = max((r.get("totals", {}).get(metric, 0.0) for r in rows if r.get("totals")), default=0.0)
+    factor, prefix = _prefix(largest)
+    metric_label = f"{metric} ({prefix}{unit(metric)})" if unit(metric) else metric
+    label = f"{metric_label} at {first}" if at_target else f"gain at {first} (share of the largest)"
 
     def value(r):
         if not r.get("totals"):
             return float("nan")
-        return r["totals"][metric] if at_target else r["objective"] / r["max_gain"] if r["max_gain"] else float("nan")
+        return r["totals"][metric] / factor if at_target else r["objective"] / r["max_gain"] if r["max_gain"] else float("nan")
 
     hardware = any(r["hardware_cost"] is not None and r.get("totals") for r in chosen)
     panels = ["field"] * len(fields) + (["heatmap"] if len(fields) >= 2 else []) + ["frontiers"] + (["hardware"] if hardware else [])
@@ -119,13 +125,13 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
         others = [o for o in fields if o != f]
         lines: dict[tuple, list] = {}
         for r in chosen:
-            lines.setdefault(tuple(show(r["values"][o]) for o in others), []).append(r)
+            lines.setdefault(tuple(_hashable(r["values"][o]) for o in others), []).append(r)
         categorical = any(isinstance(r["values"][f], (list, tuple)) for r in chosen)
         ticks = list(dict.fromkeys(show(r["values"][f]) for r in chosen))
         for n, (key, members) in enumerate(sorted(lines.items())):
             members = sorted(members, key=lambda r: ticks.index(show(r["values"][f])) if categorical else r["values"][f])
             xs = [ticks.index(show(r["values"][f])) if categorical else r["values"][f] for r in members]
-            name = ", ".join(f"{o}={v}" for o, v in zip(others, key)) or None
+            name = ", ".join(f"{o}={show(v)}" for o, v in zip(others, key)) or None
             ax.plot(xs, [value(r) for r in members], styles[n % len(styles)], markersize=5, linewidth=1.4,
                     label=name if n < 8 else None)
         if categorical:
@@ -156,8 +162,10 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
         image = ax.imshow(grid, cmap="viridis_r" if at_target else "viridis", aspect="auto", origin="lower")
         for i in range(len(yt)):
             for j in range(len(xt)):
-                text = "infeasible" if np.isnan(grid[i, j]) else (f"{grid[i, j]:.3g}")
-                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if not np.isnan(grid[i, j]) else "red")
+                v = grid[i, j]
+                dark = not np.isnan(v) and sum(image.cmap(image.norm(v))[:3]) < 1.5
+                ax.text(j, i, "infeasible" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=9,
+                        color="red" if np.isnan(v) else "white" if dark else "black")
         ax.set_xticks(range(len(xt)))
         ax.set_xticklabels(xt)
         ax.set_yticks(range(len(yt)))
@@ -174,12 +182,14 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
     picked = order[:6] if marked else feasible[:: max(1, -(-len(feasible) // 6))][:6]
     scale = max((r["max_gain"] or 0 for _, r in feasible), default=0) or 1.0
     for n, (v, r) in enumerate(sorted(picked, key=lambda vr: vr[0].index)):
-        ax.step(r["frontier"]["costs"], np.array(r["frontier"]["gains"]) / scale, where="post", linewidth=1.3,
+        ax.step(np.array(r["frontier"]["costs"]) / factor, np.array(r["frontier"]["gains"]) / scale, where="post", linewidth=1.3,
                 linestyle=["-", "--", "-.", ":"][n % 4], label=f"{v.index}: {v.describe() or 'base'}")
     if at_target:
         ax.axhline(chosen[0]["fraction"], color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
-    ax.set_xlabel(f"{metric} of the plan")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
+    ax.set_xlabel(f"{metric_label} of the plan")
     ax.set_ylabel("total gain (share of the sweep's largest)")
     ax.set_title("exact frontiers" + (" (Pareto variants)" if marked else ""), fontsize=9)
     ax.grid(alpha=0.3)
@@ -195,7 +205,8 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
         for r in points:
             ax.annotate(", ".join(show(r["values"][f]) for f in fields), (r["hardware_cost"], value(r)), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("hardware cost" + (f" ({result.hardware_cost_unit})" if getattr(result, "hardware_cost_unit", "") else ""))
+        cost_unit = result.variants[0].spec.hardware_cost_unit
+        ax.set_xlabel("hardware cost" + (f" ({cost_unit})" if cost_unit else ""))
         ax.set_ylabel(label)
         ax.set_title("hardware cost against the plan", fontsize=9)
         ax.grid(alpha=0.3)
@@ -205,3 +216,15 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _prefix(largest: float) -> tuple[float, str]:
+    """(factor, SI prefix) that writes values up to ``largest`` with 1-3 digits before the point."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
+        if largest >= factor:
+            return factor, prefix
+    return 1.0, ""
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
