@@ -1007,7 +1007,8 @@ def sweep(model, hw_name, vary_texts, samples, sample_seed, targets, budget_text
     fields, _ = sw.columns(result)
     metric = result.metric
     rows = []
-    for r in result.rows:
+    givens = list(dict.fromkeys(r["given"] for r in result.rows))
+    for r in sorted(result.rows, key=lambda r: (givens.index(r["given"]), r["variant"])):
         totals = r.get("totals") or {}
         share = f"{100 * r['objective'] / r['max_gain']:.1f}%" if totals and r["max_gain"] else "-"
         rows.append((r["variant"], *(sw.show(r["values"][f]) for f in fields), r["given"], r["status"],

@@ -196,19 +196,22 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
     ax.legend(fontsize=7)
     if hardware:
         ax = flat[k]
-        points = [r for r in chosen if r["hardware_cost"] is not None and r.get("totals")]
-        ax.scatter([r["hardware_cost"] for r in points], [value(r) for r in points], color="lightgrey",
-                   edgecolor="black", zorder=2, label="variant")
-        front = sorted((r for r in points if r["pareto"]), key=lambda r: r["hardware_cost"])
-        ax.plot([r["hardware_cost"] for r in front], [value(r) for r in front], "-o", color="tab:red", zorder=3,
-                label="Pareto set")
-        for r in points:
-            ax.annotate(", ".join(show(r["values"][f]) for f in fields), (r["hardware_cost"], value(r)), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+        givens = list(dict.fromkeys(r["given"] for r in rows if r["kind"] == chosen[0]["kind"]))[:4] if at_target else [first]
+        for n, given in enumerate(givens):
+            points = [r for r in rows if r["given"] == given and r["hardware_cost"] is not None and r.get("totals")]
+            color = f"C{n}"
+            ax.scatter([r["hardware_cost"] for r in points], [value(r) for r in points], facecolor="white",
+                       edgecolor=color, zorder=2)
+            front = sorted((r for r in points if r["pareto"]), key=lambda r: r["hardware_cost"])
+            ax.plot([r["hardware_cost"] for r in front], [value(r) for r in front], "-o", color=color, zorder=3,
+                    label=f"{given}: Pareto set")
+            for r in points:
+                ax.annotate(", ".join(show(r["values"][f]) for f in fields), (r["hardware_cost"], value(r)), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points", color=color)
         cost_unit = result.variants[0].spec.hardware_cost_unit
         ax.set_xlabel("hardware cost" + (f" ({cost_unit})" if cost_unit else ""))
-        ax.set_ylabel(label)
-        ax.set_title("hardware cost against the plan", fontsize=9)
+        ax.set_ylabel(f"{metric_label} of the plan" if at_target else label)
+        ax.set_title("hardware cost against the plan (open: dominated)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or "Design-space sweep")

@@ -31,6 +31,7 @@ import io
 import itertools
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -444,12 +445,16 @@ def run_sweep(graph, items: list[Variant], gains, *, cost_model: str, lut: str |
     bad = [f for f in targets if not 0 < f <= 1]
     if bad:
         raise MpqError(f"--target-gain {bad[0]:g}: a target is a fraction of the largest gain, in (0, 1]")
-    lut_sha = hashlib.sha256(open(lut, "rb").read()).hexdigest() if lut else None
+    from costmodels import load_cost_model
+
+    load_cost_model(cost_model, **({"table": lut} if lut else {}))  # a bad name or table fails here, once
+    files = [f for f in (lut, cost_model.rsplit(":", 1)[0] if ":" in cost_model else None) if f and os.path.isfile(f)]
+    file_sha = {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files}  # their contents count too
     shapes = json.dumps({k: list(v) for k, v in (input_shapes or {}).items()}, sort_keys=True)
     pins = list(pins)
     by_group = [{str(b): v for b, v in sorted(g.items())} for g in gains.by_group]
     common = {"model": graph.model.sha256, "shapes": graph.model.input_shapes, "pins": pins,
-              "cost_model": cost_model, "lut": lut_sha, "gains": [gains.method, gains.params, by_group],
+              "cost_model": cost_model, "files": file_sha, "gains": [gains.method, gains.params, by_group],
               "targets": list(targets), "budgets": list(budgets), "time_limit_s": time_limit_s}
     keys = [variant_key(common, v) for v in items]
     results: dict[int, dict] = {}
