@@ -128,11 +128,16 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
             lines.setdefault(tuple(_hashable(r["values"][o]) for o in others), []).append(r)
         categorical = any(isinstance(r["values"][f], (list, tuple)) for r in chosen)
         ticks = list(dict.fromkeys(show(r["values"][f]) for r in chosen))
+        if all(len(members) == 1 for members in lines.values()):  # random samples: no lines to draw
+            lines = {(): chosen}
+            styles_here = ["o"]
+        else:
+            styles_here = styles
         for n, (key, members) in enumerate(sorted(lines.items())):
             members = sorted(members, key=lambda r: ticks.index(show(r["values"][f])) if categorical else r["values"][f])
             xs = [ticks.index(show(r["values"][f])) if categorical else r["values"][f] for r in members]
             name = ", ".join(f"{o}={show(v)}" for o, v in zip(others, key)) or None
-            ax.plot(xs, [value(r) for r in members], styles[n % len(styles)], markersize=5, linewidth=1.4,
+            ax.plot(xs, [value(r) for r in members], styles_here[n % len(styles_here)], markersize=5, linewidth=1.4,
                     label=name if n < 8 else None)
         if categorical:
             ax.set_xticks(range(len(ticks)))
@@ -144,7 +149,7 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
         ax.set_xlabel(f)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if others:
+        if others and len(lines) > 1:
             ax.legend(fontsize=8)
     k = len(fields)
     if len(fields) >= 2:
@@ -153,27 +158,25 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
         fx, fy = fields[0], fields[1]
         xt = list(dict.fromkeys(show(r["values"][fx]) for r in chosen))
         yt = list(dict.fromkeys(show(r["values"][fy]) for r in chosen))
-        grid = np.full((len(yt), len(xt)), np.nan)
-        for r in chosen:  # the best over any further fields
-            i, j = yt.index(show(r["values"][fy])), xt.index(show(r["values"][fx]))
-            v = value(r)
-            if not np.isnan(v):
-                grid[i, j] = v if np.isnan(grid[i, j]) else (min if at_target else max)(grid[i, j], v)
-        image = ax.imshow(grid, cmap="viridis_r" if at_target else "viridis", aspect="auto", origin="lower")
-        for i in range(len(yt)):
-            for j in range(len(xt)):
-                v = grid[i, j]
-                dark = not np.isnan(v) and sum(image.cmap(image.norm(v))[:3]) < 1.5
-                ax.text(j, i, "infeasible" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=9,
-                        color="red" if np.isnan(v) else "white" if dark else "black")
-        ax.set_xticks(range(len(xt)))
-        ax.set_xticklabels(xt)
-        ax.set_yticks(range(len(yt)))
-        ax.set_yticklabels(yt)
+        if len({(show(r["values"][fx]), show(r["values"][fy])) for r in chosen}) == len(xt) * len(yt):
+            _heatmap(fig, ax, chosen, fx, fy, xt, yt, value, at_target)
+            ax.set_title(label + (" (best over other fields)" if len(fields) > 2 else ""), fontsize=9)
+        else:  # random samples: no grid, one dot per variant
+            def coordinate(r, f, ticks):
+                v = r["values"][f]
+                return ticks.index(show(v)) if isinstance(v, (list, tuple)) else v
+
+            dots = ax.scatter([coordinate(r, fx, xt) for r in chosen], [coordinate(r, fy, yt) for r in chosen],
+                              c=[value(r) for r in chosen], cmap="viridis_r" if at_target else "viridis", edgecolor="black")
+            fig.colorbar(dots, ax=ax)
+            for f, ticks, axis in ((fx, xt, ax.xaxis), (fy, yt, ax.yaxis)):
+                if any(isinstance(r["values"][f], (list, tuple)) for r in chosen):
+                    axis.set_ticks(range(len(ticks)))
+                    axis.set_ticklabels(ticks)
+            ax.grid(alpha=0.3)
+            ax.set_title(label, fontsize=9)
         ax.set_xlabel(fx)
         ax.set_ylabel(fy)
-        ax.set_title(label + (" (best over other fields)" if len(fields) > 2 else ""), fontsize=9)
-        fig.colorbar(image, ax=ax)
     ax = flat[k]
     k += 1
     feasible = [(v, r) for v, r in zip(result.variants, result.results) if r["frontier"]["costs"]]
@@ -231,3 +234,29 @@ def _prefix(largest: float) -> tuple[float, str]:
 
 def _hashable(value):
     return tuple(value) if isinstance(value, list) else value
+
+
+def _heatmap(fig, ax, rows, fx, fy, xt, yt, value, lower_is_better) -> None:
+    """``value`` of the rows on the grid of fields ``fx`` x ``fy`` (the best where further fields vary)."""
+    import numpy as np
+
+    from .sweep import show
+
+    grid = np.full((len(yt), len(xt)), np.nan)
+    for r in rows:
+        i, j = yt.index(show(r["values"][fy])), xt.index(show(r["values"][fx]))
+        v = value(r)
+        if not np.isnan(v):
+            grid[i, j] = v if np.isnan(grid[i, j]) else (min if lower_is_better else max)(grid[i, j], v)
+    image = ax.imshow(grid, cmap="viridis_r" if lower_is_better else "viridis", aspect="auto", origin="lower")
+    for i in range(len(yt)):
+        for j in range(len(xt)):
+            v = grid[i, j]
+            dark = not np.isnan(v) and sum(image.cmap(image.norm(v))[:3]) < 1.5
+            ax.text(j, i, "infeasible" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=9,
+                    color="red" if np.isnan(v) else "white" if dark else "black")
+    ax.set_xticks(range(len(xt)))
+    ax.set_xticklabels(xt)
+    ax.set_yticks(range(len(yt)))
+    ax.set_yticklabels(yt)
+    fig.colorbar(image, ax=ax)
