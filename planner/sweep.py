@@ -74,7 +74,7 @@ class Variant:
     spec: object = None
 
     def describe(self) -> str:
-        return " ".join(f"{f}={_show(v)}" for f, v in self.values.items())
+        return " ".join(f"{f}={show(v)}" for f, v in self.values.items())
 
 
 @cache
@@ -164,8 +164,9 @@ def _tidy(x: float):
     return int(x) if float(x).is_integer() and abs(x) < 2 ** 53 else float(x)
 
 
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+def show(value) -> str:
+    """A varied value as text (a precision set as 2,4,8)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def apply(base: dict, values: dict) -> dict:
@@ -198,8 +199,6 @@ def apply(base: dict, values: dict) -> dict:
 
 def _key(node: dict, part: str):
     """YAML loads bit-width keys as ints: find ``part`` as the key the data already uses."""
-    if part.isdigit() and int(part) in node:
-        return int(part)
     return int(part) if part.isdigit() and any(isinstance(k, int) for k in node) else part
 
 
@@ -219,7 +218,7 @@ def variants(base: dict, where: str, axes: list[Axis], *, samples: int | None = 
             try:
                 parse_spec(apply(base, {axis.field: value}), where)
             except MpqError as e:
-                raise MpqError(f"--vary {axis.field}={_show(value)}: {e}") from None
+                raise MpqError(f"--vary {axis.field}={show(value)}: {e}") from None
     if samples is None:
         points = [dict(zip(fields, combo)) for combo in itertools.product(*(a.values for a in axes))]
     else:
@@ -563,11 +562,6 @@ def to_json(result: SweepResult, header: dict) -> str:
         "rows": [{**row, "values": {f: list(x) if isinstance(x, tuple) else x for f, x in row["values"].items()}}
                  for row in result.rows]}
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
-
-
-def show(value) -> str:
-    """A varied value as text (a precision set as 2,4,8)."""
-    return _show(tuple(value) if isinstance(value, list) else value)
 
 
 def load_base(name_or_path: str):
