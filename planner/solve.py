@@ -16,7 +16,9 @@ Before CP-SAT, an exact reduction keeps the model small: options dominated by an
 their group are dropped, and, with the Lagrangian bound of the LP relaxation (OR-Tools GLOP) and
 a feasible plan, options that provably cannot be part of a better plan are fixed out
 (reduced-cost fixing). The paper's case (two precisions, one budget)
-can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``).
+can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``), after the same dominance
+reduction, which makes every item's weight and profit positive whatever the order of the costs
+and the signs of the gains.
 """
 from __future__ import annotations
 
@@ -123,7 +125,10 @@ def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: 
     check_feasible(costs, budgets)
     metrics = sorted(budgets)
     if method == "knapsack":
-        solution = _knapsack(gains, costs, budgets)
+        solution = _knapsack(gains, costs, budgets, time_limit_s)
+        if solution is None:
+            solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
+            solution.method = "cp-sat (the knapsack's integer weights were too coarse for this budget)"
     elif method == "cpsat":
         solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
     else:
@@ -385,7 +390,18 @@ def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> So
 # OR-Tools 0-1 knapsack (two options per group, one budget)
 
 
-def _knapsack(gains, costs, budgets) -> Solution:
+def _knapsack(gains, costs, budgets, time_limit_s: float) -> Solution | None:
+    """The paper's case as a 0-1 knapsack: every group starts at its cheaper option and an item
+    is the move to its dearer one (weight: the extra cost, profit: the extra gain).
+
+    The transformation is exact for any input: options dominated by another option of their
+    group are dropped first (as for CP-SAT), so a group keeps either one option (fixed) or two
+    whose costs and gains are both strictly ordered the same way, where every weight and profit
+    is positive. A higher precision that costs no more than a lower one, or has less gain, thus
+    never reaches the knapsack solver. The status is the solver's own (OPTIMAL when it proved
+    optimality, FEASIBLE when the time limit stopped it, with the LP bound of the knapsack).
+    None when the integer weights, coarsened to stay within int64, let a plan over the budget
+    through."""
     from ortools.algorithms.python import knapsack_solver
 
     if len(budgets) != 1:
@@ -393,30 +409,43 @@ def _knapsack(gains, costs, budgets) -> Solution:
     (metric, limit), = budgets.items()
     if any(len(c) > 2 for c in costs):
         raise MpqError("the knapsack method takes at most two precisions per group; use cpsat")
-    low = [min(c) for c in costs]
-    items = [g for g, c in enumerate(costs) if len(c) == 2]
-    high = {g: max(costs[g]) for g in items}
+    options = _undominated(gains, costs, [metric])
+    low = [min(opts, key=lambda b: costs[g][b][metric]) for g, opts in enumerate(options)]
+    items = [g for g, opts in enumerate(options) if len(opts) == 2]
+    high = {g: next(b for b in options[g] if b != low[g]) for g in items}
     base = math.fsum(costs[g][low[g]][metric] for g in range(len(costs)))
-    scale_c = _cost_scale([{0: {metric: abs(costs[g][high[g]][metric] - costs[g][low[g]][metric])}} for g in items],
-                          [[0]] * len(items), list(range(len(items))), limit, metric) if items else 1.0
-    extra_gain = {g: gains[g][high[g]] - gains[g][low[g]] for g in items}
-    scale_g = _scale(_GAIN_GRID, max((abs(v) for v in extra_gain.values()), default=0.0))
-    chosen = []
+    weight = {g: costs[g][high[g]][metric] - costs[g][low[g]][metric] for g in items}
+    profit = {g: gains[g][high[g]] - gains[g][low[g]] for g in items}
+    scale_c = _cost_scale([{0: {metric: weight[g]}} for g in items], [[0]] * len(items), list(range(len(items))),
+                          limit, metric) if items else 1.0
+    scale_g = _scale(_GAIN_GRID, max(profit.values(), default=0.0))
+    chosen, optimal = set(), True
     if items:
-        positive = [g for g in items if extra_gain[g] > 0 or costs[g][high[g]][metric] <= costs[g][low[g]][metric]]
         solver = knapsack_solver.KnapsackSolver(
             knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "mpq")
-        profits = [max(0, round(extra_gain[g] * scale_g)) for g in positive]
-        weights = [[max(0, round((costs[g][high[g]][metric] - costs[g][low[g]][metric]) * scale_c)) for g in positive]]
-        capacity = [max(0, math.floor((limit + abs(limit) * _TOLERANCE / 2 - base) * scale_c))]
-        solver.init(profits, weights, capacity)
+        solver.set_time_limit(time_limit_s)
+        capacity = math.floor((limit + abs(limit) * _TOLERANCE / 2 - base) * scale_c)
+        solver.init([round(profit[g] * scale_g) for g in items], [[round(weight[g] * scale_c) for g in items]],
+                    [max(0, capacity)])
         solver.solve()
-        chosen = [g for k, g in enumerate(positive) if solver.best_solution_contains(k)]
+        optimal = solver.is_solution_optimal()
+        chosen = {g for k, g in enumerate(items) if solver.best_solution_contains(k)}
     bits = [high[g] if g in chosen else low[g] for g in range(len(costs))]
     objective = _objective(gains, bits)
-    return Solution(bits=bits, status="OPTIMAL", objective=objective, bound=objective, wall_time_s=0.0,
-                    method="knapsack", totals=totals(costs, bits), gain_error_bound=len(items) / scale_g,
-                    budget_slack_bound={metric: 0.5 * len(items) / scale_c})
+    spent = totals(costs, bits)
+    if spent[metric] > _slack(limit):  # only where the weights had to be coarsened to fit int64
+        return None
+    bound = objective
+    if not optimal:  # Dantzig's bound: items by profit per weight, the last one fractionally
+        room, bound = limit - base, _objective(gains, low)
+        for g in sorted(items, key=lambda g: -profit[g] / weight[g]):
+            take = min(1.0, max(0.0, room) / weight[g])
+            bound, room = bound + take * profit[g], room - take * weight[g]
+        bound = max(bound + len(items) / scale_g, objective)
+    return Solution(bits=bits, status="OPTIMAL" if optimal else "FEASIBLE", objective=objective, bound=bound,
+                    wall_time_s=0.0, method="knapsack", totals=spent, gain_error_bound=len(items) / scale_g,
+                    budget_slack_bound={metric: 0.5 * len(items) / scale_c},
+                    fixed_groups=len(costs) - len(items))
 
 
 # --------------------------------------------------------------------------------------------
