@@ -99,3 +99,17 @@ def resolve(budgets: list[Budget], table: CostTable, between: tuple[int, int] | 
             limit = low + b.fraction * (high - low)
         limits[b.metric] = min(limit, limits.get(b.metric, limit))
     return limits
+
+
+def add_chip_limit(table: CostTable, budgets: list[Budget], limits: dict[str, float]
+                   ) -> tuple[CostTable, list[Budget], dict[str, float]]:
+    """Add the implicit budget of a spec that keeps every weight on chip: the plan's on-chip
+    weight bytes within the chip's capacity (see ``CostTable.with_chip_limit``; nothing is added
+    where every plan fits). Returns the table carrying that metric, the budgets and the limits.
+    Raises MpqError saying how much fits when no plan does."""
+    table, chip = table.with_chip_limit()
+    for metric, capacity in chip.items():
+        budgets = [*budgets, Budget(metric=metric, text=f"implicit: every weight on chip, {metric}<={capacity:.12g}",
+                                    limit=capacity)]
+        limits = {**limits, metric: capacity}
+    return table, budgets, limits
