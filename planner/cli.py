@@ -321,6 +321,9 @@ def _between(text: str | None) -> tuple[int, int] | None:
         low, high = (int(x) for x in text.replace(":", ",").split(","))
     except ValueError:
         raise MpqError(f"--between '{text}': expected two bit widths, e.g. 2,4") from None
+    if low >= high:
+        raise MpqError(f"--between '{text}': LOW must be below HIGH (the sweep runs from uniform LOW-bit to "
+                       f"uniform HIGH-bit), e.g. {min(low, high)},{max(low, high)}")
     return (low, high)
 
 

@@ -113,16 +113,15 @@ def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: 
           time_limit_s: float = 60.0, workers: int = 1) -> Solution:
     """Maximise total gain under ``budgets`` ({metric: limit}); see the module docstring.
 
-    ``gains[g]`` must give a value for every option in ``costs[g]``. Raises MpqError when the
-    budgets cannot be met.
+    ``gains[g]`` must give a value for every option in ``costs[g]``. Every gain, cost and limit
+    must be a finite number. A limit above the dearest plan's total constrains nothing: it is
+    solved as that total (every plan meets it), so huge limits (1e300) cannot overflow the
+    integer model. Raises MpqError when an input is not finite or the budgets cannot be met.
     """
     start = time.perf_counter()
-    for g, options in enumerate(costs):
-        missing = [b for b in options if b not in gains[g]]
-        if missing:
-            raise MpqError(f"group {g} has no gain for {missing[0]} bits, which the cost model offers; "
-                           "give gains for every precision")
+    _check_finite(gains, costs, budgets)
     check_feasible(costs, budgets)
+    budgets = {m: min(limit, dearest(costs, m)) for m, limit in budgets.items()}
     metrics = sorted(budgets)
     if method == "knapsack":
         solution = _knapsack(gains, costs, budgets, time_limit_s)
@@ -135,6 +134,26 @@ def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: 
         raise MpqError(f"unknown solver method '{method}'; use cpsat or knapsack")
     solution.wall_time_s = time.perf_counter() - start
     return solution
+
+
+def _check_finite(gains: GainTable, costs: Costs, budgets: dict[str, float]) -> None:
+    """Raise MpqError naming the first gain, cost or limit that is missing or not a finite number."""
+    for metric, limit in budgets.items():
+        if not math.isfinite(limit):
+            raise MpqError(f"budget {metric}<={limit} is not a finite number; give a finite limit")
+    for g, options in enumerate(costs):
+        for b, cost in options.items():
+            if b not in gains[g]:
+                raise MpqError(f"group {g} has no gain for {b} bits, which the cost model offers; "
+                               "give gains for every precision")
+            if not math.isfinite(gains[g][b]):
+                raise MpqError(f"the gain of group {g} at {b} bits is {gains[g][b]}; gains must be finite numbers")
+            bad = [m for m in budgets if not math.isfinite(cost[m])]
+            if bad:
+                raise MpqError(f"the {bad[0]} cost of group {g} at {b} bits is {cost[bad[0]]}; costs must be finite")
+    for metric in budgets:
+        if not math.isfinite(dearest(costs, metric)):
+            raise MpqError(f"the {metric} costs add up beyond floating point (over 1e308); rescale that metric")
 
 
 # --------------------------------------------------------------------------------------------

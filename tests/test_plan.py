@@ -235,6 +235,8 @@ def test_same_inputs_same_bytes(exported, tmp_path):
     ("latency=1.5", ["fractional budget"]),
     ("weight_bytes<=3parsecs", ["unit"]),
     ("power_w<=5", ["unknown metric 'power_w'"]),
+    ("latency_s<=1e400", ["not a finite number"]),
+    ("weight_bytes<=1e300TB", ["not a finite number"]),
 ])
 def test_bad_budgets_exit_2_and_write_nothing(exported, tmp_path, budget, words):
     out = tmp_path / "plan.json"
@@ -242,6 +244,41 @@ def test_bad_budgets_exit_2_and_write_nothing(exported, tmp_path, budget, words)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert all(w in result.stderr for w in words), result.stderr
     assert not out.exists() and not (tmp_path / "b.csv").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("limit", ["1e20", "1e300", "1.7e308"])
+def test_budget_above_every_plan_gives_the_unconstrained_optimum(exported, limit):
+    """Far above every plan's cost (int64 overflow inside the solver before): the optimum is
+    every group at its most valuable option, computed here from the plan's own options."""
+    for method in ("cpsat", "knapsack"):
+        result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", f"latency_s<={limit}", "--json",
+                     "--method", method, "--bits", "2,4")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        best = math.fsum(max(o["gain"] for o in g["options"].values()) for g in doc["groups"])
+        assert doc["solver"]["status"] == "OPTIMAL" and doc["solver"]["objective"] == pytest.approx(best, rel=1e-12)
+
+
+def test_between_must_run_from_low_to_high(exported):
+    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", "latency=0.5", "--between", "4,2")
+    assert result.returncode == 2 and "LOW must be below HIGH" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["gain", "cost", "budget"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_solver_refuses_non_finite_numbers(where, value):
+    gains = [{2: 0.0, 4: 1.0}, {2: 0.0, 4: 2.0}]
+    costs = [{2: {"t": 1.0}, 4: {"t": 2.0}}, {2: {"t": 1.0}, 4: {"t": 2.0}}]
+    budgets = {"t": 3.0}
+    if where == "gain":
+        gains[1][4] = value
+    elif where == "cost":
+        costs[0][4]["t"] = value
+    else:
+        budgets["t"] = value
+    for method in ("cpsat", "knapsack"):
+        with pytest.raises(MpqError, match="finite"):
+            solve(gains, costs, budgets, method=method)
 
 
 def test_gains_file_for_another_model(exported, tmp_path):
