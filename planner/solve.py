@@ -301,9 +301,16 @@ def _objective(gains: GainTable, bits: list[int]) -> float:
 
 def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     """Exact solve by rounds: CP-SAT on the options whose Lagrangian reduced cost is within a
-    margin, the margin widened until it covers the gap between the Lagrangian bound and the best
-    plan found. A plan better than the incumbent can only use options whose reduced cost is below
-    that gap, so the last round's optimum is the global one."""
+    margin, the margin widened tenfold until it covers the gap between the Lagrangian bound and
+    the best plan found. A plan better than the incumbent can only use options whose reduced cost
+    is below that gap, so the last round's optimum is the global one.
+
+    The rounds between are skipped when they cannot matter: after a round that did not improve
+    the incumbent, the covering round is solved at once, and if it finds no better plan, neither
+    would the rounds before it (their options are a subset of its options, the incumbent and hint
+    the same), so the result is the one the full sequence gives. When it does find a better plan
+    the sequence goes on round by round, so ties and figures stay those of the full sequence,
+    and jumps again once a round reaches that plan's objective (the optimum)."""
     deadline = time.perf_counter() + time_limit_s
     options = _undominated(gains, costs, metrics)
     if metrics:
@@ -318,13 +325,24 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
         upper, margin = math.inf, math.inf  # no usable bound: one round over every option
     else:
         margin = max((upper - lower) / 1000, 1e-12 * (abs(upper) + 1.0))
-    while True:
+
+    def solve_round(margin):
         allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
                    for g, opts in enumerate(options)]
         complete = all(len(a) == len(o) for a, o in zip(allowed, options))
-        bits, status, round_bound, scales = _cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
-                                                         max(0.1, deadline - time.perf_counter()), workers)
-        if bits is not None and (incumbent is None or _objective(gains, bits) > lower):
+        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
+                                                max(0.1, deadline - time.perf_counter()), workers)
+
+    def widen(margin):
+        if margin * 10 >= upper - lower:
+            return max(margin * 10, upper - lower + 1e-12 * (abs(upper) + 1.0))
+        return margin * 10
+
+    best_known = None
+    while True:
+        allowed, complete, bits, status, round_bound, scales = solve_round(margin)
+        improved = bits is not None and (incumbent is None or _objective(gains, bits) > lower)
+        if improved:
             incumbent, lower = bits, _objective(gains, bits)
         # A better plan than the incumbent uses only options with reduced cost below upper - lower.
         covers = complete or margin >= upper - lower + 1e-12 * (abs(upper) + 1.0)
@@ -335,12 +353,29 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
             return _solution(gains, costs, incumbent, "FEASIBLE", max(bound, lower), allowed, scales, metrics)
         if covers:
             return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
-        margin = max(margin * 10, upper - lower + 1e-12 * (abs(upper) + 1.0)) if margin * 10 >= upper - lower else margin * 10
+        margin = widen(margin)
+        jump = margin
+        while jump < upper - lower + 1e-12 * (abs(upper) + 1.0):
+            jump = widen(jump)
+        # Jump where the covering round is likely (the incumbent held) or sure (it reached the
+        # optimum an earlier covering round found) to find nothing better.
+        if jump > margin and (lower >= best_known if best_known is not None else not improved):
+            allowed, _, bits, status, _, scales = solve_round(jump)
+            if status == "OPTIMAL" and time.perf_counter() < deadline:
+                if bits is None or _objective(gains, bits) <= lower:
+                    return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
+                best_known = _objective(gains, bits)  # the optimum: go on round by round until reached
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):
-    """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales)."""
-    from ortools.sat.python import cp_model
+    """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales).
+
+    The model is written straight into CP-SAT's protocol buffer (one Boolean per free option,
+    exactly one per group, one row per budget, the gain objective, the hint), as
+    ``cp_model.CpModel`` would write it but without its per-variable Python objects and without
+    importing pandas, which that module pulls in: on small instances both cost more than the solve.
+    """
+    from ortools.sat.python import cp_model_helper as helper
 
     n = len(costs)
     free = [g for g in range(n) if len(options[g]) > 1]
@@ -351,38 +386,55 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     scales = (gain_scale, cost_scale, len(free), len(fixed))
     if any(base[m] > _slack(budgets[m]) for m in metrics):
         return None, "INFEASIBLE", -math.inf, scales
-    model = cp_model.CpModel()
-    x = {(g, b): model.new_bool_var(f"g{g}_b{b}") for g in free for b in options[g]}
-    variables = list(x.values())
+    keys = [(g, b) for g in free for b in options[g]]  # variable k is option keys[k]
+    model = helper.CpModelProto()
+    for g, b in keys:
+        var = model.variables.add()
+        var.name = f"g{g}_b{b}"
+        var.domain.extend((0, 1))
+    k = 0
     for g in free:
-        model.add_exactly_one(x[g, b] for b in options[g])
+        model.constraints.add().exactly_one.literals.extend(range(k, k + len(options[g])))
+        k += len(options[g])
     for m in metrics:
         half_tolerance = abs(budgets[m]) * _TOLERANCE / 2
         capacity = math.floor((budgets[m] + half_tolerance - base[m]) * cost_scale[m])
-        coefficients = [round(costs[g][b][m] * cost_scale[m]) for (g, b) in x]
-        model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= capacity)
-    model.maximize(cp_model.LinearExpr.weighted_sum(variables, [round(gains[g][b] * gain_scale) for (g, b) in x]))
-    if hint is not None:
-        for (g, b), var in x.items():
-            model.add_hint(var, hint[g] == b)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = workers
-    solver.parameters.optimize_with_core = True  # proves the bound fast on near-symmetric instances (LLM blocks)
-    solver.parameters.linearization_level = 2
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.random_seed = 0
-    status = solver.solve(model)
-    name = solver.status_name(status)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        row = model.constraints.add().linear
+        _add_terms(row, [round(costs[g][b][m] * cost_scale[m]) for g, b in keys])
+        row.domain.extend((-2 ** 63, capacity))
+    _add_terms(model.objective, [-round(gains[g][b] * gain_scale) for g, b in keys])  # CP-SAT minimises
+    model.objective.scaling_factor = -1
+    if hint is not None and keys:
+        model.solution_hint.vars.extend(range(len(keys)))
+        model.solution_hint.values.extend(int(hint[g] == b) for g, b in keys)
+    parameters = helper.SatParameters()
+    parameters.num_workers = workers
+    parameters.optimize_with_core = True  # proves the bound fast on near-symmetric instances (LLM blocks)
+    parameters.linearization_level = 2
+    parameters.max_time_in_seconds = time_limit_s
+    parameters.random_seed = 0
+    solver = helper.SolveWrapper()
+    solver.set_parameters(parameters)
+    response = solver.solve(model)
+    name = response.status.name
+    if response.status not in (helper.CpSolverStatus.OPTIMAL, helper.CpSolverStatus.FEASIBLE):
         return None, name, -math.inf, scales
-    bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if solver.boolean_value(x[g, b]))
+    chosen = {keys[k] for k, value in enumerate(response.solution) if value}
+    bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if (g, b) in chosen)
             for g in range(n)]
     spent = totals(costs, bits)
     if any(spent[m] > _slack(budgets[m]) for m in metrics):  # only where the grid had to be coarsened
         return None, "ROUNDING", -math.inf, scales
     fixed_gain = math.fsum(gains[g][options[g][0]] for g in fixed)
-    bound = fixed_gain + solver.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
+    bound = fixed_gain + response.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
     return bits, name, bound, scales
+
+
+def _add_terms(row, coefficients: list[int]) -> None:
+    """Append the non-zero coefficients (variable k has coefficient ``coefficients[k]``)."""
+    kept = [k for k, c in enumerate(coefficients) if c]
+    row.vars.extend(kept)
+    row.coeffs.extend(coefficients[k] for k in kept)
 
 
 def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
