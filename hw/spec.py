@@ -38,6 +38,7 @@ class HardwareSpec:
     per_core_bytes: float | None = None
     offchip_bandwidth: float | None = None
     output_bits: float | None = None
+    weights_on_chip: bool = False
     energy_per_mac_j: dict[int, float] = field(default_factory=dict)
     energy_per_byte_onchip_j: float | None = None
     energy_per_byte_offchip_j: float | None = None
@@ -55,6 +56,17 @@ class HardwareSpec:
 
     def macs_per_second(self, bits: int) -> float:
         return self.cores * self.macs_per_cycle[bits] * self.clock_hz
+
+    @property
+    def weight_capacity(self) -> float | None:
+        """Bytes of on-chip memory for weights when the spec keeps every weight on chip
+        (``memory.weights_on_chip``): ``on_chip_bytes``, and at most cores x ``per_core_bytes``
+        where per-core memory is given (the weights are spread over the cores' memories).
+        None when weights may live off chip."""
+        if not self.weights_on_chip:
+            return None
+        per_core = self.cores * self.per_core_bytes if self.per_core_bytes is not None else None
+        return min(c for c in (self.on_chip_bytes, per_core) if c is not None)
 
     @property
     def has_energy(self) -> bool:
@@ -145,6 +157,9 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
     def optional(section: dict, key: str, prefix: str) -> float | None:
         return figure(section[key], f"{prefix}.{key}") if key in section else None
 
+    if memory.get("weights_on_chip") and "on_chip_bytes" not in memory and "per_core_bytes" not in memory:
+        raise MpqError(f"{where}: memory.weights_on_chip: true needs memory.on_chip_bytes or memory.per_core_bytes "
+                       "(how much on-chip memory holds the weights)")
     cores = figure(data["cores"], "cores")
     if cores != int(cores):
         raise MpqError(f"{where}: cores: {cores} is not a whole number of cores")
@@ -156,6 +171,7 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
         per_core_bytes=optional(memory, "per_core_bytes", "memory"),
         offchip_bandwidth=optional(memory, "offchip_bandwidth_bytes_per_s", "memory"),
         output_bits=optional(memory, "output_bits", "memory"),
+        weights_on_chip=bool(memory.get("weights_on_chip", False)),
         energy_per_mac_j=energy_per_mac,
         energy_per_byte_onchip_j=optional(energy, "per_byte_onchip_j", "energy"),
         energy_per_byte_offchip_j=optional(energy, "per_byte_offchip_j", "energy"),

@@ -4,6 +4,7 @@ the endpoints are two uniform precisions instead, e.g. all-2-bit to all-4-bit).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -39,12 +40,18 @@ def parse_budget(text: str, metrics: tuple[str, ...]) -> Budget:
     if not number:
         raise MpqError(f"budget '{text}': '{value}' is not a number")
     amount, suffix = float(number.group(1)), number.group(2)
+    if not math.isfinite(amount):
+        raise MpqError(f"budget '{text}': {value} is not a finite number; give a limit below 1e308")
     if op == "=":
         if suffix or not 0.0 <= amount <= 1.0:
             raise MpqError(f"budget '{text}': a fractional budget is a number from 0 (cheapest plan) to 1 (dearest); "
                            f"for an absolute one write {metric}<={value}")
         return Budget(metric=metric, text=text, fraction=amount)
-    return Budget(metric=metric, text=text, limit=amount * _unit_factor(suffix, metric, text))
+    limit = amount * _unit_factor(suffix, metric, text)
+    if not math.isfinite(limit):
+        raise MpqError(f"budget '{text}': {value} is not a finite number of {unit(metric) or 'units'}; "
+                       "give a limit below 1e308")
+    return Budget(metric=metric, text=text, limit=limit)
 
 
 def _metric(name: str, metrics: tuple[str, ...], text: str) -> str:
@@ -99,3 +106,17 @@ def resolve(budgets: list[Budget], table: CostTable, between: tuple[int, int] | 
             limit = low + b.fraction * (high - low)
         limits[b.metric] = min(limit, limits.get(b.metric, limit))
     return limits
+
+
+def add_chip_limit(table: CostTable, budgets: list[Budget], limits: dict[str, float]
+                   ) -> tuple[CostTable, list[Budget], dict[str, float]]:
+    """Add the implicit budget of a spec that keeps every weight on chip: the plan's on-chip
+    weight bytes within the chip's capacity (see ``CostTable.with_chip_limit``; nothing is added
+    where every plan fits). Returns the table carrying that metric, the budgets and the limits.
+    Raises MpqError saying how much fits when no plan does."""
+    table, chip = table.with_chip_limit()
+    for metric, capacity in chip.items():
+        budgets = [*budgets, Budget(metric=metric, text=f"implicit: every weight on chip, {metric}<={capacity:.12g}",
+                                    limit=capacity)]
+        limits = {**limits, metric: capacity}
+    return table, budgets, limits

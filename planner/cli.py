@@ -216,11 +216,14 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin,
     for layer in graph.layers:
         b = choice[layer.group]
         layer_rows.append({"name": layer.name, "group": layer.group, "bits": b, "cost": table.layers[layer.name][b]})
+    resident = table.resident_bytes(choice)
+    fit = None if resident is None else {"on_chip_weight_bytes": resident, "capacity_bytes": table.capacity,
+                                         "fits": resident <= table.capacity}
     if as_json:
         _dump_json({"model": graph.model.path, "hardware": spec_.name, "cost_model": table.model_name,
                     "what": what, "metrics": list(table.metrics), "layers": layer_rows, "totals": totals,
                     "uniform": {str(b): v for b, v in uniform.items()}, "speedup_over_8bit": speedup,
-                    "primary_metric": primary})
+                    "primary_metric": primary, "fit": fit})
         return
     rows = [(r["name"], r["group"], r["bits"], *(f"{r['cost'][m]:.4g}" for m in table.metrics)) for r in layer_rows]
     rows.append(("total", "", "", *(f"{totals[m]:.4g}" for m in table.metrics)))
@@ -235,6 +238,9 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin,
             click.echo(f"  uniform {b}-bit: " + ", ".join(f"{m}={report.si(uniform[b][m], _unit(m))}" for m in table.metrics))
     parts = [f"{k[:-3]}-bit x{v:.2f}" for k, v in speedup.items() if v]
     click.echo(f"  speedup over uniform 8-bit ({primary}): {', '.join(parts) or 'n/a'}")
+    if fit:
+        click.echo(f"  weights on chip: {report.si(resident, 'B')} of {report.si(table.capacity, 'B')} "
+                   f"({100 * resident / table.capacity:.1f}%): " + ("fits" if fit["fits"] else "does NOT fit"))
 
 
 def _unit(metric: str) -> str:
@@ -315,6 +321,9 @@ def _between(text: str | None) -> tuple[int, int] | None:
         low, high = (int(x) for x in text.replace(":", ",").split(","))
     except ValueError:
         raise MpqError(f"--between '{text}': expected two bit widths, e.g. 2,4") from None
+    if low >= high:
+        raise MpqError(f"--between '{text}': LOW must be below HIGH (the sweep runs from uniform LOW-bit to "
+                       f"uniform HIGH-bit), e.g. {min(low, high)},{max(low, high)}")
     return (low, high)
 
 
@@ -391,7 +400,7 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
          csv_path, explain, method, time_limit, timings, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
     """Choose each layer's precision under the budgets, maximising the total gain."""
     from . import plan as plans
-    from .budget import parse_budget, resolve
+    from .budget import add_chip_limit, parse_budget, resolve
     from .solve import explain as why
     from .solve import solve
 
@@ -400,6 +409,7 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
         raise MpqError("mpq plan takes one --gains; compare several with mpq frontier")
     budgets = [parse_budget(t, table.metrics) for t in budget_texts]
     limits = resolve(budgets, table, _between(between))
+    table, budgets, limits = add_chip_limit(table, budgets, limits)
     gains = _gains(gains_names[0] if gains_names else "eagl", graph, _offered(table), step, mode, weighting, seed)
     solution = solve(gains.by_group, table.groups, limits, method=method, time_limit_s=time_limit)
     doc = plans.build_plan(graph, spec_, table, gains, budgets, limits, solution, timings)

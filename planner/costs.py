@@ -6,12 +6,14 @@ precision alone.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import MpqError
 from .graph import LayerGraph
 
 UNITS = {"_s": "s", "_j": "J", "_bytes": "B"}
+RESIDENT = "on_chip_weight_bytes"  # the implicit budget of a spec that keeps every weight on chip
 
 
 def unit(metric: str) -> str:
@@ -23,13 +25,18 @@ class CostTable:
     """Per-layer and per-group costs of every offered option.
 
     ``layers[name][bits]`` and ``groups[id][bits]`` map metric -> value; ``metrics`` are the
-    metrics every option carries, in the cost model's order.
+    metrics every option carries, in the cost model's order. On a spec that keeps every weight
+    on chip, ``capacity`` is the bytes of on-chip memory for weights and ``resident[id][bits]``
+    the bytes a group's weights take there (weights x bits / 8, whatever the cost model);
+    otherwise both are None.
     """
 
     metrics: tuple[str, ...]
     layers: dict[str, dict[int, dict[str, float]]]
     groups: list[dict[int, dict[str, float]]]
     model_name: str
+    capacity: float | None = None
+    resident: list[dict[int, float]] | None = None
 
     def options(self, group: int) -> list[int]:
         return sorted(self.groups[group])
@@ -51,7 +58,37 @@ class CostTable:
             if not kept:
                 raise MpqError(f"group {g} offers none of bits {sorted(bits)} (it offers {sorted(options)})")
             groups.append(kept)
-        return CostTable(metrics=self.metrics, layers=self.layers, groups=groups, model_name=self.model_name)
+        resident = None if self.resident is None else [{b: r[b] for b in kept} for r, kept in zip(self.resident, groups)]
+        return CostTable(metrics=self.metrics, layers=self.layers, groups=groups, model_name=self.model_name,
+                         capacity=self.capacity, resident=resident)
+
+    def resident_bytes(self, bits_by_group: list[int]) -> float | None:
+        """On-chip weight bytes of a choice of bits per group (None unless weights stay on chip)."""
+        if self.resident is None:
+            return None
+        return float(math.fsum(self.resident[g][b] for g, b in enumerate(bits_by_group)))
+
+    def with_chip_limit(self) -> tuple["CostTable", dict[str, float]]:
+        """The table and the implicit budget ``{RESIDENT: capacity}`` that every plan must meet
+        on a spec keeping weights on chip. Where even the dearest plan fits, nothing is added
+        (the table and ``{}`` come back: the constraint cannot bind). Raises MpqError saying how
+        much fits when even the smallest plan does not."""
+        if self.capacity is None or self.resident is None:
+            return self, {}
+        smallest = math.fsum(min(r.values()) for r in self.resident)
+        if smallest > self.capacity:
+            from .report import si
+
+            raise MpqError(f"the weights do not fit on chip: the smallest plan (every free group at its lowest offered "
+                           f"precision, pinned groups at their pins) needs {si(smallest, 'B')} of on-chip memory and the "
+                           f"chip holds {si(self.capacity, 'B')} of weights ({100 * self.capacity / smallest:.1f}% of "
+                           "them); offer lower precisions (--bits), unpin layers (--no-pin) or split the model across chips")
+        if math.fsum(max(r.values()) for r in self.resident) <= self.capacity:
+            return self, {}
+        groups = [{b: {**c, RESIDENT: r[b]} for b, c in options.items()} for options, r in zip(self.groups, self.resident)]
+        table = CostTable(metrics=self.metrics + (RESIDENT,), layers=self.layers, groups=groups,
+                          model_name=self.model_name, capacity=self.capacity, resident=self.resident)
+        return table, {RESIDENT: self.capacity}
 
     def uniform(self, bits: int) -> list[int] | None:
         """Free groups at ``bits`` (pinned ones at their pin), or None if some group lacks it."""
@@ -105,7 +142,13 @@ def cost_table(graph: LayerGraph, spec, model) -> CostTable:
                            f"model '{model.name}' can run (weights too large for on-chip memory?)")
         group_costs.append({b: {m: sum(layer_costs[n][b][m] for n in group.layers) for m in seen_metrics}
                             for b in sorted(offered)})
-    return CostTable(metrics=seen_metrics or (), layers=layer_costs, groups=group_costs, model_name=model.name)
+    resident = None
+    if spec.weight_capacity is not None:
+        params = {layer.name: layer.params for layer in graph.layers}
+        resident = [{b: sum(params[n] for n in group.layers) * b / 8 for b in options}
+                    for group, options in zip(graph.groups, group_costs)]
+    return CostTable(metrics=seen_metrics or (), layers=layer_costs, groups=group_costs, model_name=model.name,
+                     capacity=spec.weight_capacity, resident=resident)
 
 
 def _candidate_bits(graph: LayerGraph, spec, pinned: int | None) -> list[int]:

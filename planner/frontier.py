@@ -2,7 +2,8 @@
 
 For every gain method and every fraction r in ``fractions`` of the way from the low endpoint to
 the high one (cheapest to dearest plan, or two uniform precisions), the exact optimum, its
-totals and how far the AIMET-style greedy falls short of it. Points already computed are kept
+totals and how far the AIMET-style greedy falls short of it. On a spec that keeps every weight
+on chip, every point also meets the chip's capacity. Points already computed are kept
 in a checkpoint (JSON lines) so an interrupted sweep resumes.
 """
 from __future__ import annotations
@@ -40,16 +41,18 @@ def sweep(table: CostTable, gains_list: list[Gains], metric: str, fractions: lis
           progress=None, time_limit_s: float = 60.0) -> list[FrontierPoint]:
     """Solve every (gain method, fraction); ``progress(done, total)`` is called after each."""
     low, high = endpoints(table, metric, between)
+    table, chip = table.with_chip_limit()  # every plan fits on a chip that keeps the weights on chip
     points, total, done = [], len(gains_list) * len(fractions), 0
     for gains in gains_list:
         method_key = hashlib.sha256(json.dumps([key_prefix, gains.method, gains.params, gains.by_group, metric,
-                                                list(between or [])], sort_keys=True, default=str).encode()).hexdigest()[:16]
+                                                list(between or [])] + ([chip] if chip else []),
+                                               sort_keys=True, default=str).encode()).hexdigest()[:16]
         for r in fractions:
             key = f"{method_key}:{r:.9g}"
             cached = checkpoint.get(key) if checkpoint else None
             if cached is None:
                 limit = low + r * (high - low)
-                budgets = {metric: limit}
+                budgets = {metric: limit, **chip}
                 solution = solve(gains.by_group, table.groups, budgets, time_limit_s=time_limit_s)
                 greedy_bits = greedy(gains.by_group, table.groups, budgets)
                 point = FrontierPoint(

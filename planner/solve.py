@@ -16,7 +16,9 @@ Before CP-SAT, an exact reduction keeps the model small: options dominated by an
 their group are dropped, and, with the Lagrangian bound of the LP relaxation (OR-Tools GLOP) and
 a feasible plan, options that provably cannot be part of a better plan are fixed out
 (reduced-cost fixing). The paper's case (two precisions, one budget)
-can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``).
+can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``), after the same dominance
+reduction, which makes every item's weight and profit positive whatever the order of the costs
+and the signs of the gains.
 """
 from __future__ import annotations
 
@@ -111,25 +113,47 @@ def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: 
           time_limit_s: float = 60.0, workers: int = 1) -> Solution:
     """Maximise total gain under ``budgets`` ({metric: limit}); see the module docstring.
 
-    ``gains[g]`` must give a value for every option in ``costs[g]``. Raises MpqError when the
-    budgets cannot be met.
+    ``gains[g]`` must give a value for every option in ``costs[g]``. Every gain, cost and limit
+    must be a finite number. A limit above the dearest plan's total constrains nothing: it is
+    solved as that total (every plan meets it), so huge limits (1e300) cannot overflow the
+    integer model. Raises MpqError when an input is not finite or the budgets cannot be met.
     """
     start = time.perf_counter()
-    for g, options in enumerate(costs):
-        missing = [b for b in options if b not in gains[g]]
-        if missing:
-            raise MpqError(f"group {g} has no gain for {missing[0]} bits, which the cost model offers; "
-                           "give gains for every precision")
+    _check_finite(gains, costs, budgets)
     check_feasible(costs, budgets)
+    budgets = {m: min(limit, dearest(costs, m)) for m, limit in budgets.items()}
     metrics = sorted(budgets)
     if method == "knapsack":
-        solution = _knapsack(gains, costs, budgets)
+        solution = _knapsack(gains, costs, budgets, time_limit_s)
+        if solution is None:
+            solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
+            solution.method = "cp-sat (the knapsack's integer weights were too coarse for this budget)"
     elif method == "cpsat":
         solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
     else:
         raise MpqError(f"unknown solver method '{method}'; use cpsat or knapsack")
     solution.wall_time_s = time.perf_counter() - start
     return solution
+
+
+def _check_finite(gains: GainTable, costs: Costs, budgets: dict[str, float]) -> None:
+    """Raise MpqError naming the first gain, cost or limit that is missing or not a finite number."""
+    for metric, limit in budgets.items():
+        if not math.isfinite(limit):
+            raise MpqError(f"budget {metric}<={limit} is not a finite number; give a finite limit")
+    for g, options in enumerate(costs):
+        for b, cost in options.items():
+            if b not in gains[g]:
+                raise MpqError(f"group {g} has no gain for {b} bits, which the cost model offers; "
+                               "give gains for every precision")
+            if not math.isfinite(gains[g][b]):
+                raise MpqError(f"the gain of group {g} at {b} bits is {gains[g][b]}; gains must be finite numbers")
+            bad = [m for m in budgets if not math.isfinite(cost[m])]
+            if bad:
+                raise MpqError(f"the {bad[0]} cost of group {g} at {b} bits is {cost[bad[0]]}; costs must be finite")
+    for metric in budgets:
+        if not math.isfinite(dearest(costs, metric)):
+            raise MpqError(f"the {metric} costs add up beyond floating point (over 1e308); rescale that metric")
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +301,16 @@ def _objective(gains: GainTable, bits: list[int]) -> float:
 
 def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     """Exact solve by rounds: CP-SAT on the options whose Lagrangian reduced cost is within a
-    margin, the margin widened until it covers the gap between the Lagrangian bound and the best
-    plan found. A plan better than the incumbent can only use options whose reduced cost is below
-    that gap, so the last round's optimum is the global one."""
+    margin, the margin widened tenfold until it covers the gap between the Lagrangian bound and
+    the best plan found. A plan better than the incumbent can only use options whose reduced cost
+    is below that gap, so the last round's optimum is the global one.
+
+    The rounds between are skipped when they cannot matter: after a round that did not improve
+    the incumbent, the covering round is solved at once, and if it finds no better plan, neither
+    would the rounds before it (their options are a subset of its options, the incumbent and hint
+    the same), so the result is the one the full sequence gives. When it does find a better plan
+    the sequence goes on round by round, so ties and figures stay those of the full sequence,
+    and jumps again once a round reaches that plan's objective (the optimum)."""
     deadline = time.perf_counter() + time_limit_s
     options = _undominated(gains, costs, metrics)
     if metrics:
@@ -294,13 +325,24 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
         upper, margin = math.inf, math.inf  # no usable bound: one round over every option
     else:
         margin = max((upper - lower) / 1000, 1e-12 * (abs(upper) + 1.0))
-    while True:
+
+    def solve_round(margin):
         allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
                    for g, opts in enumerate(options)]
         complete = all(len(a) == len(o) for a, o in zip(allowed, options))
-        bits, status, round_bound, scales = _cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
-                                                         max(0.1, deadline - time.perf_counter()), workers)
-        if bits is not None and (incumbent is None or _objective(gains, bits) > lower):
+        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
+                                                max(0.1, deadline - time.perf_counter()), workers)
+
+    def widen(margin):
+        if margin * 10 >= upper - lower:
+            return max(margin * 10, upper - lower + 1e-12 * (abs(upper) + 1.0))
+        return margin * 10
+
+    best_known = None
+    while True:
+        allowed, complete, bits, status, round_bound, scales = solve_round(margin)
+        improved = bits is not None and (incumbent is None or _objective(gains, bits) > lower)
+        if improved:
             incumbent, lower = bits, _objective(gains, bits)
         # A better plan than the incumbent uses only options with reduced cost below upper - lower.
         covers = complete or margin >= upper - lower + 1e-12 * (abs(upper) + 1.0)
@@ -311,12 +353,29 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
             return _solution(gains, costs, incumbent, "FEASIBLE", max(bound, lower), allowed, scales, metrics)
         if covers:
             return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
-        margin = max(margin * 10, upper - lower + 1e-12 * (abs(upper) + 1.0)) if margin * 10 >= upper - lower else margin * 10
+        margin = widen(margin)
+        jump = margin
+        while jump < upper - lower + 1e-12 * (abs(upper) + 1.0):
+            jump = widen(jump)
+        # Jump where the covering round is likely (the incumbent held) or sure (it reached the
+        # optimum an earlier covering round found) to find nothing better.
+        if jump > margin and (lower >= best_known if best_known is not None else not improved):
+            allowed, _, bits, status, _, scales = solve_round(jump)
+            if status == "OPTIMAL" and time.perf_counter() < deadline:
+                if bits is None or _objective(gains, bits) <= lower:
+                    return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
+                best_known = _objective(gains, bits)  # the optimum: go on round by round until reached
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):
-    """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales)."""
-    from ortools.sat.python import cp_model
+    """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales).
+
+    The model is written straight into CP-SAT's protocol buffer (one Boolean per free option,
+    exactly one per group, one row per budget, the gain objective, the hint), as
+    ``cp_model.CpModel`` would write it but without its per-variable Python objects and without
+    importing pandas, which that module pulls in: on small instances both cost more than the solve.
+    """
+    from ortools.sat.python import cp_model_helper as helper
 
     n = len(costs)
     free = [g for g in range(n) if len(options[g]) > 1]
@@ -327,38 +386,55 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     scales = (gain_scale, cost_scale, len(free), len(fixed))
     if any(base[m] > _slack(budgets[m]) for m in metrics):
         return None, "INFEASIBLE", -math.inf, scales
-    model = cp_model.CpModel()
-    x = {(g, b): model.new_bool_var(f"g{g}_b{b}") for g in free for b in options[g]}
-    variables = list(x.values())
+    keys = [(g, b) for g in free for b in options[g]]  # variable k is option keys[k]
+    model = helper.CpModelProto()
+    for g, b in keys:
+        var = model.variables.add()
+        var.name = f"g{g}_b{b}"
+        var.domain.extend((0, 1))
+    k = 0
     for g in free:
-        model.add_exactly_one(x[g, b] for b in options[g])
+        model.constraints.add().exactly_one.literals.extend(range(k, k + len(options[g])))
+        k += len(options[g])
     for m in metrics:
         half_tolerance = abs(budgets[m]) * _TOLERANCE / 2
         capacity = math.floor((budgets[m] + half_tolerance - base[m]) * cost_scale[m])
-        coefficients = [round(costs[g][b][m] * cost_scale[m]) for (g, b) in x]
-        model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= capacity)
-    model.maximize(cp_model.LinearExpr.weighted_sum(variables, [round(gains[g][b] * gain_scale) for (g, b) in x]))
-    if hint is not None:
-        for (g, b), var in x.items():
-            model.add_hint(var, hint[g] == b)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = workers
-    solver.parameters.optimize_with_core = True  # proves the bound fast on near-symmetric instances (LLM blocks)
-    solver.parameters.linearization_level = 2
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.random_seed = 0
-    status = solver.solve(model)
-    name = solver.status_name(status)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        row = model.constraints.add().linear
+        _add_terms(row, [round(costs[g][b][m] * cost_scale[m]) for g, b in keys])
+        row.domain.extend((-2 ** 63, capacity))
+    _add_terms(model.objective, [-round(gains[g][b] * gain_scale) for g, b in keys])  # CP-SAT minimises
+    model.objective.scaling_factor = -1
+    if hint is not None and keys:
+        model.solution_hint.vars.extend(range(len(keys)))
+        model.solution_hint.values.extend(int(hint[g] == b) for g, b in keys)
+    parameters = helper.SatParameters()
+    parameters.num_workers = workers
+    parameters.optimize_with_core = True  # proves the bound fast on near-symmetric instances (LLM blocks)
+    parameters.linearization_level = 2
+    parameters.max_time_in_seconds = time_limit_s
+    parameters.random_seed = 0
+    solver = helper.SolveWrapper()
+    solver.set_parameters(parameters)
+    response = solver.solve(model)
+    name = response.status.name
+    if response.status not in (helper.CpSolverStatus.OPTIMAL, helper.CpSolverStatus.FEASIBLE):
         return None, name, -math.inf, scales
-    bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if solver.boolean_value(x[g, b]))
+    chosen = {keys[k] for k, value in enumerate(response.solution) if value}
+    bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if (g, b) in chosen)
             for g in range(n)]
     spent = totals(costs, bits)
     if any(spent[m] > _slack(budgets[m]) for m in metrics):  # only where the grid had to be coarsened
         return None, "ROUNDING", -math.inf, scales
     fixed_gain = math.fsum(gains[g][options[g][0]] for g in fixed)
-    bound = fixed_gain + solver.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
+    bound = fixed_gain + response.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
     return bits, name, bound, scales
+
+
+def _add_terms(row, coefficients: list[int]) -> None:
+    """Append the non-zero coefficients (variable k has coefficient ``coefficients[k]``)."""
+    kept = [k for k, c in enumerate(coefficients) if c]
+    row.vars.extend(kept)
+    row.coeffs.extend(coefficients[k] for k in kept)
 
 
 def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
@@ -385,7 +461,18 @@ def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> So
 # OR-Tools 0-1 knapsack (two options per group, one budget)
 
 
-def _knapsack(gains, costs, budgets) -> Solution:
+def _knapsack(gains, costs, budgets, time_limit_s: float) -> Solution | None:
+    """The paper's case as a 0-1 knapsack: every group starts at its cheaper option and an item
+    is the move to its dearer one (weight: the extra cost, profit: the extra gain).
+
+    The transformation is exact for any input: options dominated by another option of their
+    group are dropped first (as for CP-SAT), so a group keeps either one option (fixed) or two
+    whose costs and gains are both strictly ordered the same way, where every weight and profit
+    is positive. A higher precision that costs no more than a lower one, or has less gain, thus
+    never reaches the knapsack solver. The status is the solver's own (OPTIMAL when it proved
+    optimality, FEASIBLE when the time limit stopped it, with the LP bound of the knapsack).
+    None when the integer weights, coarsened to stay within int64, let a plan over the budget
+    through."""
     from ortools.algorithms.python import knapsack_solver
 
     if len(budgets) != 1:
@@ -393,30 +480,43 @@ def _knapsack(gains, costs, budgets) -> Solution:
     (metric, limit), = budgets.items()
     if any(len(c) > 2 for c in costs):
         raise MpqError("the knapsack method takes at most two precisions per group; use cpsat")
-    low = [min(c) for c in costs]
-    items = [g for g, c in enumerate(costs) if len(c) == 2]
-    high = {g: max(costs[g]) for g in items}
+    options = _undominated(gains, costs, [metric])
+    low = [min(opts, key=lambda b: costs[g][b][metric]) for g, opts in enumerate(options)]
+    items = [g for g, opts in enumerate(options) if len(opts) == 2]
+    high = {g: next(b for b in options[g] if b != low[g]) for g in items}
     base = math.fsum(costs[g][low[g]][metric] for g in range(len(costs)))
-    scale_c = _cost_scale([{0: {metric: abs(costs[g][high[g]][metric] - costs[g][low[g]][metric])}} for g in items],
-                          [[0]] * len(items), list(range(len(items))), limit, metric) if items else 1.0
-    extra_gain = {g: gains[g][high[g]] - gains[g][low[g]] for g in items}
-    scale_g = _scale(_GAIN_GRID, max((abs(v) for v in extra_gain.values()), default=0.0))
-    chosen = []
+    weight = {g: costs[g][high[g]][metric] - costs[g][low[g]][metric] for g in items}
+    profit = {g: gains[g][high[g]] - gains[g][low[g]] for g in items}
+    scale_c = _cost_scale([{0: {metric: weight[g]}} for g in items], [[0]] * len(items), list(range(len(items))),
+                          limit, metric) if items else 1.0
+    scale_g = _scale(_GAIN_GRID, max(profit.values(), default=0.0))
+    chosen, optimal = set(), True
     if items:
-        positive = [g for g in items if extra_gain[g] > 0 or costs[g][high[g]][metric] <= costs[g][low[g]][metric]]
         solver = knapsack_solver.KnapsackSolver(
             knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "mpq")
-        profits = [max(0, round(extra_gain[g] * scale_g)) for g in positive]
-        weights = [[max(0, round((costs[g][high[g]][metric] - costs[g][low[g]][metric]) * scale_c)) for g in positive]]
-        capacity = [max(0, math.floor((limit + abs(limit) * _TOLERANCE / 2 - base) * scale_c))]
-        solver.init(profits, weights, capacity)
+        solver.set_time_limit(time_limit_s)
+        capacity = math.floor((limit + abs(limit) * _TOLERANCE / 2 - base) * scale_c)
+        solver.init([round(profit[g] * scale_g) for g in items], [[round(weight[g] * scale_c) for g in items]],
+                    [max(0, capacity)])
         solver.solve()
-        chosen = [g for k, g in enumerate(positive) if solver.best_solution_contains(k)]
+        optimal = solver.is_solution_optimal()
+        chosen = {g for k, g in enumerate(items) if solver.best_solution_contains(k)}
     bits = [high[g] if g in chosen else low[g] for g in range(len(costs))]
     objective = _objective(gains, bits)
-    return Solution(bits=bits, status="OPTIMAL", objective=objective, bound=objective, wall_time_s=0.0,
-                    method="knapsack", totals=totals(costs, bits), gain_error_bound=len(items) / scale_g,
-                    budget_slack_bound={metric: 0.5 * len(items) / scale_c})
+    spent = totals(costs, bits)
+    if spent[metric] > _slack(limit):  # only where the weights had to be coarsened to fit int64
+        return None
+    bound = objective
+    if not optimal:  # Dantzig's bound: items by profit per weight, the last one fractionally
+        room, bound = limit - base, _objective(gains, low)
+        for g in sorted(items, key=lambda g: -profit[g] / weight[g]):
+            take = min(1.0, max(0.0, room) / weight[g])
+            bound, room = bound + take * profit[g], room - take * weight[g]
+        bound = max(bound + len(items) / scale_g, objective)
+    return Solution(bits=bits, status="OPTIMAL" if optimal else "FEASIBLE", objective=objective, bound=bound,
+                    wall_time_s=0.0, method="knapsack", totals=spent, gain_error_bound=len(items) / scale_g,
+                    budget_slack_bound={metric: 0.5 * len(items) / scale_c},
+                    fixed_groups=len(costs) - len(items))
 
 
 # --------------------------------------------------------------------------------------------
