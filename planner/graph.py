@@ -37,7 +37,8 @@ TRANSPARENT_OPS = frozenset({
     "Unsqueeze", "Pad", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear",
 })
 
-# Ops between a stored weight and the layer that uses it; the stored tensor is the weight.
+# Ops between a stored weight and the layer that uses it; the stored tensor is the weight. They
+# keep the element count, so the stored tensor's count is the consumed weight's.
 _WEIGHT_CHAIN_OPS = frozenset({
     "Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
     "DequantizeLinear",
@@ -51,9 +52,13 @@ _SHAPE_OPS = frozenset({"Shape", "Size"})
 class Layer:
     """One layer: an ONNX node multiplying by a weight or by a second activation.
 
-    ``weight`` is the stored constant (initializer or Constant output) behind the weight operand,
-    or None for activation x activation MatMuls. ``params`` counts the weight's elements (biases
-    are not quantized and not counted). ``macs`` are per inference at the resolved input shapes.
+    ``weight`` is the stored constant (initializer or Constant output) behind the weight operand
+    where only layout ops, casts and DequantizeLinear lie between them; where the weight is
+    computed by other ops on constants (ConstantOfShape, Expand, Tile, W * s, ...) it is the
+    weight operand itself, whose values are evaluated on demand (``LayerGraph.tensors``); None
+    for activation x activation MatMuls. ``weight_shape`` is the shape of ``weight`` and
+    ``params`` its element count, which is the consumed weight's (biases are not quantized and
+    not counted). ``macs`` are per inference at the resolved input shapes.
     ``input`` is the activation the layer quantizes; ``in_elems`` counts all its activation
     operands' elements. ``weight_scale`` names the DequantizeLinear scale in front of the weight
     where the model carries one.
@@ -154,9 +159,13 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     graph = proto.graph
     tensors = TensorStore(graph, base_dir, where)
     fixed_inputs = fix_input_shapes(graph, input_shapes, where)
-    shapes = infer_shapes(proto, fixed_inputs, where)
+    elem_types: dict[str, int] = {}
+    shapes = infer_shapes(proto, fixed_inputs, where, elem_types)
     nodes = _topological(graph.node, set(tensors.tensors) | {i.name for i in graph.input}, where)
     constant = _constant_tensors(nodes, tensors)
+    producers = {o: n for n in nodes for o in n.output}
+    tensors.add_computed(producers, constant, {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
+                         list(proto.opset_import))
 
     found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant)]
     if not found:
@@ -166,7 +175,6 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     if needed:
         shapes.update(run_for_shapes(proto, fixed_inputs, needed,
                                      str(base_dir) if base_dir else None, where))
-    producers = {o: n for n in nodes for o in n.output}
     layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
 
     info = ModelInfo(path=None if isinstance(model, onnx.ModelProto) else str(model), sha256=digest,
@@ -247,29 +255,22 @@ def _operands(node: onnx.NodeProto, constant: set[str]) -> tuple[list[str], str 
 
 
 def _weight_root(operand: str, tensors: TensorStore, producers: dict) -> tuple[str, str | None]:
-    """The stored tensor behind a weight operand and the DequantizeLinear scale on the way, if any.
+    """The tensor that stands for a weight operand, and the DequantizeLinear scale on the way.
 
-    Walks back through layout ops, casts and DequantizeLinear; where the weight is computed
-    from several constants (e.g. W * scale), follows the largest one.
+    Walks back through layout ops, casts and DequantizeLinear to a stored tensor, which is the
+    weight (its scale the DequantizeLinear's, if one was passed). Where another op computes the
+    weight from constants (Expand, Tile, ConstantOfShape, W * s, ...), the operand itself is the
+    weight and has no scale: its evaluated values are what the layer multiplies by.
     """
     name, scale = operand, None
-    while name not in tensors.tensors:
+    while not tensors.is_stored(name):
         node = producers[name]
+        if node.op_type not in _WEIGHT_CHAIN_OPS:
+            return operand, None
         if node.op_type == "DequantizeLinear":
             scale = node.input[1]
-        if node.op_type in _WEIGHT_CHAIN_OPS:
-            name = node.input[0]
-            continue
-        candidates = [i for i in node.input if i]
-        name = max(candidates, key=lambda t: _constant_size(t, tensors, producers))
+        name = node.input[0]
     return name, scale
-
-
-def _constant_size(name: str, tensors: TensorStore, producers: dict) -> int:
-    if name in tensors.tensors:
-        return tensors.size(name)
-    node = producers.get(name)
-    return max((_constant_size(i, tensors, producers) for i in node.input if i), default=0) if node else 0
 
 
 def _make_layer(node, activations: list[str], weight_operand: str | None, shapes: dict,

@@ -63,10 +63,16 @@ def _check_is_model(proto: onnx.ModelProto, where: str) -> None:
 
 
 class TensorStore:
-    """The constant tensors of a model (initializers and ``Constant`` node values), read on demand.
+    """The constant tensors of a model, read on demand: stored ones (initializers and ``Constant``
+    node values) and computed ones (outputs of ops whose inputs are all constant, registered with
+    :meth:`add_computed`).
 
     ``array(name)`` returns a numpy array; external data is memory-mapped, inline data is viewed
-    without a copy where the type allows. ``shape(name)`` and ``dtype(name)`` need no data.
+    without a copy where the type allows, and a computed tensor is evaluated from the stored
+    tensors it depends on each time it is asked for (nothing is cached, so a big model is read
+    one weight at a time). ``shape``, ``size`` and ``dtype`` need no data for stored tensors and
+    for computed ones whose type shape inference resolved; other computed tensors are evaluated
+    once to learn them (the values are dropped).
     """
 
     def __init__(self, graph: onnx.GraphProto, base_dir: Path | None, where: str):
@@ -75,20 +81,43 @@ class TensorStore:
         self.tensors: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = _constant_value(node)
+                value = _constant_value(node, where)
                 if value is not None:
                     self.tensors[node.output[0]] = value
+        self._computed: dict[str, onnx.NodeProto] = {}
+        self._types: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._opsets: list[onnx.OperatorSetIdProto] = []
         self._check_external_data()
 
+    def add_computed(self, producers: dict[str, onnx.NodeProto], names: set[str],
+                     types: dict[str, tuple[tuple[int, ...], int] | None],
+                     opsets: list[onnx.OperatorSetIdProto]) -> None:
+        """Register the constant tensors ``names`` that are not stored: each is computed by
+        ``producers[name]`` from other constant tensors. ``types[name]`` is its (shape, ONNX
+        elem type) where shape inference resolved it; ``opsets`` evaluate the ops."""
+        for name, node in producers.items():  # in the producers' (topological) order
+            if name in names and name not in self.tensors:
+                self._computed[name] = node
+                known = types.get(name)
+                if known is not None and known[1]:
+                    self._types[name] = (tuple(known[0]), np.dtype(helper.tensor_dtype_to_np_dtype(known[1])))
+        self._opsets = list(opsets)
+
     def __contains__(self, name: str) -> bool:
+        return name in self.tensors or name in self._computed
+
+    def is_stored(self, name: str) -> bool:
+        """True for an initializer or ``Constant`` value, False for a computed tensor."""
         return name in self.tensors
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.tensors[name].dims)
+        if name in self.tensors:
+            return tuple(int(d) for d in self.tensors[name].dims)
+        return self._type(name)[0]
 
     def size(self, name: str) -> int:
         n = 1
-        for d in self.tensors[name].dims:
+        for d in self.shape(name):
             n *= int(d)
         return n
 
@@ -96,10 +125,15 @@ class TensorStore:
         return self.size(name) * np.dtype(self.dtype(name)).itemsize
 
     def dtype(self, name: str):
-        return helper.tensor_dtype_to_np_dtype(self.tensors[name].data_type)
+        if name in self.tensors:
+            return helper.tensor_dtype_to_np_dtype(self.tensors[name].data_type)
+        return self._type(name)[1]
 
     def array(self, name: str) -> np.ndarray:
-        """The tensor's values (a read-only memory map for external data)."""
+        """The tensor's values (a read-only memory map for external data, a fresh array for a
+        computed tensor). Raises MpqError where a computed tensor cannot be evaluated."""
+        if name in self._computed:
+            return self._evaluate(name)
         tensor = self.tensors[name]
         if tensor.data_location == TensorProto.EXTERNAL:
             return self._memmap(tensor)
@@ -107,7 +141,43 @@ class TensorStore:
         dtype = np.dtype(self.dtype(name))
         if tensor.HasField("raw_data") and dtype.itemsize * 8 == _bits(tensor.data_type):
             return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
-        return numpy_helper.to_array(tensor)
+        try:
+            return numpy_helper.to_array(tensor)
+        except (ValueError, TypeError) as e:  # data type 0, or data that does not fit the dims
+            raise MpqError(f"{self.where}: tensor '{name}' cannot be read ({_first_line(e)}); "
+                           "the model is damaged, export it again") from None
+
+    def _type(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        if name not in self._types:
+            value = self._evaluate(name)
+            self._types[name] = (tuple(int(d) for d in value.shape), value.dtype)
+        return self._types[name]
+
+    def _evaluate(self, name: str) -> np.ndarray:
+        """Evaluate the computed tensor ``name`` with ONNX's reference evaluator on the
+        subgraph of computed tensors it depends on, fed with the stored tensors it reads."""
+        from onnx.reference import ReferenceEvaluator
+
+        nodes, stack, seen = [], [name], set()
+        while stack:
+            node = self._computed.get(stack.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            nodes.append(node)
+            stack.extend(i for i in node.input if i)
+        order = {id(n): k for k, n in enumerate(self._computed.values())}
+        nodes.sort(key=lambda n: order[id(n)])
+        feeds = sorted({i for n in nodes for i in n.input if i and i in self.tensors})
+        graph = helper.make_graph(nodes, "constant", [helper.make_empty_tensor_value_info(i) for i in feeds],
+                                  [helper.make_empty_tensor_value_info(name)])
+        model = helper.make_model(graph, opset_imports=self._opsets)
+        try:
+            evaluator = ReferenceEvaluator(model)
+        except NotImplementedError as e:  # an op the reference evaluator does not implement
+            raise MpqError(f"{self.where}: the weight '{name}' is computed by ops mpq cannot evaluate "
+                           f"({_first_line(e)}); fold the constants first (e.g. onnxsim)") from None
+        return np.asarray(evaluator.run(None, {i: np.asarray(self.array(i)) for i in feeds})[0])
 
     def _external(self, tensor: TensorProto) -> tuple[Path, int, int | None]:
         info = {e.key: e.value for e in tensor.external_data}
@@ -152,9 +222,18 @@ def _bits(data_type: int) -> int:
     return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize * 8
 
 
-def _constant_value(node: onnx.NodeProto) -> TensorProto | None:
-    """The tensor a ``Constant`` node produces (value, or one of the value_* attributes)."""
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _constant_value(node: onnx.NodeProto, where: str) -> TensorProto | None:
+    """The tensor a ``Constant`` node produces (value, or one of the value_* attributes).
+    Raises MpqError for a ``sparse_value``, which mpq does not read."""
     for attr in node.attribute:
+        if attr.name == "sparse_value":
+            raise MpqError(f"{where}: Constant '{node.output[0]}' holds a sparse_value, which mpq does not "
+                           "read; store it as a dense tensor (onnx.numpy_helper.from_array) and export again")
         if attr.name == "value":
             tensor = TensorProto()
             tensor.CopyFrom(attr.t)

@@ -78,8 +78,10 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
     return resolved
 
 
-def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: str) -> dict[str, Shape | None]:
-    """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest)."""
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: str,
+                 elem_types: dict[str, int] | None = None) -> dict[str, Shape | None]:
+    """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest).
+    Where ``elem_types`` is given, it is filled with every inferred tensor's ONNX element type."""
     graph = model.graph
     skeleton = onnx.ModelProto()
     skeleton.ir_version = max(model.ir_version, 4)
@@ -107,6 +109,8 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: 
     ig = inferred.graph
     for value in list(ig.input) + list(ig.value_info) + list(ig.output):
         shapes[value.name] = _static_shape(value)
+        if elem_types is not None and value.type.HasField("tensor_type"):
+            elem_types[value.name] = value.type.tensor_type.elem_type
     for tensor in graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes

@@ -126,7 +126,7 @@ def _linear_model(weight_node_chain: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("chain,root,scale", [("constant", "Wt", None), ("transpose", "W", None),
-                                               ("dequantize", "Wq", "Ws"), ("computed", "W0", None)])
+                                               ("dequantize", "Wq", "Ws"), ("computed", "Wt", None)])
 def test_weights_behind_constants_and_ops(chain, root, scale):
     graph = load_graph(_linear_model(chain))
     fc1 = graph.layer("fc1")
