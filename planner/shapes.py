@@ -31,7 +31,9 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | None,
                      where: str) -> dict[str, Shape]:
     """Resolve every graph input's shape: given shapes win, a symbolic first dimension is 1,
-    any other symbolic dimension is an error that names the input and the dimension."""
+    any other symbolic dimension is an error that names the input and the dimension. A
+    dimension is symbolic where it has a ``dim_param``, no value, or a value <= 0 (Paddle's
+    exporter writes -1 for unknown dimensions)."""
     given = dict(input_shapes or {})
     inputs = graph_inputs(graph)
     names = [i.name for i in inputs]
@@ -52,7 +54,7 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
                 raise MpqError(f"{where}: --input-shape {value.name} has {len(shape)} dimensions, "
                                f"the input has {len(dims)}")
             for d, want in zip(dims or [], shape):
-                if d.HasField("dim_value") and d.dim_value != want:
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != want:
                     raise MpqError(f"{where}: --input-shape {value.name}={'x'.join(map(str, shape))} "
                                    f"conflicts with the model's fixed dimension {d.dim_value}")
             if any(s <= 0 for s in shape):

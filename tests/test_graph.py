@@ -193,3 +193,17 @@ def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
     graph = load_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     assert graph.layer("conv2").macs == 4 * 32 * 32 * 8 * 9
+
+
+def test_minus_one_dims_are_symbolic(exported, built, tmp_path):
+    """Paddle writes unknown dimensions as dim_value -1: they take --input-shape like dim_params."""
+    model = onnx.load(str(exported("resnet18")))
+    for d in model.graph.input[0].type.tensor_type.shape.dim:
+        if d.dim_value != 3:
+            d.dim_value = -1
+    onnx.save(model, str(tmp_path / "paddle_like.onnx"))
+    with pytest.raises(MpqError, match=r"input '.*' dimension 2 \(unnamed\) is symbolic"):
+        load_graph(tmp_path / "paddle_like.onnx")
+    graph = load_graph(tmp_path / "paddle_like.onnx", {model.graph.input[0].name: (1, 3, 224, 224)})
+    assert graph.to_json()["layers"] == load_graph(exported("resnet18")).to_json()["layers"]
+    _assert_counts_match(graph, *built("resnet18"))
