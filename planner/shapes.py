@@ -103,7 +103,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: 
             g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    except Exception as e:  # onnx raises InferenceError and plain RuntimeErrors
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:  # the model is inconsistent
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MpqError(f"{where}: ONNX shape inference failed ({message}); check the model with "
                        "onnx.checker or pass --input-shape") from None
@@ -137,7 +137,13 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
     Needs the model's weights (inline or external next to the model).
     """
     import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+    # What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
+    # can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one.
+    model_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
+                    ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
+                    ort_errors.NoSuchFile)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known_outputs = {o.name for o in probe.graph.output}
@@ -156,7 +162,7 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = session.run(names, feeds)
-    except Exception as e:
+    except model_errors as e:
         message = str(e).strip().splitlines()[0]
         raise MpqError(f"{where}: the shapes of {len(names)} tensors (e.g. '{names[0]}') could not be "
                        f"inferred, and running the model to measure them failed ({message}); "

@@ -170,9 +170,8 @@ def test_inspect_json_is_deterministic(exported, tmp_path):
                                      "in_elems", "out_elems", "group", "pinned_bits"}
 
 
-def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
-    """A Resize whose sizes come from float arithmetic on Shape: ONNX inference stops there, so
-    the layer after it is sized by running the model once."""
+def _resize_model() -> onnx.ModelProto:
+    """A Resize whose sizes come from float arithmetic on Shape: ONNX inference stops there."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W1"),
              numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "W2"),
@@ -191,7 +190,12 @@ def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
     ]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
-    graph = load_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
+    """The layer after a Resize that ONNX inference cannot size is sized by running the model once."""
+    graph = load_graph(_resize_model())
     assert graph.layer("conv2").macs == 4 * 32 * 32 * 8 * 9
 
 
@@ -207,3 +211,22 @@ def test_minus_one_dims_are_symbolic(exported, built, tmp_path):
     graph = load_graph(tmp_path / "paddle_like.onnx", {model.graph.input[0].name: (1, 3, 224, 224)})
     assert graph.to_json()["layers"] == load_graph(exported("resnet18")).to_json()["layers"]
     _assert_counts_match(graph, *built("resnet18"))
+
+
+@pytest.mark.parametrize("where", ["onnx.shape_inference.infer_shapes", "onnxruntime.InferenceSession.run"])
+def test_a_bug_inside_shape_inference_stays_a_bug(monkeypatch, where):
+    """Only errors about the model become MpqError (exit 2): a programming error injected into the
+    shape machinery must surface as itself, with its traceback."""
+    import onnxruntime
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("injected")
+
+    if where.startswith("onnx."):
+        monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+        model = _linear_model("transpose")
+    else:
+        monkeypatch.setattr(onnxruntime.InferenceSession, "run", broken)
+        model = _resize_model()  # its second conv is sized by running the model
+    with pytest.raises(ZeroDivisionError):
+        load_graph(model)
