@@ -167,7 +167,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     tensors.add_computed(producers, constant, {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
                          list(proto.opset_import))
 
-    found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant)]
+    found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
         raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
                        "activation); nothing to plan")
@@ -235,10 +235,15 @@ def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[
     return constant
 
 
-def _is_layer(node: onnx.NodeProto, constant: set[str]) -> bool:
+def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
+    """True for a layer op with at least one operand that is not constant. Raises MpqError
+    for a layer op that lacks one of its two operands."""
     if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
         return False
     a, w = LAYER_OPS[node.op_type]
+    if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
+        raise MpqError(f"{where}: {node.op_type} node '{node.name or node.op_type}' has {len(node.input)} "
+                       f"input(s) but needs an input and a weight; the model is broken, export it again")
     operands = [node.input[a], node.input[w]]
     return not all(x in constant for x in operands)  # a product of constants is folded, not run
 

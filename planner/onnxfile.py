@@ -87,6 +87,7 @@ class TensorStore:
         self._computed: dict[str, onnx.NodeProto] = {}
         self._types: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         self._opsets: list[onnx.OperatorSetIdProto] = []
+        self._check_types()
         self._check_external_data()
 
     def add_computed(self, producers: dict[str, onnx.NodeProto], names: set[str],
@@ -139,11 +140,11 @@ class TensorStore:
             return self._memmap(tensor)
         shape = self.shape(name)
         dtype = np.dtype(self.dtype(name))
-        if tensor.HasField("raw_data") and dtype.itemsize * 8 == _bits(tensor.data_type):
-            return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
         try:
+            if tensor.HasField("raw_data") and dtype.itemsize * 8 == _bits(tensor.data_type):
+                return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
             return numpy_helper.to_array(tensor)
-        except (ValueError, TypeError) as e:  # data type 0, or data that does not fit the dims
+        except ValueError as e:  # data that does not fit the dims
             raise MpqError(f"{self.where}: tensor '{name}' cannot be read ({_first_line(e)}); "
                            "the model is damaged, export it again") from None
 
@@ -180,12 +181,28 @@ class TensorStore:
         return np.asarray(evaluator.run(None, {i: np.asarray(self.array(i)) for i in feeds})[0])
 
     def _external(self, tensor: TensorProto) -> tuple[Path, int, int | None]:
+        """(file, offset, length or None) of a tensor's external data. Raises MpqError for a
+        ModelProto without a folder, an offset or length that is not a whole number >= 0, and a
+        location that is absolute or leaves the model's folder (as onnx's own loader refuses)."""
         info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
         if self.base_dir is None:
             raise MpqError(f"{self.where}: tensor '{tensor.name}' keeps its data in external file "
-                           f"'{info.get('location')}'; pass the model's path instead of a ModelProto")
-        length = int(info["length"]) if "length" in info else None
-        return self.base_dir / info.get("location", ""), int(info.get("offset", 0)), length
+                           f"'{location}'; pass the model's path instead of a ModelProto")
+        numbers = {}
+        for key in ("offset", "length"):
+            text = info.get(key)
+            if text is not None and not (text.isascii() and text.isdigit()):
+                raise MpqError(f"{self.where}: tensor '{tensor.name}' has external-data {key} '{text}', which is "
+                               "not a whole number of bytes; the model is damaged, export it again")
+            numbers[key] = int(text) if text is not None else None
+        folder = self.base_dir.resolve()
+        path = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not path.is_relative_to(folder):
+            raise MpqError(f"{self.where}: tensor '{tensor.name}' points its external data at '{location}', "
+                           f"which is not a file inside the model's folder {folder}; refusing to read it "
+                           "(keep the data file next to the model)")
+        return path, numbers["offset"] or 0, numbers["length"]
 
     def _check_external_data(self) -> None:
         for tensor in self.tensors.values():
@@ -199,6 +216,14 @@ class TensorStore:
             if path.stat().st_size < need:
                 raise MpqError(f"{self.where}: external data file '{path.name}' is shorter than tensor "
                                f"'{tensor.name}' needs ({path.stat().st_size} < {need} bytes); copy it again")
+
+    def _check_types(self) -> None:
+        for tensor in self.tensors.values():
+            try:
+                helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            except KeyError:
+                raise MpqError(f"{self.where}: tensor '{tensor.name}' has data type {tensor.data_type}, which "
+                               "is not an ONNX tensor type; the model is damaged, export it again") from None
 
     def _memmap(self, tensor: TensorProto) -> np.ndarray:
         path, offset, _ = self._external(tensor)
