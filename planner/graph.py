@@ -173,8 +173,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     if needed:
-        shapes.update(run_for_shapes(proto, fixed_inputs, needed,
-                                     str(base_dir) if base_dir else None, where))
+        shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
     layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
 
     info = ModelInfo(path=None if isinstance(model, onnx.ModelProto) else str(model), sha256=digest,

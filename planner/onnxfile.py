@@ -1,13 +1,15 @@
 """Reading ONNX files: parse with clear errors, constant tensors, weights through memory maps.
 
-The model is parsed without its external data. Weights stay where they are (inside the
-protobuf, or in external data files, read through ``numpy.memmap``) and are fetched one tensor
-at a time by :class:`TensorStore`, so that a multi-gigabyte model can be planned in the memory
-of its largest tensor.
+The model is parsed without its weights: external data stays in its files, and large
+initializers stored inside the ``.onnx`` file are left there too (the reader skips their bytes
+and records their offsets, see :func:`read_model`). Weights are fetched one tensor at a time by
+:class:`TensorStore` through ``numpy.memmap``, so that a multi-gigabyte model can be planned in
+the memory of its largest tensor.
 """
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from pathlib import Path
 
@@ -26,7 +28,9 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
 
     Returns the ModelProto, the folder that external data paths are relative to (None for a
     ModelProto given in memory) and the sha256 of the serialized model (the ``.onnx`` file's
-    bytes; external data files are not hashed). Raises MpqError for a missing, unreadable or
+    bytes; external data files are not hashed). Initializers of a file whose ``raw_data`` is
+    longer than ``_LEAVE_IN_FILE`` bytes come back as external data pointing into the file itself,
+    so parsing costs the memory of the graph, not of the weights. Raises MpqError for a missing, unreadable or
     non-ONNX file.
     """
     if isinstance(model, onnx.ModelProto):
@@ -39,7 +43,10 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     if path.is_dir():
         raise MpqError(f"{path}: is a folder; give the path of an .onnx model file")
     try:
-        data = path.read_bytes()
+        digest = _sha256(path)
+        data = _lean_bytes(path)
+        if data is None:
+            data = path.read_bytes()
     except OSError as e:
         raise MpqError(f"{path}: cannot be read ({e.strerror})") from None
     proto = onnx.ModelProto()
@@ -50,8 +57,136 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
             f"{path}: not a valid ONNX model (protobuf parse failed: {e}); the file is truncated "
             "or not ONNX, export it again") from None
     _check_is_model(proto, str(path))
-    digest = hashlib.sha256(data).hexdigest()
     return proto, path.parent, digest
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, read in chunks (the page cache holds them, not this process)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Initializers whose raw_data is longer than this stay in the file and are parsed as external
+# data pointing into the .onnx file itself. Above 8 bytes x 4096 elements, so every such tensor
+# has more elements than shape inference keeps (planner.shapes._KEEP_ELEMENTS).
+_LEAVE_IN_FILE = 8 * 4096
+
+
+class _WireError(Exception):
+    """The bytes are not the protobuf wire format mpq's lean reader expects."""
+
+
+def _lean_bytes(path: Path) -> bytes | None:
+    """The serialized model with the large initializers' raw_data left out of the bytes.
+
+    Scans the protobuf wire format of the file through a memory map, reading only field headers
+    (the weights' pages are never touched), and re-encodes ModelProto.graph with every large
+    ``raw_data`` initializer turned into external data at its own offset in the ``.onnx`` file.
+    Parsing those bytes needs the memory of the graph, not of the weights. Returns None where
+    there is nothing to leave out or the bytes are not as expected (then the whole file is parsed,
+    and a damaged file gets the parser's error).
+    """
+    if path.stat().st_size <= _LEAVE_IN_FILE:
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as view:
+            try:
+                out, changed = bytearray(), False
+                for number, wire, start, begin, end in _fields(view, 0, len(view)):
+                    if number == 7 and wire == 2:  # ModelProto.graph
+                        graph, stripped = _lean_graph(view, begin, end, path.name)
+                        changed |= stripped
+                        out += _key(7, 2) + _varint_bytes(len(graph)) + graph
+                    else:
+                        out += view[start:end]
+            except _WireError:
+                return None
+    return bytes(out) if changed else None
+
+
+def _lean_graph(view, begin: int, end: int, location: str) -> tuple[bytearray, bool]:
+    out, changed = bytearray(), False
+    for number, wire, start, value, stop in _fields(view, begin, end):
+        if number == 5 and wire == 2:  # GraphProto.initializer
+            tensor = _lean_tensor(view, value, stop, location)
+            if tensor is not None:
+                out += _key(5, 2) + _varint_bytes(len(tensor)) + tensor
+                changed = True
+                continue
+        out += view[start:stop]
+    return out, changed
+
+
+def _lean_tensor(view, begin: int, end: int, location: str) -> bytearray | None:
+    """The TensorProto without its raw_data, which becomes external data at its offset in the
+    file; None where the tensor keeps its bytes (small, or already external)."""
+    fields = list(_fields(view, begin, end))
+    raw = [f for f in fields if f[0] == 9 and f[1] == 2]  # raw_data
+    if len(raw) != 1 or raw[0][4] - raw[0][3] <= _LEAVE_IN_FILE or any(f[0] in (13, 14) for f in fields):
+        return None
+    out = bytearray()
+    for number, wire, start, value, stop in fields:
+        if number != 9:
+            out += view[start:stop]
+    _, _, _, offset, stop = raw[0]
+    for key, text in (("location", location), ("offset", str(offset)), ("length", str(stop - offset))):
+        entry = _key(1, 2) + _varint_bytes(len(key.encode())) + key.encode()
+        entry += _key(2, 2) + _varint_bytes(len(text.encode())) + text.encode()
+        out += _key(13, 2) + _varint_bytes(len(entry)) + entry  # external_data
+    out += _key(14, 0) + _varint_bytes(TensorProto.EXTERNAL)  # data_location
+    return out
+
+
+def _fields(view, begin: int, end: int):
+    """(field number, wire type, start of the field, start of its value, end) of each field of
+    the message in ``view[begin:end]``; raises _WireError for anything malformed."""
+    pos = begin
+    while pos < end:
+        key, value = _varint(view, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, stop = _varint(view, value, end)
+        elif wire == 1:
+            stop = value + 8
+        elif wire == 2:
+            length, value = _varint(view, value, end)
+            stop = value + length
+        elif wire == 5:
+            stop = value + 4
+        else:
+            raise _WireError
+        if number == 0 or stop > end:
+            raise _WireError
+        yield number, wire, pos, value, stop
+        pos = stop
+
+
+def _varint(view, pos: int, end: int) -> tuple[int, int]:
+    result, shift = 0, 0
+    while pos < end and shift < 64:
+        byte = view[pos]
+        result |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise _WireError
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _varint_bytes(number << 3 | wire)
 
 
 def _check_is_model(proto: onnx.ModelProto, where: str) -> None:

@@ -84,23 +84,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: 
                  elem_types: dict[str, int] | None = None) -> dict[str, Shape | None]:
     """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest).
     Where ``elem_types`` is given, it is filled with every inferred tensor's ONNX element type."""
-    graph = model.graph
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = max(model.ir_version, 4)
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    g = skeleton.graph
-    g.node.extend(graph.node)
-    g.output.extend(graph.output)
-    for value in graph_inputs(graph):
-        elem = value.type.tensor_type.elem_type
-        g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
-    for tensor in graph.initializer:
-        size = int(np.prod(tensor.dims, dtype=np.int64))
-        if size <= _KEEP_ELEMENTS and tensor.data_location != TensorProto.EXTERNAL:
-            g.initializer.append(tensor)
-        else:
-            g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    skeleton, _ = _skeleton(model, input_shapes)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:  # the model is inconsistent
@@ -113,7 +97,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: 
         shapes[value.name] = _static_shape(value)
         if elem_types is not None and value.type.HasField("tensor_type"):
             elem_types[value.name] = value.type.tensor_type.elem_type
-    for tensor in graph.initializer:
+    for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
 
@@ -129,12 +113,44 @@ def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
     return tuple(dims)
 
 
-def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str],
-                   base_dir: str | None, where: str) -> dict[str, Shape]:
+def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
+    """The model with its inputs fixed to ``input_shapes`` and without its large weights.
+
+    Initializers of more than ``_KEEP_ELEMENTS`` elements, and external ones, become typed graph
+    inputs (returned, so that a caller can feed them); their bytes are neither copied nor read.
+    """
+    graph = model.graph
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = max(model.ir_version, 4)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g = skeleton.graph
+    g.node.extend(graph.node)
+    g.output.extend(graph.output)
+    for value in graph_inputs(graph):
+        elem = value.type.tensor_type.elem_type
+        g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
+    stripped = []
+    for tensor in graph.initializer:
+        size = int(np.prod(tensor.dims, dtype=np.int64))
+        if size <= _KEEP_ELEMENTS and tensor.data_location != TensorProto.EXTERNAL:
+            g.initializer.append(tensor)
+        else:
+            g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+            stripped.append(tensor)
+    return skeleton, stripped
+
+
+def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
     """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
 
-    For graphs whose shapes are computed at run time in ways ONNX inference cannot follow.
-    Needs the model's weights (inline or external next to the model).
+    For graphs whose shapes are computed at run time in ways ONNX inference cannot follow. The
+    model runs as the skeleton of :func:`infer_shapes`: its large weights are fed as zeros
+    (``np.zeros``, pages the kernel maps on demand and shares while they are only read), so
+    neither the weights' bytes nor external data are loaded and no second copy of the model is
+    made. Shapes are taken not to depend on the values of weights of more than
+    ``_KEEP_ELEMENTS`` elements (the smaller ones keep their values). Raises MpqError where
+    onnxruntime cannot load or run the model.
     """
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
@@ -144,18 +160,17 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
     model_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
                     ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
                     ort_errors.NoSuchFile)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe, stripped = _skeleton(model, input_shapes)
     known_outputs = {o.name for o in probe.graph.output}
     for name in names:
         if name not in known_outputs:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    if base_dir is not None:
-        onnx.external_data_helper.load_external_data_for_model(probe, base_dir)
     feeds = {}
     for value in graph_inputs(model.graph):
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feeds[value.name] = np.zeros(input_shapes[value.name], dtype=dtype)
+    for tensor in stripped:
+        feeds[tensor.name] = np.zeros([int(d) for d in tensor.dims], dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4

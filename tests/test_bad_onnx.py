@@ -25,11 +25,12 @@ from planner.cli import run
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
-    """A small MLP exported by torch (weights as initializers) and a plan made for it."""
+    """A small MLP exported by torch (weights as initializers) and a plan made for it. Its middle
+    weight (64 KB) is large enough for the reader to leave it in the file."""
     folder = tmp_path_factory.mktemp("good")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 4))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 4))
     path = export(model.eval(), (torch.randn(1, 16),), folder / "mlp.onnx", "torchscript", input_names=["x"])
     result = in_process("plan", path, "--hw", "northpole", "--budget", "latency=0.5", "-o", folder / "plan.json")
     assert result.returncode == 0, result.stderr
@@ -121,6 +122,15 @@ def _truncated(good, folder):
     return folder / "m.onnx"
 
 
+def _truncated_in_a_weight(good, folder):
+    """Cut inside the large weight's bytes: the lean reader's scan fails and the parser reports it."""
+    data = (good / "mlp.onnx").read_bytes()
+    weight = next(t for t in onnx.load(str(good / "mlp.onnx")).graph.initializer if t.raw_data and len(t.raw_data) > 60000)
+    start = data.index(weight.raw_data[:64])
+    (folder / "m.onnx").write_bytes(data[: start + 40000])
+    return folder / "m.onnx"
+
+
 def _outside_folder(good, folder):
     """Location '../outside.data', a real copy of the data one folder up."""
     inner = folder / "model"
@@ -146,6 +156,7 @@ CASES = {  # name: (builder(good, folder) -> model path, words the message must 
     "data type 0": (lambda g, f: _edited(g, f, _data_type_zero), ["data type 0"]),
     "unresolvable shapes": (lambda g, f: _edited(g, f, _custom_op_before_a_layer), ["shapes"]),
     "truncated file": (_truncated, ["not a valid ONNX model"]),
+    "truncated in a weight": (_truncated_in_a_weight, ["not a valid ONNX model"]),
     "text file": (_write("m.onnx", b"name,value\nx,1\n"), ["ONNX"]),
     "random bytes": (_write("m.onnx", np.random.default_rng(0).bytes(4096)), ["ONNX"]),
     "empty file": (_write("m.onnx", b""), ["ONNX"]),

@@ -230,3 +230,18 @@ def test_a_bug_inside_shape_inference_stays_a_bug(monkeypatch, where):
         model = _resize_model()  # its second conv is sized by running the model
     with pytest.raises(ZeroDivisionError):
         load_graph(model)
+
+
+def test_large_weights_are_read_from_the_file_as_onnx_reads_them(exported):
+    """The reader leaves large weights in the .onnx file (external data at their own offset) and
+    parses only the graph: every weight reads back as onnx.load gives it, and the graph is the
+    one a ModelProto in memory gives."""
+    path = exported("resnet18")
+    graph = load_graph(path)
+    model = onnx.load(str(path))
+    left_in_file = {t.name for t in graph.tensors.tensors.values() if t.data_location == TensorProto.EXTERNAL}
+    assert left_in_file == {t.name for t in model.graph.initializer if len(t.raw_data) > 32 * 1024}
+    assert len(left_in_file) >= 17  # the 3x3 convs of 64 channels and up, and the fc
+    for tensor in model.graph.initializer:
+        assert np.array_equal(np.asarray(graph.tensors.array(tensor.name)), numpy_helper.to_array(tensor)), tensor.name
+    assert graph.to_json()["layers"] == load_graph(model).to_json()["layers"]

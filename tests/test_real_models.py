@@ -200,3 +200,38 @@ def test_transformer_with_computed_weights(real_models, tmp_path):
     computed_copy(path, tmp_path / "computed.onnx", "constantofshape")
     stored, computed = load_graph(path, shapes).totals(), load_graph(tmp_path / "computed.onnx", shapes).totals()
     assert computed == stored and computed["params"] == _torch_weight_count(module)
+
+
+def test_load_graph_memory_on_a_transformers_bert(tmp_path):
+    """Peak memory of load_graph on a BERT exported by transformers with an attention mask (so that
+    ONNX inference leaves shapes to onnxruntime) stays within 2x the weights: the weights are
+    neither parsed into memory nor copied for onnxruntime. Measured in a fresh process."""
+    import subprocess
+    import sys
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+                     add_pooling_layer=False)
+    names = ["input_ids", "attention_mask"]
+    inputs = (torch.randint(0, 30522, (1, 64)), torch.ones(1, 64, dtype=torch.long))
+    path = tmp_path / "bert.onnx"
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_LastHidden(bert, names).eval(), inputs, str(path), input_names=names,
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, dynamo=False, opset_version=17)
+    weights = sum(p.numel() * 4 for p in bert.parameters())
+    code = (
+        "import sys\n"
+        "def status(key):\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key))\n"
+        "import planner, onnx, onnxruntime, numpy\n"
+        "base = status('VmRSS')\n"
+        "g = planner.load_graph(sys.argv[1], {'input_ids': (1, 64), 'attention_mask': (1, 64)})\n"
+        "print(len(g.layers), status('VmHWM') - base)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    layers, peak = map(int, out.stdout.split())
+    assert layers == 4 * 8
+    assert peak <= 2 * weights, f"load_graph peak {peak / 2**20:.0f} MB for {weights / 2**20:.0f} MB of weights"
