@@ -347,7 +347,12 @@ class TensorStore:
             if not path.is_file():
                 raise MpqError(f"{self.where}: external data file '{path.name}' of tensor '{tensor.name}' "
                                f"not found in {path.parent}; put it next to the model")
-            need = offset + (length if length is not None else self.nbytes(tensor.name))
+            data_bytes = (self.size(tensor.name) * _bits(tensor.data_type) + 7) // 8
+            if length is not None and length < data_bytes:
+                raise MpqError(f"{self.where}: tensor '{tensor.name}' holds {length} bytes of data but its "
+                               f"shape {list(self.shape(tensor.name))} needs {data_bytes}; the model is damaged, "
+                               "export it again")
+            need = offset + data_bytes
             if path.stat().st_size < need:
                 raise MpqError(f"{self.where}: external data file '{path.name}' is shorter than tensor "
                                f"'{tensor.name}' needs ({path.stat().st_size} < {need} bytes); copy it again")

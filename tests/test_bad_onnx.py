@@ -122,6 +122,12 @@ def _truncated(good, folder):
     return folder / "m.onnx"
 
 
+def _short_raw_data(model):
+    """The large weight's dims claim more elements than its raw_data holds."""
+    weight = _weights(model)[1]
+    weight.dims[0] += 1
+
+
 def _truncated_in_a_weight(good, folder):
     """Cut inside the large weight's bytes: the lean reader's scan fails and the parser reports it."""
     data = (good / "mlp.onnx").read_bytes()
@@ -154,6 +160,8 @@ CASES = {  # name: (builder(good, folder) -> model path, words the message must 
     "conv with one input": (_one_input_conv, ["Conv", "1 input"]),
     "sparse_value weight": (lambda g, f: _edited(g, f, _sparse_weight), ["sparse_value"]),
     "data type 0": (lambda g, f: _edited(g, f, _data_type_zero), ["data type 0"]),
+    "raw_data shorter than its dims": (lambda g, f: _edited(g, f, _short_raw_data), ["needs"]),
+    "external length shorter than dims": (lambda g, f: _external(g, f, _set_external("length", "100")), ["100 bytes"]),
     "unresolvable shapes": (lambda g, f: _edited(g, f, _custom_op_before_a_layer), ["shapes"]),
     "truncated file": (_truncated, ["not a valid ONNX model"]),
     "truncated in a weight": (_truncated_in_a_weight, ["not a valid ONNX model"]),
