@@ -295,6 +295,11 @@ def _make_layer(node, activations: list[str], weight_operand: str | None, shapes
         weight, scale = _weight_root(weight_operand, tensors, producers)
         weight_shape = list(tensors.shape(weight))
         params = tensors.size(weight)
+        consumed = shapes.get(weight_operand)
+        if consumed is not None and math.prod(consumed) != params:
+            raise MpqError(f"{where}: layer '{name}' consumes a weight of shape {list(consumed)}, made from "
+                           f"'{weight}' of shape {weight_shape} ({params} elements) by ops that keep the count; "
+                           "the model is broken, export it again")
     a, w = LAYER_OPS[node.op_type]
     out_shape = shape_of(node.output[0])
     return Layer(name=name, op_type=node.op_type, weight=weight, weight_shape=weight_shape, params=params,

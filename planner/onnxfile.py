@@ -313,7 +313,12 @@ class TensorStore:
         except NotImplementedError as e:  # an op the reference evaluator does not implement
             raise MpqError(f"{self.where}: the weight '{name}' is computed by ops mpq cannot evaluate "
                            f"({_first_line(e)}); fold the constants first (e.g. onnxsim)") from None
-        return np.asarray(evaluator.run(None, {i: np.asarray(self.array(i)) for i in feeds})[0])
+        values = {i: np.asarray(self.array(i)) for i in feeds}
+        try:
+            return np.asarray(evaluator.run(None, values)[0])
+        except (ValueError, IndexError) as e:  # the model's ops fail on its constants (shapes that do not fit)
+            raise MpqError(f"{self.where}: the weight '{name}' is computed by ops that fail on the model's "
+                           f"constants ({_first_line(e)}); the model is broken, export it again") from None
 
     def _external(self, tensor: TensorProto) -> tuple[Path, int, int | None]:
         """(file, offset, length or None) of a tensor's external data. Raises MpqError for a

@@ -160,6 +160,7 @@ CASES = {  # name: (builder(good, folder) -> model path, words the message must 
     "conv with one input": (_one_input_conv, ["Conv", "1 input"]),
     "sparse_value weight": (lambda g, f: _edited(g, f, _sparse_weight), ["sparse_value"]),
     "data type 0": (lambda g, f: _edited(g, f, _data_type_zero), ["data type 0"]),
+    "weight reshaped from too few elements": (lambda g, f: _edited(g, f, _reshaped_weight), ["16383 elements"]),
     "raw_data shorter than its dims": (lambda g, f: _edited(g, f, _short_raw_data), ["needs"]),
     "external length shorter than dims": (lambda g, f: _external(g, f, _set_external("length", "100")), ["100 bytes"]),
     "unresolvable shapes": (lambda g, f: _edited(g, f, _custom_op_before_a_layer), ["shapes"]),
@@ -205,4 +206,34 @@ def test_bad_model_in_a_real_process(good, tmp_path, case):
     model = build(good, tmp_path)
     before = _snapshot(tmp_path)
     assert_user_error(mpq("gains", "eagl", model, "--hw", "northpole", "-o", tmp_path / "gains.json"), *words)
+    assert _snapshot(tmp_path) == before
+
+
+def _reshaped_weight(model, times_one: bool = False):
+    """The middle weight made by Reshape(flat, shape) where flat has one element too few (then
+    multiplied by 1 where ``times_one``, so that the weight is computed rather than stored)."""
+    weight = _weights(model)[1]
+    values = numpy_helper.to_array(weight).ravel()[:-1]
+    model.graph.initializer.remove(weight)
+    model.graph.initializer.extend([numpy_helper.from_array(values, "flat"),
+                                    numpy_helper.from_array(np.array(weight.dims, np.int64), "target"),
+                                    numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    nodes = [helper.make_node("Reshape", ["flat", "target"], ["reshaped" if times_one else weight.name])]
+    if times_one:
+        nodes.append(helper.make_node("Mul", ["reshaped", "one"], [weight.name]))
+    for node in reversed(nodes):
+        model.graph.node.insert(0, node)
+
+
+def _unevaluable_weight(model):
+    """Its shape is declared (inspect and cost need no values), its values cannot be computed."""
+    _reshaped_weight(model, times_one=True)
+
+
+@pytest.mark.parametrize("command", ["plan", "gains eagl", "export"])
+def test_a_computed_weight_that_cannot_be_evaluated(good, tmp_path, command):
+    model = _edited(good, tmp_path, _unevaluable_weight)
+    shutil.copy(good / "plan.json", tmp_path / "plan.json")
+    before = _snapshot(tmp_path)
+    assert_user_error(in_process(*COMMANDS[command](model, tmp_path)), "mpq: error:", "cannot reshape")
     assert _snapshot(tmp_path) == before
