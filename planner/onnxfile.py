@@ -323,7 +323,9 @@ class TensorStore:
     def _external(self, tensor: TensorProto) -> tuple[Path, int, int | None]:
         """(file, offset, length or None) of a tensor's external data. Raises MpqError for a
         ModelProto without a folder, an offset or length that is not a whole number >= 0, and a
-        location that is absolute or leaves the model's folder (as onnx's own loader refuses)."""
+        location that is absolute or leaves the model's folder by '..' (as onnx's own loader
+        refuses). The check is on the path as written: the model and its data may be symbolic
+        links (as in the Hugging Face cache)."""
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         if self.base_dir is None:
@@ -336,13 +338,12 @@ class TensorStore:
                 raise MpqError(f"{self.where}: tensor '{tensor.name}' has external-data {key} '{text}', which is "
                                "not a whole number of bytes; the model is damaged, export it again")
             numbers[key] = int(text) if text is not None else None
-        folder = self.base_dir.resolve()
-        path = (folder / location).resolve()
-        if not location or Path(location).is_absolute() or not path.is_relative_to(folder):
+        relative = os.path.normpath(location) if location else ""
+        if not relative or os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
             raise MpqError(f"{self.where}: tensor '{tensor.name}' points its external data at '{location}', "
-                           f"which is not a file inside the model's folder {folder}; refusing to read it "
+                           f"which is not a file inside the model's folder {self.base_dir}; refusing to read it "
                            "(keep the data file next to the model)")
-        return path, numbers["offset"] or 0, numbers["length"]
+        return self.base_dir / relative, numbers["offset"] or 0, numbers["length"]
 
     def _check_external_data(self) -> None:
         for tensor in self.tensors.values():

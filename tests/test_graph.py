@@ -245,3 +245,17 @@ def test_large_weights_are_read_from_the_file_as_onnx_reads_them(exported):
     for tensor in model.graph.initializer:
         assert np.array_equal(np.asarray(graph.tensors.array(tensor.name)), numpy_helper.to_array(tensor)), tensor.name
     assert graph.to_json()["layers"] == load_graph(model).to_json()["layers"]
+
+
+def test_a_model_reached_through_a_symbolic_link(exported, tmp_path):
+    """Caches such as Hugging Face's link the model file to a blob elsewhere: weights left in the
+    .onnx file are read through the link."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc123").write_bytes(exported("resnet18").read_bytes())
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "model.onnx").symlink_to(blobs / "abc123")
+    graph = load_graph(tmp_path / "snapshot" / "model.onnx")
+    assert graph.to_json()["layers"] == load_graph(exported("resnet18")).to_json()["layers"]
+    first = graph.layers[0].weight
+    assert np.array_equal(graph.tensors.array(first), load_graph(exported("resnet18")).tensors.array(first))
