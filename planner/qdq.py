@@ -62,11 +62,16 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, weights: dict
             g.initializer.extend([numpy_helper.from_array(levels, q_name),
                                   numpy_helper.from_array(np.array(step, np.float32), s_name),
                                   numpy_helper.from_array(np.array(0, np.int8), z_name)])
+            dequantized = layer.weight
             if layer.weight in initializers:
                 g.initializer.remove(initializers[layer.weight])
             elif layer.weight in constants:
                 g.node.remove(constants[layer.weight])
-            new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [layer.weight],
+            else:  # a weight computed by ops: its readers read the dequantized levels instead
+                dequantized = f"{layer.weight}__dequantized"
+                for node in g.node:
+                    node.input[:] = [dequantized if i == layer.weight else i for i in node.input]
+            new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dequantized],
                                               name=f"{layer.weight}__dequantize"))
             replaced.add(layer.weight)
             weight_bits[q_name] = bits

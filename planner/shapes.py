@@ -31,7 +31,9 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | None,
                      where: str) -> dict[str, Shape]:
     """Resolve every graph input's shape: given shapes win, a symbolic first dimension is 1,
-    any other symbolic dimension is an error that names the input and the dimension."""
+    any other symbolic dimension is an error that names the input and the dimension. A
+    dimension is symbolic where it has a ``dim_param``, no value, or a value <= 0 (Paddle's
+    exporter writes -1 for unknown dimensions)."""
     given = dict(input_shapes or {})
     inputs = graph_inputs(graph)
     names = [i.name for i in inputs]
@@ -52,7 +54,7 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
                 raise MpqError(f"{where}: --input-shape {value.name} has {len(shape)} dimensions, "
                                f"the input has {len(dims)}")
             for d, want in zip(dims or [], shape):
-                if d.HasField("dim_value") and d.dim_value != want:
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != want:
                     raise MpqError(f"{where}: --input-shape {value.name}={'x'.join(map(str, shape))} "
                                    f"conflicts with the model's fixed dimension {d.dim_value}")
             if any(s <= 0 for s in shape):
@@ -78,28 +80,14 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
     return resolved
 
 
-def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: str) -> dict[str, Shape | None]:
-    """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest)."""
-    graph = model.graph
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = max(model.ir_version, 4)
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    g = skeleton.graph
-    g.node.extend(graph.node)
-    g.output.extend(graph.output)
-    for value in graph_inputs(graph):
-        elem = value.type.tensor_type.elem_type
-        g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
-    for tensor in graph.initializer:
-        size = int(np.prod(tensor.dims, dtype=np.int64))
-        if size <= _KEEP_ELEMENTS and tensor.data_location != TensorProto.EXTERNAL:
-            g.initializer.append(tensor)
-        else:
-            g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: str,
+                 elem_types: dict[str, int] | None = None) -> dict[str, Shape | None]:
+    """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest).
+    Where ``elem_types`` is given, it is filled with every inferred tensor's ONNX element type."""
+    skeleton, _ = _skeleton(model, input_shapes)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    except Exception as e:  # onnx raises InferenceError and plain RuntimeErrors
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:  # the model is inconsistent
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MpqError(f"{where}: ONNX shape inference failed ({message}); check the model with "
                        "onnx.checker or pass --input-shape") from None
@@ -107,7 +95,9 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: 
     ig = inferred.graph
     for value in list(ig.input) + list(ig.value_info) + list(ig.output):
         shapes[value.name] = _static_shape(value)
-    for tensor in graph.initializer:
+        if elem_types is not None and value.type.HasField("tensor_type"):
+            elem_types[value.name] = value.type.tensor_type.elem_type
+    for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
 
@@ -123,34 +113,71 @@ def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
     return tuple(dims)
 
 
-def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str],
-                   base_dir: str | None, where: str) -> dict[str, Shape]:
+def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
+    """The model with its inputs fixed to ``input_shapes`` and without its large weights.
+
+    Initializers of more than ``_KEEP_ELEMENTS`` elements, and external ones, become typed graph
+    inputs (returned, so that a caller can feed them); their bytes are neither copied nor read.
+    """
+    graph = model.graph
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = max(model.ir_version, 4)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g = skeleton.graph
+    g.node.extend(graph.node)
+    g.output.extend(graph.output)
+    for value in graph_inputs(graph):
+        elem = value.type.tensor_type.elem_type
+        g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
+    stripped = []
+    for tensor in graph.initializer:
+        size = int(np.prod(tensor.dims, dtype=np.int64))
+        if size <= _KEEP_ELEMENTS and tensor.data_location != TensorProto.EXTERNAL:
+            g.initializer.append(tensor)
+        else:
+            g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+            stripped.append(tensor)
+    return skeleton, stripped
+
+
+def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
     """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
 
-    For graphs whose shapes are computed at run time in ways ONNX inference cannot follow.
-    Needs the model's weights (inline or external next to the model).
+    For graphs whose shapes are computed at run time in ways ONNX inference cannot follow. The
+    model runs as the skeleton of :func:`infer_shapes`: its large weights are fed as zeros
+    (``np.zeros``, pages the kernel maps on demand and shares while they are only read), so
+    neither the weights' bytes nor external data are loaded and no second copy of the model is
+    made. Shapes are taken not to depend on the values of weights of more than
+    ``_KEEP_ELEMENTS`` elements (the smaller ones keep their values). Raises MpqError where
+    onnxruntime cannot load or run the model.
     """
     import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    # What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
+    # can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one.
+    model_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
+                    ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
+                    ort_errors.NoSuchFile)
+    probe, stripped = _skeleton(model, input_shapes)
     known_outputs = {o.name for o in probe.graph.output}
     for name in names:
         if name not in known_outputs:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    if base_dir is not None:
-        onnx.external_data_helper.load_external_data_for_model(probe, base_dir)
     feeds = {}
     for value in graph_inputs(model.graph):
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feeds[value.name] = np.zeros(input_shapes[value.name], dtype=dtype)
+    for tensor in stripped:
+        feeds[tensor.name] = np.zeros([int(d) for d in tensor.dims], dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = session.run(names, feeds)
-    except Exception as e:
+    except model_errors as e:
         message = str(e).strip().splitlines()[0]
         raise MpqError(f"{where}: the shapes of {len(names)} tensors (e.g. '{names[0]}') could not be "
                        f"inferred, and running the model to measure them failed ({message}); "

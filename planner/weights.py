@@ -6,7 +6,8 @@ their distribution and are not applied. For a weight behind DequantizeLinear it 
 levels (q - zero point) together with the scale: a QDQ model carries its quantization grid
 (its bit width from the model's ``mpq.weight_bits`` metadata, else the narrowest grid that holds
 the levels).
-Weights computed from several constants (W * s) are evaluated with ONNX's reference evaluator.
+Weights computed by other ops on constants (ConstantOfShape, Expand, W * s, ...) are the layer's
+evaluated operand (see :class:`planner.onnxfile.TensorStore`).
 """
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ from .graph import Layer, LayerGraph
 # Metadata key under which mpq's QDQ export records each weight's bit width ({levels tensor: bits}):
 # an int8 tensor alone does not say whether its levels are a 2-, 4- or 8-bit grid.
 WEIGHT_BITS_KEY = "mpq.weight_bits"
-
-# Ops that leave the multiset of weight values unchanged (up to a cast).
-_VALUE_PRESERVING = {"Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 
 
 @dataclass
@@ -42,10 +40,7 @@ def layer_weights(graph: LayerGraph, layer: Layer) -> WeightView | None:
     if layer.weight is None:
         return None
     store = graph.tensors
-    chain = _chain(graph, layer)
-    if chain is None:  # computed from several constants: evaluate the subgraph
-        return WeightView(values=_evaluate(graph, layer))
-    dq = next((n for n in chain if n.op_type == "DequantizeLinear"), None)
+    dq = next((n for n in _chain(graph, layer) if n.op_type == "DequantizeLinear"), None)
     values = store.array(layer.weight)
     if dq is None:
         return WeightView(values=values)
@@ -70,35 +65,12 @@ def _broadcast(per_axis: np.ndarray, q: np.ndarray, node: onnx.NodeProto) -> np.
     return per_axis.reshape(shape)
 
 
-def _chain(graph: LayerGraph, layer: Layer) -> list[onnx.NodeProto] | None:
-    """Ops from the stored weight to the layer's operand, if all preserve values (or are one
-    DequantizeLinear); None if the weight is computed."""
+def _chain(graph: LayerGraph, layer: Layer) -> list[onnx.NodeProto]:
+    """Ops from ``layer.weight`` to the layer's operand: layout ops, casts and DequantizeLinear
+    (none where the weight is the operand itself)."""
     chain, name = [], layer.weight_operand
     while name != layer.weight:
-        node = graph.producers.get(name)
-        if node is None or not (node.op_type in _VALUE_PRESERVING or node.op_type == "DequantizeLinear"):
-            return None
+        node = graph.producers[name]
         chain.append(node)
         name = node.input[0]
     return chain
-
-
-def _evaluate(graph: LayerGraph, layer: Layer) -> np.ndarray:
-    from onnx.reference import ReferenceEvaluator
-
-    producers = graph.producers
-    operand = layer.weight_operand
-    nodes, stack, seen = [], [operand], set()
-    while stack:
-        t = stack.pop()
-        node = producers.get(t)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        stack.extend(i for i in node.input if i)
-    nodes.reverse()
-    inputs = sorted({i for n in nodes for i in n.input if i and i in graph.tensors and i not in producers})
-    g = onnx.helper.make_graph(nodes, "weight", [], [onnx.helper.make_empty_tensor_value_info(operand)])
-    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", graph.model.opset or 17)])
-    return ReferenceEvaluator(model).run(None, {i: np.asarray(graph.tensors.array(i)) for i in inputs})[0]

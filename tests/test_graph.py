@@ -126,7 +126,7 @@ def _linear_model(weight_node_chain: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("chain,root,scale", [("constant", "Wt", None), ("transpose", "W", None),
-                                               ("dequantize", "Wq", "Ws"), ("computed", "W0", None)])
+                                               ("dequantize", "Wq", "Ws"), ("computed", "Wt", None)])
 def test_weights_behind_constants_and_ops(chain, root, scale):
     graph = load_graph(_linear_model(chain))
     fc1 = graph.layer("fc1")
@@ -170,9 +170,8 @@ def test_inspect_json_is_deterministic(exported, tmp_path):
                                      "in_elems", "out_elems", "group", "pinned_bits"}
 
 
-def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
-    """A Resize whose sizes come from float arithmetic on Shape: ONNX inference stops there, so
-    the layer after it is sized by running the model once."""
+def _resize_model() -> onnx.ModelProto:
+    """A Resize whose sizes come from float arithmetic on Shape: ONNX inference stops there."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W1"),
              numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "W2"),
@@ -191,5 +190,72 @@ def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
     ]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
-    graph = load_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shapes_computed_at_run_time_are_measured_in_onnxruntime():
+    """The layer after a Resize that ONNX inference cannot size is sized by running the model once."""
+    graph = load_graph(_resize_model())
     assert graph.layer("conv2").macs == 4 * 32 * 32 * 8 * 9
+
+
+def test_minus_one_dims_are_symbolic(exported, built, tmp_path):
+    """Paddle writes unknown dimensions as dim_value -1: they take --input-shape like dim_params."""
+    model = onnx.load(str(exported("resnet18")))
+    for d in model.graph.input[0].type.tensor_type.shape.dim:
+        if d.dim_value != 3:
+            d.dim_value = -1
+    onnx.save(model, str(tmp_path / "paddle_like.onnx"))
+    with pytest.raises(MpqError, match=r"input '.*' dimension 2 \(unnamed\) is symbolic"):
+        load_graph(tmp_path / "paddle_like.onnx")
+    graph = load_graph(tmp_path / "paddle_like.onnx", {model.graph.input[0].name: (1, 3, 224, 224)})
+    assert graph.to_json()["layers"] == load_graph(exported("resnet18")).to_json()["layers"]
+    _assert_counts_match(graph, *built("resnet18"))
+
+
+@pytest.mark.parametrize("where", ["onnx.shape_inference.infer_shapes", "onnxruntime.InferenceSession.run"])
+def test_a_bug_inside_shape_inference_stays_a_bug(monkeypatch, where):
+    """Only errors about the model become MpqError (exit 2): a programming error injected into the
+    shape machinery must surface as itself, with its traceback."""
+    import onnxruntime
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("injected")
+
+    if where.startswith("onnx."):
+        monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+        model = _linear_model("transpose")
+    else:
+        monkeypatch.setattr(onnxruntime.InferenceSession, "run", broken)
+        model = _resize_model()  # its second conv is sized by running the model
+    with pytest.raises(ZeroDivisionError):
+        load_graph(model)
+
+
+def test_large_weights_are_read_from_the_file_as_onnx_reads_them(exported):
+    """The reader leaves large weights in the .onnx file (external data at their own offset) and
+    parses only the graph: every weight reads back as onnx.load gives it, and the graph is the
+    one a ModelProto in memory gives."""
+    path = exported("resnet18")
+    graph = load_graph(path)
+    model = onnx.load(str(path))
+    left_in_file = {t.name for t in graph.tensors.tensors.values() if t.data_location == TensorProto.EXTERNAL}
+    assert left_in_file == {t.name for t in model.graph.initializer if len(t.raw_data) > 32 * 1024}
+    assert len(left_in_file) >= 17  # the 3x3 convs of 64 channels and up, and the fc
+    for tensor in model.graph.initializer:
+        assert np.array_equal(np.asarray(graph.tensors.array(tensor.name)), numpy_helper.to_array(tensor)), tensor.name
+    assert graph.to_json()["layers"] == load_graph(model).to_json()["layers"]
+
+
+def test_a_model_reached_through_a_symbolic_link(exported, tmp_path):
+    """Caches such as Hugging Face's link the model file to a blob elsewhere: weights left in the
+    .onnx file are read through the link."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc123").write_bytes(exported("resnet18").read_bytes())
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "model.onnx").symlink_to(blobs / "abc123")
+    graph = load_graph(tmp_path / "snapshot" / "model.onnx")
+    assert graph.to_json()["layers"] == load_graph(exported("resnet18")).to_json()["layers"]
+    first = graph.layers[0].weight
+    assert np.array_equal(graph.tensors.array(first), load_graph(exported("resnet18")).tensors.array(first))
