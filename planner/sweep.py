@@ -270,9 +270,10 @@ def precisions_of(items: list[Variant]) -> list[int]:
 
 @dataclass
 class Frontier:
-    """Every Pareto-optimal plan of (total ``metric``, total gain): ``costs`` strictly ascending,
-    ``gains`` strictly ascending, so no plan has both a lower cost and a higher gain than a point
-    without being one. ``plan(i)`` gives the bits per group of point i."""
+    """Every Pareto-optimal plan of (total ``metric``, total gain) among the plans considered
+    (those that fit the chip, where :func:`pareto_frontier` was given a capacity): ``costs``
+    strictly ascending, ``gains`` strictly ascending, so no such plan has both a lower cost and a
+    higher gain than a point without being one. ``plan(i)`` gives the bits per group of point i."""
 
     metric: str
     costs: np.ndarray

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import assert_user_error, mpq
@@ -291,6 +292,40 @@ def test_frontier_under_a_binding_capacity_is_every_pareto_optimal_plan_that_fit
         bits = front.plan(i)
         assert sum(sizes[g][b]["bytes"] for g, b in enumerate(bits)) <= capacity
         assert sum(costs[g][b]["latency_s"] for g, b in enumerate(bits)) == pytest.approx(front.costs[i], rel=1e-12)
+
+
+def test_frontier_under_a_capacity_on_adversarial_instances():
+    """Seeded random instances against brute force: costs not monotone in bits, equal costs and
+    gains (ties), negative gains, groups with one option, capacities at the smallest plan, the
+    largest and between."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(300):
+        groups = int(rng.integers(1, 7))
+        costs, values, sizes = [], [], []
+        for _ in range(groups):
+            bits = sorted(int(b) for b in rng.choice([2, 4, 8], size=int(rng.integers(1, 4)), replace=False))
+            params = int(rng.integers(0, 40))
+            costs.append({b: {"latency_s": float(rng.integers(0, 4) if rng.random() < 0.5 else rng.random())} for b in bits})
+            values.append({b: float(rng.integers(-2, 4) if rng.random() < 0.5 else rng.normal()) for b in bits})
+            sizes.append({b: params * b / 8 for b in bits})
+        plans = [(sum(costs[g][b]["latency_s"] for g, b in enumerate(bits)), sum(values[g][b] for g, b in enumerate(bits)),
+                  sum(sizes[g][b] for g, b in enumerate(bits)))
+                 for bits in itertools.product(*(sorted(c) for c in costs))]
+        low, high = min(p[2] for p in plans), max(p[2] for p in plans)
+        capacity = [low, high, low + float(rng.random()) * (high - low)][int(rng.integers(3))]
+        expected, best = [], -math.inf
+        for cost, gain, _ in sorted((p for p in plans if p[2] <= capacity), key=lambda p: (p[0], -p[1])):
+            if gain > best + 1e-9:
+                expected.append((cost, gain))
+                best = gain
+        front = pareto_frontier(values, costs, "latency_s", resident=sizes, capacity=capacity)
+        assert list(front.costs) == pytest.approx([c for c, _ in expected], abs=1e-9)
+        assert list(front.gains) == pytest.approx([g for _, g in expected], abs=1e-9)
+        for i in range(len(front.costs)):
+            assert sum(sizes[g][b] for g, b in enumerate(front.plan(i))) <= capacity
+        checked += low < capacity < high
+    assert checked > 50
 
 
 def _variant_table(graph, **values):
