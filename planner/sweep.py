@@ -319,10 +319,11 @@ def pareto_frontier(gains: list[dict[int, float]], costs: list[dict[int, dict[st
     choice of the remaining groups are dropped (:func:`_merge_fitting`). Where even the dearest
     plan fits, this is the unconstrained frontier, found as before. Costs and gains are summed in
     group order in double precision, as :meth:`planner.costs.CostTable.total` sums them. Among
-    plans of equal cost and gain the one found first (fewer bytes, then lower bits, earlier
-    groups) is kept. Time O(sum over groups of options x frontier size), times log(frontier size)
-    where the capacity binds; raises MpqError if a frontier grows beyond ``max_points``, a group
-    lacks gains for an option it offers, or no plan fits."""
+    plans of equal cost and gain the one found first (lower bits, earlier groups; where the
+    capacity binds, fewer bytes first) is kept. Time O(sum over groups of options x partial plans
+    kept), times their log where the capacity binds (more partial plans are kept then: 36,000 at
+    most on EfficientNet-Lite0 against 1,336); raises MpqError if the partial plans kept grow
+    beyond ``max_points``, a group lacks gains for an option it offers, or no plan fits."""
     binds = resident is not None and capacity is not None and sum(max(r.values()) for r in resident) > capacity
     if binds and sum(min(r.values()) for r in resident) > capacity:
         raise MpqError(f"no plan fits in {capacity:.12g} bytes of on-chip memory")
