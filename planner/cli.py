@@ -951,7 +951,8 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
 @click.option("--samples", type=int, default=None, help="Instead of the grid, this many random points of its box.")
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of --samples.")
 @click.option("--target-gain", "targets", type=float, multiple=True, metavar="F",
-              help="Plan the cheapest plan reaching F (e.g. 0.95) of the variant's largest total gain (repeatable).")
+              help="Plan the cheapest plan reaching F (e.g. 0.95) of the variant's largest total gain of a plan that "
+                   "fits the chip (repeatable).")
 @click.option("--budget", "budget_texts", multiple=True, metavar="METRIC<=VALUE|METRIC=R",
               help="Plan the best plan within this budget (repeatable; commas join metrics into one budget).")
 @_with(cost_model_options)

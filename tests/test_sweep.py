@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import assert_user_error, mpq
@@ -243,3 +244,167 @@ def test_bad_vary_is_a_user_error_naming_the_field(exported, tmp_path, vary, wor
 def test_a_target_or_budget_is_needed_and_targets_are_fractions(exported):
     assert_user_error(mpq("sweep", exported("mobilenet"), "--hw", "northpole"), "--target-gain", "--budget")
     assert_user_error(mpq("sweep", exported("mobilenet"), "--hw", "northpole", "--target-gain", "1.5"), "--target-gain 1.5")
+
+
+# ------------------------------------------------------------------------------ plans fit the chip
+
+def _weight_bytes(graph, bits) -> float:
+    """On-chip bytes of a plan counted from the graph's layers: parameters x bits / 8."""
+    params = {layer.name: layer.params for layer in graph.layers}
+    return sum(params[name] * b / 8 for group, b in zip(graph.groups, bits) for name in group.layers)
+
+
+def _byte_costs(graph, table) -> list[dict[int, dict[str, float]]]:
+    """Each group's options with its latency and its weight bytes counted from the graph."""
+    params = {layer.name: layer.params for layer in graph.layers}
+    return [{b: {"latency_s": options[b]["latency_s"], "bytes": sum(params[n] for n in group.layers) * b / 8}
+             for b in options} for group, options in zip(graph.groups, table.groups)]
+
+
+@pytest.mark.parametrize("share", [0.15, 0.5, 0.85])
+def test_frontier_under_a_binding_capacity_is_every_pareto_optimal_plan_that_fits(small, share):
+    """Against brute force: the 3^8 plans of the first 9 groups with a capacity that some but
+    not all of them meet; their bytes counted from the graph, their Pareto set by sorting."""
+    graph, table, gains = small
+    costs, values = table.groups[:9], gains.by_group[:9]
+    sizes = _byte_costs(graph, table)[:9]
+    plans = []
+    for bits in itertools.product(*(sorted(c) for c in costs)):
+        plans.append((sum(costs[g][b]["latency_s"] for g, b in enumerate(bits)),
+                      sum(values[g][b] for g, b in enumerate(bits)),
+                      sum(sizes[g][b]["bytes"] for g, b in enumerate(bits))))
+    low, high = min(p[2] for p in plans), max(p[2] for p in plans)
+    capacity = low + share * (high - low)
+    fitting = [(cost, gain) for cost, gain, size in plans if size <= capacity]
+    assert 0 < len(fitting) < len(plans)
+    expected, best = [], -math.inf
+    for cost, gain in sorted(fitting, key=lambda p: (p[0], -p[1])):
+        if gain > best:
+            expected.append((cost, gain))
+            best = gain
+    free = pareto_frontier(values, costs, "latency_s")
+    front = pareto_frontier(values, costs, "latency_s", resident=table.resident[:9], capacity=capacity)
+    assert len(front.costs) == len(expected) > 5
+    assert list(front.costs) == pytest.approx([c for c, _ in expected], rel=1e-12)
+    assert list(front.gains) == pytest.approx([g for _, g in expected], rel=1e-12)
+    assert front.gains[-1] < free.gains[-1]  # the limit binds: the dearest plans do not fit
+    for i in range(len(front.costs)):
+        bits = front.plan(i)
+        assert sum(sizes[g][b]["bytes"] for g, b in enumerate(bits)) <= capacity
+        assert sum(costs[g][b]["latency_s"] for g, b in enumerate(bits)) == pytest.approx(front.costs[i], rel=1e-12)
+
+
+def test_frontier_under_a_capacity_on_adversarial_instances():
+    """Seeded random instances against brute force: costs not monotone in bits, equal costs and
+    gains (ties), negative gains, groups with one option, capacities at the smallest plan, the
+    largest and between."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(300):
+        groups = int(rng.integers(1, 7))
+        costs, values, sizes = [], [], []
+        for _ in range(groups):
+            bits = sorted(int(b) for b in rng.choice([2, 4, 8], size=int(rng.integers(1, 4)), replace=False))
+            params = int(rng.integers(0, 40))
+            costs.append({b: {"latency_s": float(rng.integers(0, 4) if rng.random() < 0.5 else rng.random())} for b in bits})
+            values.append({b: float(rng.integers(-2, 4) if rng.random() < 0.5 else rng.normal()) for b in bits})
+            sizes.append({b: params * b / 8 for b in bits})
+        plans = [(sum(costs[g][b]["latency_s"] for g, b in enumerate(bits)), sum(values[g][b] for g, b in enumerate(bits)),
+                  sum(sizes[g][b] for g, b in enumerate(bits)))
+                 for bits in itertools.product(*(sorted(c) for c in costs))]
+        low, high = min(p[2] for p in plans), max(p[2] for p in plans)
+        capacity = [low, high, low + float(rng.random()) * (high - low)][int(rng.integers(3))]
+        expected, best = [], -math.inf
+        for cost, gain, _ in sorted((p for p in plans if p[2] <= capacity), key=lambda p: (p[0], -p[1])):
+            if gain > best + 1e-9:
+                expected.append((cost, gain))
+                best = gain
+        front = pareto_frontier(values, costs, "latency_s", resident=sizes, capacity=capacity)
+        assert list(front.costs) == pytest.approx([c for c, _ in expected], abs=1e-9)
+        assert list(front.gains) == pytest.approx([g for _, g in expected], abs=1e-9)
+        for i in range(len(front.costs)):
+            assert sum(sizes[g][b] for g, b in enumerate(front.plan(i))) <= capacity
+        checked += low < capacity < high
+    assert checked > 50
+
+
+def _variant_table(graph, **values):
+    """The northpole cost table of a variant of the northpole spec (fields by dotted path)."""
+    from hw import parse_spec
+
+    base, data = load_base("northpole")
+    return cost_table(graph, parse_spec(apply(data, values), base.path), load_cost_model("northpole"))
+
+
+def test_frontier_under_a_binding_capacity_agrees_with_cpsat_at_every_budget(small):
+    """On the whole model with 40 kB of on-chip memory (its plans take 24 to 55 kB): at every
+    budget, the frontier's best point is CP-SAT's optimum with the bytes as a second budget."""
+    graph, _, gains = small
+    table = _variant_table(graph, **{"memory.on_chip_bytes": 40000})
+    sizes = _byte_costs(graph, table)
+    front = pareto_frontier(gains.by_group, table.groups, "latency_s", resident=table.resident, capacity=40000)
+    whole = solve(gains.by_group, sizes, {"bytes": 40000})
+    assert whole.status == "OPTIMAL" and front.gains[-1] == pytest.approx(whole.objective, rel=1e-9)
+    assert whole.objective < pareto_frontier(gains.by_group, table.groups, "latency_s").gains[-1]
+    low, high = front.costs[0], front.costs[-1]
+    for r in (0.0, 0.1, 0.33, 0.5, 0.77, 1.0):
+        limit = low + r * (high - low)
+        solution = solve(gains.by_group, sizes, {"latency_s": limit, "bytes": 40000})
+        assert solution.status == "OPTIMAL"
+        assert front.gains[front.best_within(limit)] == pytest.approx(solution.objective, rel=1e-9, abs=1e-9)
+        assert _weight_bytes(graph, front.plan(front.best_within(limit))) <= 40000
+
+
+def test_a_sweep_keeps_every_plan_on_chip_and_says_how_much_fits(exported, small, tmp_path):
+    """Capacity min(224 MB, cores x per-core bytes): 20 kB holds no plan (an infeasible row
+    saying so), 40 kB holds some; every plan fits, the largest gain is CP-SAT's optimum under
+    the capacity, and each target plan is the cheapest reaching its threshold (CP-SAT finds none
+    a little cheaper)."""
+    graph, table, gains = small
+    doc, rows, _ = _sweep(exported("mobilenet"), tmp_path, "--hw", "northpole", "--vary", "cores=1,256",
+                          "--vary", "memory.per_core_bytes=20000,40000", "--target-gain", "0.9",
+                          "--target-gain", "1", "--budget", "latency=0.5", "--budget", "latency=1")
+    sizes = _byte_costs(graph, table)
+    largest = {}
+    for r in rows:
+        capacity = min(2.24e8, int(r["cores"]) * int(r["memory.per_core_bytes"]))
+        if capacity < 24000:  # the smallest plan takes 23,960 bytes
+            assert r["status"] == "infeasible" and not r["bits"]
+            assert "do not fit on chip" in r["note"] and "holds 20KB" in r["note"], r["note"]
+            continue
+        assert r["status"] == "OPTIMAL", r
+        bits = [int(b) for b in r["bits"].split()]
+        assert _weight_bytes(graph, bits) <= capacity
+        assert float(r["weight_bytes"]) == _weight_bytes(graph, bits)
+        if capacity not in largest:
+            largest[capacity] = solve(gains.by_group, sizes, {"bytes": capacity}).objective
+        assert float(r["max_gain"]) == pytest.approx(largest[capacity], rel=1e-9)
+        if r["kind"] == "target":
+            threshold = float(r["gain_threshold"])
+            assert float(r["objective"]) >= threshold
+            latency = float(r["latency_s"]) * int(r["cores"]) / 256  # in the 256-core table (exactly: compute-bound)
+            cheaper = solve(gains.by_group, sizes, {"latency_s": latency * (1 - 1e-6), "bytes": capacity})
+            assert cheaper.objective < threshold
+    assert sorted(largest) == [40000, 5120000, 10240000] and largest[40000] < largest[5120000] == largest[10240000]
+    capacities = {(v["values"]["cores"], v["values"]["memory.per_core_bytes"]): v["weight_capacity"] for v in doc["variants"]}
+    assert capacities == {(1, 20000): 20000, (1, 40000): 40000, (256, 20000): 5120000, (256, 40000): 10240000}
+    assert [v["status"] for v in doc["variants"]] == ["infeasible", "ok", "ok", "ok"]
+
+
+def test_one_variant_equals_mpq_frontier_when_the_chip_limit_binds(exported, tmp_path):
+    import yaml
+
+    _, data = load_base("northpole")
+    data["memory"]["on_chip_bytes"]["value"] = 40000  # the plans of this model take 24 to 55 kB
+    spec = tmp_path / "small_northpole.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    model = exported("mobilenet")
+    result = mpq("frontier", model, "--hw", spec, "--points", "5", "--csv", tmp_path / "f.csv")
+    assert result.returncode == 0, result.stderr
+    budgets = [a for r in ("0.0", "0.25", "0.5", "0.75", "1.0") for a in ("--budget", f"latency={r}")]
+    _, rows, _ = _sweep(model, tmp_path, "--hw", spec, *budgets)
+    frontier = _rows(tmp_path / "f.csv")
+    assert [[r[c] for c in SHARED] for r in rows] == [[r[c] for c in SHARED] for r in frontier]
+    assert [r["on_chip_weight_bytes"] for r in rows] == [r["on_chip_weight_bytes"] for r in frontier]
+    assert all(r["status"] == "OPTIMAL" and float(r["on_chip_weight_bytes"]) <= 40000 for r in rows)
+    assert float(rows[-1]["weight_bytes"]) < 54848  # the dearest plan (all 8-bit) does not fit
