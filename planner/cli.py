@@ -858,11 +858,11 @@ def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, sam
     """HAWQ: Hutchinson Hessian trace x weight quantization error, per group."""
     from .gains.hessian import hessian_gains
     from .quant.lsq import learned_steps
-    from .torchmap import _float_copy
+    from .torchmap import float_copy
 
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    result = hessian_gains(task, _float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
+    result = hessian_gains(task, float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
                            samples=samples, batches=batches, seed=seed)
     result.write(graph, output)
     click.echo(f"wrote {output}: Hessian-trace gains for {len(graph.free_groups)} free groups")
@@ -918,7 +918,8 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
 
         task, torch_model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
         steps = learned_steps(torch_model)
-        learned = {layer: {steps[path]["bits"]: steps[path]["weight_step"]} for layer, path in mapping.items() if path in steps}
+        learned = {layer: {steps[path]["bits"]: steps[path]["weight_step"]} for layer, path in mapping.items()
+                   if "weight_step" in steps.get(path, {})}
         precisions = _bits_list(bits) if not hw_name else list(__import__("hw").load_spec(hw_name).precisions)
         result = eagl(graph, precisions, step=step, mode=mode, weighting=weighting, learned_steps=learned)
     else:

@@ -244,3 +244,173 @@ def test_batch_norm_statistics_come_from_a_random_sample_of_a_sorted_dataset():
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
     reestimate_batch_norm(model, task, seed=0, samples=200)
     assert 0.35 < float(model[0].running_mean) < 0.65
+
+
+# ------------------------------------------------------------------------------ attention MatMuls
+
+ATTENTION = str(Path(__file__).with_name("tiny_task.py")) + ":attention_task"
+
+
+def fake_quant(x: torch.Tensor, bits: int, step: float, signed: bool) -> torch.Tensor:
+    """The b-bit grid by hand: signed levels -2^(b-1) .. 2^(b-1)-1, unsigned 0 .. 2^b-1."""
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    return torch.clamp(torch.round(x / step), lo, hi) * step
+
+
+def lsq_initial_step(x: torch.Tensor, bits: int, signed: bool) -> float:
+    top = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+    return 2 * float(x.abs().mean()) / max(top, 1) ** 0.5
+
+
+@pytest.fixture(scope="module")
+def attention(tmp_path_factory):
+    """The row-attention network trained in full precision, then LSQ 4-bit (pins at 8), saved as a
+    checkpoint with its planning ONNX."""
+    from planner import workflow
+    from planner.quant.checkpoint import save_checkpoint
+    from planner.tasks import load_task
+
+    folder = tmp_path_factory.mktemp("attention")
+    task = load_task(ATTENTION)
+    fp = workflow.train(task, task.model())
+    w4 = workflow.train(task, fp, bits=4)
+    save_checkpoint(folder / "w4.pt", w4, task)
+    workflow.save_onnx_for_planning(task, w4, folder / "w4.onnx")
+    graph, mapping = workflow.task_graph(task, w4)
+    return {"task": task, "fp": fp, "w4": w4, "folder": folder, "graph": graph, "mapping": mapping}
+
+
+def attention_groups(graph) -> dict[str, int]:
+    """Group id of the Q·Kᵀ ("scores") and P·V ("context") layers."""
+    return {name: graph.layer(f"/{name}/MatMul").group for name in ("scores", "context")}
+
+
+def test_every_attention_layer_maps_to_a_module_both_ways(attention):
+    graph, mapping, model = attention["graph"], attention["mapping"], attention["w4"]
+    assert set(mapping) == {l.name for l in graph.layers}  # every planned layer has a torch module
+    assert len(set(mapping.values())) == len(mapping)  # and every module one layer: the map inverts
+    layers = {path: name for name, path in mapping.items()}
+    assert set(layers) == set(bits_of(model))  # the 4-bit training quantized every layer, MatMuls too
+    assert layers["scores"] == "/scores/MatMul" and layers["context"] == "/context/MatMul"
+    assert graph.layer("/scores/MatMul").weight is None and len(graph.layer("/context/MatMul").activation_inputs) == 2
+
+
+def test_quantized_matmul_equals_hand_fake_quant_with_own_step_and_sign_per_input(attention):
+    """Both inputs of Q·Kᵀ and P·V are quantized, each on its own grid: P (softmax) unsigned, V, Q, K
+    signed; the module's output equals the product of the hand-quantized inputs."""
+    task = attention["task"]
+    float_model = attention["fp"]
+    x = torch.stack([task.train_data()[k][0] for k in range(20)])
+    seen = {}
+    hooks = [float_model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, a))
+             for n in ("scores", "context")]
+    with torch.no_grad():
+        float_model(x)
+    for h in hooks:
+        h.remove()
+    quantized = apply_bits(float_model, {"scores": 4, "context": 4})
+    with torch.no_grad():
+        quantized(x)  # the first batch initialises the steps and signs
+    for name, signs in (("scores", (True, True)), ("context", (False, True))):
+        module = quantized.get_submodule(name)
+        a, b = seen[name]
+        assert (module.input_quantizer.signed, module.other_quantizer.signed) == signs
+        steps = [lsq_initial_step(t, 4, s) for t, s in zip((a, b), signs)]
+        assert module.input_quantizer.step.item() == pytest.approx(steps[0], rel=1e-5)
+        assert module.other_quantizer.step.item() == pytest.approx(steps[1], rel=1e-5)
+        expected = fake_quant(a, 4, steps[0], signs[0]) @ fake_quant(b, 4, steps[1], signs[1])
+        with torch.no_grad():
+            assert torch.allclose(module(a, b), expected, atol=1e-5)
+    v = seen["context"][1]
+    assert float(v.min()) < 0 and float(fake_quant(v, 4, lsq_initial_step(v, 4, True), True).min()) < 0
+
+
+def test_planned_attention_bits_change_the_network(attention):
+    """The network at a plan's attention bits equals the float network with both inputs of Q·Kᵀ and
+    P·V fake-quantized by hand; 2 bits changes its output, 8 bits stays close to float (LSQ's initial
+    step shrinks at least sqrt(255/3) = 9.2-fold from 2 to 8 bits, so the error must shrink at least
+    10-fold and the top-1 answers stay). A model with a bare torch.matmul is refused rather than run
+    in float."""
+    from planner.errors import MpqError
+    from planner.torchmap import bits_by_module
+
+    task, graph, mapping, fp = attention["task"], attention["graph"], attention["mapping"], attention["fp"]
+    x = torch.stack([task.eval_data()[k][0] for k in range(100)])
+
+    def by_hand(bits):
+        def quantized_product(module, inputs, output):
+            a, b = (fake_quant(t, bits, lsq_initial_step(t, bits, bool((t < 0).any())), bool((t < 0).any()))
+                    for t in inputs)
+            return a @ b
+
+        hooks = [fp.get_submodule(n).register_forward_hook(quantized_product) for n in ("scores", "context")]
+        try:
+            return fp(x)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    with torch.no_grad():
+        reference = fp(x)
+        differences, agreement = {}, {}
+        for bits in (2, 8):
+            by_layer = {"/scores/MatMul": bits, "/context/MatMul": bits}
+            model = apply_bits(fp, bits_by_module(graph, mapping, by_layer))
+            assert bits_of(model) == {"scores": bits, "context": bits}
+            out = model(x)
+            assert torch.allclose(out, by_hand(bits), atol=1e-4)
+            differences[bits] = float((out - reference).abs().max() / reference.abs().max())
+            agreement[bits] = float((out.argmax(1) == reference.argmax(1)).float().mean())
+    assert differences[2] > 10 * differences[8] and agreement[8] >= 0.98 > agreement[2], (differences, agreement)
+    bert, inputs = __import__("archs").bert(blocks=1)
+    bert_graph, bert_mapping = from_torch(bert, inputs)
+    with pytest.raises(MpqError, match="no torch module.*MatMul modules"):
+        bits_by_module(bert_graph, bert_mapping, {l.name: 4 for l in bert_graph.layers})
+
+
+def test_checkpoint_carries_learned_steps_of_both_inputs(attention):
+    from planner.quant.checkpoint import load_checkpoint, read_checkpoint
+    from planner.quant.lsq import learned_steps
+
+    task = attention["task"]
+    state = read_checkpoint(attention["folder"] / "w4.pt")["state_dict"]
+    steps = learned_steps(load_checkpoint(attention["folder"] / "w4.pt", task))
+    for name in ("scores", "context"):
+        first, second = float(state[f"{name}.input_quantizer.step"]), float(state[f"{name}.other_quantizer.step"])
+        assert steps[name]["input_steps"] == [pytest.approx(first), pytest.approx(second)] and first != second
+        assert steps[name]["inputs_signed"] == [bool(state[f"{name}.input_quantizer.signed_flag"]),
+                                                bool(state[f"{name}.other_quantizer.signed_flag"])]
+        assert "weight_step" not in steps[name] and steps[name]["bits"] == 4
+    assert steps["context"]["inputs_signed"] == [False, True] and steps["scores"]["inputs_signed"] == [True, True]
+
+
+def test_attention_groups_have_measured_gains(attention, tmp_path):
+    """ALPS, sensitivity and the Hessian measure the attention groups (lowering their MatMul
+    modules) instead of giving them gain 0."""
+    from planner.checkpoint import Checkpoint
+    from planner.gains.alps import alps
+    from planner.gains.hessian import hessian_gains
+    from planner.gains.sensitivity import sensitivity_gains
+    from planner.quant.checkpoint import load_checkpoint
+    from planner.quant.lsq import learned_steps
+    from planner.quant.train import score
+    from planner.torchmap import float_copy
+
+    task, graph, mapping = attention["task"], attention["graph"], attention["mapping"]
+    checkpoint = attention["folder"] / "w4.pt"
+    groups = attention_groups(graph)
+    sensitivity = sensitivity_gains(task, checkpoint, graph, mapping, [2, 4], metric="kl",
+                                    resume=Checkpoint(tmp_path / "s.jsonl"))
+    alps_gains = alps(task, checkpoint, graph, mapping, [2, 4], epochs=0.25, seeds=1, metric="kl",
+                      resume=Checkpoint(tmp_path / "a.jsonl"))
+    base = load_checkpoint(checkpoint, task)
+    hessian = hessian_gains(task, float_copy(base), graph, mapping, [2, 4], learned=learned_steps(base), samples=4)
+    for name, group in groups.items():
+        for gains in (sensitivity, alps_gains, hessian):
+            assert gains.by_group[group][4] != 0.0, (gains.method, name)
+        # sensitivity's score at 2 bits is the checkpoint with that MatMul lowered, scored by hand
+        lowered = apply_bits(base, {name: 2})
+        assert lowered.get_submodule(name).bits == 2
+        by_hand = score(lowered, task, task.eval_data(), "kl", teacher=base)
+        assert sensitivity.extra["scores"][str(group)]["2"] == pytest.approx(by_hand, rel=1e-6)
+    assert alps_gains.extra["unmeasured_groups"] == []

@@ -3,9 +3,11 @@
 From the network trained at the high precision (a quantized checkpoint), for every unpinned
 group: lower the group one step (e.g. 4 -> 2 bits), fine-tune ``epochs`` (1, as the paper),
 score on the task's held-out validation split; the group's gain of keeping the high precision
-is ``base score - score``. Groups without a quantized torch module to lower (attention MatMuls
-are ``torch.matmul``, not modules) cannot be measured: they get gain 0 at every precision and are
-listed in ``extra["unmeasured_groups"]``. The base score is the unchanged network fine-tuned the same way,
+is ``base score - score``. Every layer of a free group needs a torch module (attention's
+products as ``planner.quant.lsq.MatMul`` modules, lowered like any layer); a model without one
+is refused (MpqError) rather than given gain 0. Groups that the checkpoint runs in float or
+already at the lowest precision have nothing to lower: gain 0 at every precision, listed in
+``extra["unmeasured_groups"]``. The base score is the unchanged network fine-tuned the same way,
 over ``seeds`` seeds: their spread is the noise floor, reported next to the gains, below which a
 gain says nothing.
 
@@ -53,7 +55,9 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     """ALPS gains of every free group. ``progress(key, value)`` is called as each job finishes
     (also for jobs found in ``resume``, with their stored value)."""
     from ..quant.checkpoint import file_sha256, read_checkpoint
+    from ..torchmap import require_modules
 
+    require_modules(graph, mapping)
     checkpoint = str(Path(checkpoint).resolve())
     base_bits = read_checkpoint(checkpoint)["bits"]
     lr = lr if lr is not None else getattr(task, "finetune_lr", 0.01)
@@ -68,7 +72,7 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     for group in graph.free_groups:
         high = group_bits(graph, mapping, base_bits, group)
         low = lower(precisions, high) if high else None
-        if low is None:  # no quantized module to lower (e.g. an attention MatMul): nothing to measure
+        if low is None:  # the checkpoint runs the group in float or at the lowest precision: nothing to lower
             continue
         steps[group.id] = (low, high)
         jobs[f"{key}:group:{group.id}"] = {**common, "seed": 0,
