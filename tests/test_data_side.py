@@ -107,7 +107,7 @@ def test_alps_gains_and_resume_after_kill(trained, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     keys = [json.loads(l)["key"] for l in resume.read_text().splitlines() if l.strip()]
-    assert len(keys) == len(set(keys)) == 2 + 6  # 2 base seeds + 6 free groups, none computed twice
+    assert len(keys) == len(set(keys)) == 2 * (1 + 6)  # base and 6 free groups, 2 seeds each, none computed twice
     assert keys[: len(finished)] == finished
     doc = json.loads(out.read_text())
     assert doc["method"] == "alps" and doc["extra"]["noise_floor"] is not None
@@ -116,6 +116,19 @@ def test_alps_gains_and_resume_after_kill(trained, tmp_path):
             assert group["gains"] == {"8": 0.0}
         else:
             assert set(group["gains"]) == {"2", "4"} and group["gains"]["2"] == 0.0
+    # pairing: a group's gain is the mean over seeds of (base - lowered) fine-tuned with the same
+    # seed, measured here job by job; the spread of those differences is reported
+    from planner.gains.alps import alps_job
+
+    group = next(g for g in doc["groups"] if not g["pinned_bits"])
+    modules = dict.fromkeys([f"{name.strip('/').rpartition('/')[0].replace('/', '.')}" for name in group["layers"]], 2)
+    common = {"task_ref": TINY, "checkpoint": str((trained / "w4.pt").resolve()), "epochs": 0.5,
+              "lr": 0.01, "metric": "loss"}
+    differences = [alps_job(**common, bits_by_module={}, seed=s) - alps_job(**common, bits_by_module=modules, seed=s)
+                   for s in (0, 1)]
+    assert group["gains"]["4"] == pytest.approx(sum(differences) / 2, abs=1e-9)
+    spread = doc["extra"]["paired_spread"][str(group["id"])]
+    assert spread == pytest.approx(abs(differences[0] - differences[1]) / 2 ** 0.5, abs=1e-9)
 
 
 def test_alps_is_deterministic_across_workers(trained, tmp_path):

@@ -9,7 +9,11 @@ is refused (MpqError) rather than given gain 0. Groups that the checkpoint runs 
 already at the lowest precision have nothing to lower: gain 0 at every precision, listed in
 ``extra["unmeasured_groups"]``. The base score is the unchanged network fine-tuned the same way,
 over ``seeds`` seeds: their spread is the noise floor, reported next to the gains, below which a
-gain says nothing.
+gain says nothing. Each lowered network is fine-tuned and scored over the same seeds (same data
+order and initialisation as the base of that seed), and a group's gain is the mean of the paired
+differences ``base score(seed) - score(seed)``; their standard deviation over the seeds is the
+group's paired spread (``extra["paired_spread"]``, None for one seed), which cancels the noise
+that a seed adds to the base and the lowered network alike.
 
 The score (``metric``): ``accuracy`` (the task's validation accuracy), ``loss`` (minus the
 validation loss) or ``kl`` (minus the KL divergence of the outputs to the high-precision
@@ -75,8 +79,9 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
         if low is None:  # the checkpoint runs the group in float or at the lowest precision: nothing to lower
             continue
         steps[group.id] = (low, high)
-        jobs[f"{key}:group:{group.id}"] = {**common, "seed": 0,
-                                           "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), low)}
+        for seed in range(seeds):
+            jobs[f"{key}:group:{group.id}:{seed}"] = {
+                **common, "seed": seed, "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), low)}
     results: dict[str, float] = {}
     resume = resume or Checkpoint(Path(checkpoint).with_suffix(".alps.jsonl"))
     for k in list(jobs):
@@ -95,22 +100,25 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     run_jobs(alps_job, jobs, finished, executor=executor, workers=workers, ray_address=ray_address)
     base_scores = [results[f"{key}:base:{s}"] for s in range(seeds)]
     base = statistics.fmean(base_scores)
-    by_group, scores = [], {}
+    by_group, scores, spread = [], {}, {}
     for group in graph.groups:
         if group.pinned_bits is not None:
             by_group.append({group.pinned_bits: 0.0})
         elif group.id in steps:
             low, high = steps[group.id]
-            scores[str(group.id)] = results[f"{key}:group:{group.id}"]
-            by_group.append({low: 0.0, high: base - scores[str(group.id)]})
+            scores[str(group.id)] = [results[f"{key}:group:{group.id}:{s}"] for s in range(seeds)]
+            differences = [b - g for b, g in zip(base_scores, scores[str(group.id)])]
+            spread[str(group.id)] = statistics.stdev(differences) if seeds > 1 else None
+            by_group.append({low: 0.0, high: statistics.fmean(differences)})
         else:
             by_group.append(dict.fromkeys(sorted(precisions), 0.0))
     extra = {"unmeasured_groups": [g.id for g in graph.free_groups if g.id not in steps],
              "base_scores": base_scores, "base_score": base,
              "noise_floor": statistics.stdev(base_scores) if len(base_scores) > 1 else None,
-             "group_scores": scores, "steps": {str(g): list(s) for g, s in steps.items()}}
+             "group_scores": scores, "paired_spread": spread, "steps": {str(g): list(s) for g, s in steps.items()}}
     return Gains("alps", {"metric": metric, "epochs": epochs, "lr": lr, "seeds": seeds}, by_group, extra)
 
 
 def job_count(graph: LayerGraph, seeds: int) -> int:
-    return seeds + len(graph.free_groups)
+    """Jobs of an ALPS run: the base and every free group, each over ``seeds`` seeds."""
+    return seeds * (1 + len(graph.free_groups))
