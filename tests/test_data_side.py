@@ -54,15 +54,38 @@ def test_lsq_initialisation_and_two_bit_values():
     assert not act.signed and act.levels() == (0, 15)
 
 
-def test_apply_bits_swaps_a_copy_and_keeps_full_precision(built):
+def test_apply_bits_quantizes_weight_and_input_as_by_hand_on_a_copy(built):
+    """A depthwise conv at 4 bits and the classifier at 8 compute exactly the float op on the
+    hand-quantized weight (signed, LSQ's initial step) and input (sign from the data, the step
+    from the first batch); the original model stays float."""
+    import torch.nn.functional as F
+
     model, inputs = built("mobilenet")
     graph, mapping = from_torch(model, inputs)
     depthwise = next(p for p in mapping.values() if model.get_submodule(p).groups > 1)
     quantized = apply_bits(model, {depthwise: 4, "classifier": 8})
     assert bits_of(quantized) == {depthwise: 4, "classifier": 8} and bits_of(model) == {}
+    seen = {}
+    hooks = [quantized.get_submodule(p).register_forward_hook(lambda m, a, o, p=p: seen.__setitem__(p, (a[0], o)))
+             for p in (depthwise, "classifier")]
     with torch.no_grad():
-        assert torch.allclose(quantized(*inputs), quantized(*inputs))
-        assert not torch.equal(quantized(*inputs), model(*inputs))
+        quantized(*inputs)
+    for h in hooks:
+        h.remove()
+    for path, bits in ((depthwise, 4), ("classifier", 8)):
+        x, output = seen[path]
+        float_layer = model.get_submodule(path)
+        w = float_layer.weight.detach()
+        signed = bool((x < 0).any())
+        x_q = fake_quant(x, bits, lsq_initial_step(x, bits, signed), signed)
+        w_q = fake_quant(w, bits, lsq_initial_step(w, bits, True), True)
+        if path == "classifier":
+            expected = F.linear(x_q, w_q, float_layer.bias)
+        else:
+            expected = F.conv2d(x_q, w_q, float_layer.bias, float_layer.stride, float_layer.padding,
+                                float_layer.dilation, float_layer.groups)
+        assert torch.allclose(output, expected, atol=1e-5), path
+        assert not torch.allclose(output, float_layer(x), atol=1e-3), path  # and that is not the float op
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "bert", "mobilenet"])

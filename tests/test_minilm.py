@@ -171,16 +171,39 @@ def test_hessian_measures_the_attention_groups(small_task, fp_model, graph_mappi
 
 
 def test_task_scores_and_fine_tuning_run(small_task, fp_model):
+    """The task's scores equal the same figures computed by hand from the model's outputs on the
+    texts (re-tokenized, full-precision targets recomputed), and one fine-tuning step lowers the
+    training loss of a 4-bit network."""
+    import torch.nn.functional as F
+
     assert small_task.example_inputs()[0].shape == (1, 2, minilm.SEQ_LEN)
     val = small_task.eval_data()
     assert len(small_task.train_data()) == 2 * SMALL["train"] and len(val) == 2 * SMALL["val"]
+    cut = [minilm.halves(p) for p in small_task.texts["val"]]
+    x = minilm.tokenize([a for a, _ in cut] + [b for _, b in cut])
+    assert torch.equal(val.tensors[0], x)
+    with torch.no_grad():
+        reference = torch.cat([fp_model(x[i:i + 1]) for i in range(len(x))])  # one text at a time
     assert small_task.score(fp_model, val) == pytest.approx(1.0, abs=1e-5)
     assert score(fp_model, small_task, val, "kl", teacher=fp_model) == pytest.approx(0.0, abs=1e-5)
-    assert small_task.evaluate(fp_model) >= 50.0  # 8 candidates: chance is 12.5%
+    test = [minilm.halves(p) for p in small_task.texts["test"]]
+    with torch.no_grad():
+        queries = fp_model(minilm.tokenize([a for a, _ in test]))
+        documents = fp_model(minilm.tokenize([b for _, b in test]))
+    hits = sum(int(torch.argmax(queries[i] @ documents.T)) == i for i in range(len(test)))
+    assert small_task.evaluate(fp_model) == pytest.approx(100.0 * hits / len(test))
 
     quantized = apply_bits(fp_model, {n: 4 for n, m in fp_model.named_modules() if isinstance(m, torch.nn.Linear)})
+    train_x, train_y = small_task.train_data().tensors
+    with torch.no_grad():
+        before = float(small_task.loss(quantized.eval()(train_x), train_y))  # also initialises the steps
     fit(quantized, small_task, epochs=1, lr=small_task.finetune_lr, seed=0)  # one batch of 4 texts
-    assert 0.5 < small_task.score(quantized, val) < 1.0
-    assert score(quantized, small_task, val, "kl", teacher=fp_model) < 0.0
-    embeddings = quantized(val[:2][0])
-    assert small_task.loss(embeddings, val[:2][1]) > 0
+    with torch.no_grad():
+        after = float(small_task.loss(quantized(train_x), train_y))
+        embeddings = torch.cat([quantized(x[i:i + 1]) for i in range(len(x))])
+    assert after < before, (before, after)
+    by_hand = float(F.cosine_similarity(embeddings, reference).mean())
+    assert small_task.score(quantized, val) == pytest.approx(by_hand, abs=1e-5)
+    assert score(quantized, small_task, val, "kl", teacher=fp_model) == pytest.approx(by_hand - 1, abs=1e-5)
+    assert small_task.loss(embeddings[:2], reference[:2]) == pytest.approx(
+        minilm.LOSS_SCALE * float((1 - F.cosine_similarity(embeddings[:2], reference[:2])).mean()), rel=1e-5)
