@@ -450,3 +450,38 @@ def test_attention_groups_have_measured_gains(attention, tmp_path):
         by_hand = score(lowered, task, task.eval_data(), "kl", teacher=base)
         assert sensitivity.extra["scores"][str(group)]["2"] == pytest.approx(by_hand, rel=1e-6)
     assert alps_gains.extra["unmeasured_groups"] == []
+
+
+def test_sixteen_bit_layers_use_sixteen_bit_levels(attention):
+    """16 bits: levels -32768 .. 32767 (weights, signed inputs) and 0 .. 65535 (unsigned inputs),
+    the network equals its hand-quantized self, uses levels beyond the 8-bit range and fine-tunes."""
+    from planner.errors import MpqError
+    from planner.quant.train import fit
+
+    q = LsqQuantizer(bits=16, signed=True)
+    assert q.levels() == (32768, 32767) and LsqQuantizer(bits=16, signed=False).levels() == (0, 65535)
+    torch.manual_seed(0)
+    w = torch.randn(1000) * 3
+    step = lsq_initial_step(w, 16, True)
+    assert torch.allclose(q(w), fake_quant(w, 16, step, True), atol=step)
+    assert float((q(w) - w).abs().max()) <= q.step.item() / 2 * (1 + 1e-4)  # no clipping: only rounding
+    task, fp = attention["task"], attention["fp"]
+    x = torch.stack([task.eval_data()[k][0] for k in range(100)])
+    model = apply_bits(fp, dict.fromkeys(attention["mapping"].values(), 16))
+    seen = {}
+    hook = model.context.register_forward_hook(lambda m, a, o: seen.update(a=a[0], b=a[1], o=o))
+    with torch.no_grad():
+        out, reference = model(x), fp(x)
+    hook.remove()
+    sa, sb = model.context.input_quantizer.step.item(), model.context.other_quantizer.step.item()
+    assert sa == pytest.approx(lsq_initial_step(seen["a"], 16, False), rel=1e-5)
+    assert sb == pytest.approx(lsq_initial_step(seen["b"], 16, True), rel=1e-5)
+    assert torch.allclose(seen["o"], fake_quant(seen["a"], 16, sa, False) @ fake_quant(seen["b"], 16, sb, True), atol=1e-5)
+    assert bool((out.argmax(1) == reference.argmax(1)).all())
+    weight_levels = model.up.weight_quantizer.integer_levels(model.up.weight)
+    input_levels = model.context.input_quantizer.integer_levels(seen["a"])
+    assert 127 < float(weight_levels.abs().max()) <= 32768 and 255 < float(input_levels.max()) <= 65535
+    fit(model, task, epochs=0.2, lr=0.01, seed=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and task.evaluate(model) > 10
+    with pytest.raises(MpqError, match="2 to 16 bits"):
+        apply_bits(fp, {"up": 32})

@@ -133,7 +133,12 @@ class QMatMul(MatMul):
 QUANTIZED = (QConv2d, QLinear, QMatMul)
 
 
+MIN_BITS, MAX_BITS = 2, 16  # levels up to 2^16 - 1 are exact in float32 (exact to 2^24)
+
+
 def _quantized_copy(module: nn.Module, bits: int) -> nn.Module:
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise MpqError(f"cannot run a layer at {bits} bits; LSQ layers take {MIN_BITS} to {MAX_BITS} bits")
     if type(module) is MatMul:
         q = QMatMul(bits)
         q.train(module.training)
