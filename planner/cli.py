@@ -812,7 +812,8 @@ def _bits_list(text: str) -> list[int]:
 @click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the task's).")
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
               help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds of the base and of every lowered group (gain: mean paired difference; base spread: the noise floor).")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Seeds of the base and of every lowered group (gain: mean paired difference; base spread: the noise floor).")
 @_with(executor_options)
 def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs, lr, metric, seeds, workers, executor,
                ray_address, resume_file) -> None:

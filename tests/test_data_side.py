@@ -420,6 +420,17 @@ def test_checkpoint_carries_learned_steps_of_both_inputs(attention):
     assert steps["context"]["inputs_signed"] == [False, True] and steps["scores"]["inputs_signed"] == [True, True]
 
 
+def test_float_copy_drops_quantizers_on_a_copy(attention):
+    from planner.quant.lsq import MatMul
+    from planner.torchmap import float_copy
+
+    w4 = attention["w4"]
+    plain = float_copy(w4)
+    assert bits_of(plain) == {} and len(bits_of(w4)) == 10
+    assert type(plain.scores) is MatMul and type(plain.up) is torch.nn.Linear
+    assert torch.equal(plain.up.weight, w4.up.weight) and plain.up.weight is not w4.up.weight
+
+
 def test_attention_groups_have_measured_gains(attention, tmp_path):
     """ALPS, sensitivity and the Hessian measure the attention groups (lowering their MatMul
     modules) instead of giving them gain 0."""
