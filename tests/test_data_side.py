@@ -402,6 +402,33 @@ def test_planned_attention_bits_change_the_network(attention):
     bert_graph, bert_mapping = from_torch(bert, inputs)
     with pytest.raises(MpqError, match="no torch module.*MatMul modules"):
         bits_by_module(bert_graph, bert_mapping, {l.name: 4 for l in bert_graph.layers})
+    from planner.gains.alps import alps
+    from planner.gains.hessian import hessian_gains
+    from planner.gains.sensitivity import sensitivity_gains
+
+    for measure in (alps, sensitivity_gains):  # measured gains, not gain 0, or a refusal
+        with pytest.raises(MpqError, match="no torch module"):
+            measure(task, "unused.pt", bert_graph, bert_mapping, [2, 4])
+    with pytest.raises(MpqError, match="no torch module"):
+        hessian_gains(task, bert, bert_graph, bert_mapping, [2, 4])
+
+
+def test_finetune_runs_the_planned_attention_bits(attention, tmp_path):
+    """mpq finetune on a plan: the checkpoint it writes runs every layer, the attention MatMuls
+    included, at the plan's bits."""
+    from planner.quant.checkpoint import read_checkpoint
+
+    folder, mapping = attention["folder"], attention["mapping"]
+    plan = tmp_path / "plan.json"
+    result = mpq("plan", folder / "w4.onnx", "--hw", "northpole", "--bits", "2,4", "--budget", "latency=0.6",
+                 "--gains", "params", "-o", plan)
+    assert result.returncode == 0, result.stderr
+    planned = {l["name"]: l["w_bits"] for l in json.loads(plan.read_text())["layers"]}
+    assert {planned["/scores/MatMul"], planned["/context/MatMul"]} <= {2, 4} and set(planned.values()) == {2, 4, 8}
+    result = mpq("finetune", plan, "--task", ATTENTION, "--checkpoint", folder / "w4.pt", "--epochs", "0.1",
+                 "-o", tmp_path / "ft.pt")
+    assert result.returncode == 0, result.stderr
+    assert read_checkpoint(tmp_path / "ft.pt")["bits"] == {mapping[name]: bits for name, bits in planned.items()}
 
 
 def test_checkpoint_carries_learned_steps_of_both_inputs(attention):
