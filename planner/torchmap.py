@@ -124,7 +124,7 @@ def _matmul_modules(graph: LayerGraph, model: nn.Module, modules: dict[str, nn.M
     mapping, unresolved = {}, []
     for layer in weightless:
         scope = layer.name.strip("/").rpartition("/")[0].replace("/", ".")
-        if scope in modules and isinstance(modules[scope], MatMul) and scope not in mapping.values():
+        if scope in modules and isinstance(modules[scope], MatMul):
             mapping[layer.name] = scope
         else:
             unresolved.append(layer)

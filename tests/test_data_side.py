@@ -331,6 +331,22 @@ def test_every_attention_layer_maps_to_a_module_both_ways(attention):
     assert graph.layer("/scores/MatMul").weight is None and len(graph.layer("/context/MatMul").activation_inputs) == 2
 
 
+def test_attention_layers_map_in_execution_order_without_scope_names(attention, tmp_path):
+    """The dynamo exporter names nodes without module scopes: the weightless MatMuls map to the
+    MatMul modules in the order they run, the weighted layers by shape and order."""
+    from conftest import export
+    from planner.torchmap import layer_modules
+
+    model = attention["fp"]
+    x = torch.stack([attention["task"].train_data()[0][0]])
+    graph = load_graph(export(model, (x,), tmp_path / "dynamo.onnx", "dynamo"))
+    weightless = [l.name for l in graph.layers if l.weight is None]
+    assert len(weightless) == 2 and not any("scores" in n or "context" in n for n in weightless)
+    mapping = layer_modules(graph, model, (x,))
+    assert [mapping[n] for n in weightless] == ["scores", "context"]
+    assert sorted(mapping.values()) == sorted(attention["mapping"].values())
+
+
 def test_quantized_matmul_equals_hand_fake_quant_with_own_step_and_sign_per_input(attention):
     """Both inputs of Q·Kᵀ and P·V are quantized, each on its own grid: P (softmax) unsigned, V, Q, K
     signed; the module's output equals the product of the hand-quantized inputs."""
