@@ -23,13 +23,15 @@ from .weights import WEIGHT_BITS_KEY
 
 
 def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, weights: dict[str, np.ndarray] | None = None,
-              steps: dict[str, dict] | None = None, activation_steps: dict[str, tuple[float, bool]] | None = None) -> onnx.ModelProto:
+              steps: dict[str, dict] | None = None,
+              activation_steps: dict[str, list[tuple[float, bool]]] | None = None) -> onnx.ModelProto:
     """The QDQ model of ``graph`` (read again from its file) at ``bits_by_layer``.
 
     ``weights[layer]``: float weights to use instead of the file's (same shape as its stored
     weight); ``steps[layer]``: {"bits", "weight_step", "input_step", "input_signed"} learned at
-    some bits (used where they match the planned bits); ``activation_steps[layer]``: (step, signed)
-    from calibration, used where no learned step applies.
+    some bits (used where they match the planned bits); ``activation_steps[layer]``: one (step, signed)
+    per activation input of the layer (two for attention's Q·Kᵀ and P·V), from calibration, used
+    where no learned step applies. Every input gets its own quantizer.
     """
     if not graph.model.path:
         raise MpqError("the QDQ export needs the model's ONNX file")
@@ -70,16 +72,15 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, weights: dict
                                               name=f"{layer.weight}__dequantize"))
             replaced.add(layer.weight)
             weight_bits[q_name] = bits
-        act = None
+        acts = None
         if use_learned:
-            act = (learned["input_step"], learned["input_signed"])
+            acts = [(learned["input_step"], learned["input_signed"])]
         elif activation_steps and layer.name in activation_steps:
-            act = activation_steps[layer.name]
-        if act is None:
+            acts = activation_steps[layer.name]
+        if acts is None:
             continue
-        step, signed = act
-        lo, hi = (-qn, qp) if signed else (0, 2 ** bits - 1)
-        for k, tensor in enumerate(layer.activation_inputs):
+        for k, (tensor, (step, signed)) in enumerate(zip(layer.activation_inputs, acts)):
+            lo, hi = (-qn, qp) if signed else (0, 2 ** bits - 1)
             prefix = f"{layer.name}__in{k}"
             dtype = np.int8 if signed else np.uint8
             g.initializer.extend([numpy_helper.from_array(np.array(lo * step, np.float32), prefix + "_lo"),

@@ -70,7 +70,7 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
     reference = load_graph(onnx_path, pin_first=None, pin_last=None)
     plan.check_model(reference)
     if model is None:
-        activation_steps = calibrate(task, reference, plan.bits_by_layer) if task is not None else None
+        activation_steps = calibrate(reference, plan.bits_by_layer, task_feeds(task)) if task is not None else None
         return qdq_model(reference, plan.bits_by_layer, activation_steps=activation_steps)
     with tempfile.TemporaryDirectory() as folder:
         graph, mapping = task_graph(task, model, pin_first=None, pin_last=None, path=Path(folder) / "model.onnx")
@@ -80,13 +80,27 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
         learned = learned_steps(model)
         steps = {layer: learned[path] for layer, path in mapping.items() if path in learned}
         uncovered = {n: b for n, b in plan.bits_by_layer.items() if steps.get(n, {}).get("bits") != b}
-        activation_steps = calibrate(task, graph, uncovered) if uncovered else None
+        activation_steps = calibrate(graph, uncovered, task_feeds(task)) if uncovered else None
         return qdq_model(graph, plan.bits_by_layer, steps=steps, activation_steps=activation_steps)
 
 
-def calibrate(task, graph: LayerGraph, bits_by_layer: dict[str, int], batches: int = 4) -> dict[str, tuple[float, bool]]:
-    """LSQ's initial activation step (and sign) of every planned layer's input, measured by
-    running the float ONNX model in onnxruntime on a few training batches."""
+def task_feeds(task, batches: int = 4):
+    """The first ``batches`` training batches of ``task`` (unshuffled), each a tuple of the
+    model's input arrays."""
+    from .quant.train import loader
+
+    for k, (x, _) in enumerate(loader(task, task.train_data(), shuffle=False)):
+        if k >= batches:
+            break
+        yield (x.numpy(),)
+
+
+def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds) -> dict[str, list[tuple[float, bool]]]:
+    """LSQ's initial activation step and sign of each activation input of every planned layer:
+    layer -> [(step, signed) per ``layer.activation_inputs``], each input measured on its own
+    (attention's P·V reads non-negative P and signed V). ``feeds`` yields tuples of input arrays
+    in the model's input order; the float ONNX model at ``graph.model.path`` runs on them in
+    onnxruntime."""
     import math
 
     import numpy as np
@@ -94,33 +108,31 @@ def calibrate(task, graph: LayerGraph, bits_by_layer: dict[str, int], batches: i
     import onnxruntime as ort
     from onnx import helper
 
-    from .quant.train import loader
-
     model = onnx.load(graph.model.path)
-    wanted = sorted({l.input for l in graph.layers if l.name in bits_by_layer})
+    wanted = sorted({t for l in graph.layers if l.name in bits_by_layer for t in l.activation_inputs})
     existing = {o.name for o in model.graph.output}
     for name in wanted:
         if name not in existing:
             model.graph.output.append(helper.make_empty_tensor_value_info(name))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
     sums = {n: [0.0, 0, True] for n in wanted}
-    for k, (x, _) in enumerate(loader(task, task.train_data(), shuffle=False)):
-        if k >= batches:
-            break
-        values = session.run(wanted, {input_name: x.numpy()})
+    for arrays in feeds:
+        values = session.run(wanted, dict(zip(names, arrays)))
         for name, v in zip(wanted, values):
             sums[name][0] += float(np.abs(v).sum())
             sums[name][1] += v.size
             sums[name][2] &= bool((v >= 0).all())
     out = {}
     for layer in graph.layers:
-        if layer.name in bits_by_layer:
-            total, count, nonneg = sums[layer.input]
-            signed = not nonneg
-            bits = bits_by_layer[layer.name]
-            qp = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
-            out[layer.name] = (max(2 * total / max(count, 1) / math.sqrt(max(qp, 1)), 1e-8), signed)
+        if layer.name not in bits_by_layer:
+            continue
+        bits = bits_by_layer[layer.name]
+        out[layer.name] = []
+        for tensor in layer.activation_inputs:
+            total, count, nonneg = sums[tensor]
+            qp = 2 ** (bits - 1) - 1 if not nonneg else 2 ** bits - 1
+            out[layer.name].append((max(2 * total / max(count, 1) / math.sqrt(max(qp, 1)), 1e-8), not nonneg))
     return out
 
 
