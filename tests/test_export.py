@@ -3,7 +3,9 @@ onnxruntime TensorQuantOverrides and AIMET encodings, each checked in onnxruntim
 float or torch network."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import export
+from conftest import export, mpq
 from planner import load_graph
-from planner.qdq import qdq_model
-from planner.workflow import calibrate
+from planner.qdq import qdq_model, session
+from planner.qdq import calibrate
 
 
 class Attention(nn.Module):
@@ -38,10 +40,10 @@ def attention(tmp_path_factory):
     model = Attention().eval()
     path = export(model, (torch.randn(2, 16, 32),), tmp_path_factory.mktemp("attention") / "attention.onnx",
                   "torchscript", input_names=["x"], dynamic_axes={"x": {0: "batch"}})
-    x = torch.randn(64, 16, 32)
+    x, calibration = torch.randn(64, 16, 32), torch.randn(256, 16, 32)
     with torch.no_grad():
         reference = model(x).numpy()
-    return path, x.numpy(), reference
+    return path, x.numpy(), reference, calibration.numpy()
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -52,16 +54,285 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_attention_matmuls_quantize_each_input_with_its_own_step_and_sign(attention):
     """At 8 bits everywhere, quantizing the activations adds little error to the weights' own
     (issue 11 item 3: P·V took P's unsigned quantizer for V and clipped V's negative half)."""
-    path, x, reference = attention
+    path, x, reference, calibration = attention
     graph = load_graph(path, pin_first=None, pin_last=None)
     bits = {l.name: 8 for l in graph.layers}
     two_inputs = [l for l in graph.layers if l.weight is None]
     assert len(two_inputs) == 2
-    steps = calibrate(graph, bits, [(x[:32],)])
+    steps = calibrate(graph, bits, [(calibration,)])
     pv = two_inputs[1]
     (p_step, p_signed), (v_step, v_signed) = steps[pv.name]
     assert not p_signed and v_signed and p_step != v_step
-    weights_only = np.abs(_run(qdq_model(graph, bits), x) - reference).max()
-    everything = np.abs(_run(qdq_model(graph, bits, activation_steps=steps), x) - reference).max()
+    weights_only = np.abs(_run(qdq_model(graph, bits).model, x) - reference).max()
+    everything = np.abs(_run(qdq_model(graph, bits, activation_steps=steps).model, x) - reference).max()
     print(f"8-bit attention: max output error {weights_only:.4f} weights only, {everything:.4f} with activations")
     assert everything < 3 * weights_only
+
+
+# ------------------------------------------------------------------------------ standard QDQ on a CNN
+
+def _plan(model, tmp_path, name: str, *args) -> Path:
+    out = tmp_path / f"{name}.json"
+    result = mpq("plan", model, "--hw", "northpole", *args, "-o", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _inspected_bits(model: Path) -> dict[str, tuple]:
+    result = mpq("inspect", model, "--json")
+    assert result.returncode == 0, result.stderr
+    return {l["name"]: (l["w_bits"], l["a_bits"]) for l in json.loads(result.stdout)["layers"]}
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Levels tensor -> ONNX element type, read with onnx alone (independent of mpq)."""
+    return {t.name: t.data_type for t in model.graph.initializer}
+
+
+def _random_input(model: Path, batch: int = 2) -> tuple[str, np.ndarray]:
+    (graph_input,) = onnx.load(model).graph.input
+    shape = [d.dim_value or batch for d in graph_input.type.tensor_type.shape.dim]
+    return graph_input.name, np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def test_cnn_round_trip_bits_read_back_from_the_types(exported, tmp_path):
+    """A 2/4/8-bit plan on ResNet-18: mpq inspect reads every layer's weight and input bits from
+    the exported Q/DQ element types and they equal the plan; the plan names the tensors as the
+    exported model has them; the model runs in onnxruntime."""
+    model = exported("resnet18")
+    plan = _plan(model, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.15", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    assert {l["w_bits"] for l in layers} == {2, 4, 8}
+    name, x = _random_input(model)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "batch0.npy", x)
+    out = tmp_path / "mixed.qdq.onnx"
+    result = mpq("export", plan, model, "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "opset 25" in result.stdout and "disabled_optimizers" in result.stdout
+    read = _inspected_bits(out)
+    assert read == {l["name"]: (l["w_bits"], [l["a_bits"]]) for l in layers}
+    proto = onnx.load(out)
+    types = _element_types(proto)
+    expected = {2: onnx.TensorProto.INT2, 4: onnx.TensorProto.INT4, 8: onnx.TensorProto.INT8}
+    quantized = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    for layer in layers:
+        assert types[layer["weight_qdq"]] == expected[layer["w_bits"]]
+        assert set(layer["inputs"]) <= quantized
+    logits = session(str(out)).run(None, {name: x})[0]
+    assert np.isfinite(logits).all()
+
+
+def test_int4_export_is_at_most_0_6_of_the_int8_export(exported, tmp_path):
+    model = exported("resnet18")
+    sizes = {}
+    for bits in (4, 8):
+        plan = _plan(model, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
+        out = tmp_path / f"u{bits}.onnx"
+        assert mpq("export", plan, model, "-o", out).returncode == 0
+        sizes[bits] = out.stat().st_size
+    print(f"ResNet-18 QDQ export: all-4-bit {sizes[4]:,} B, all-8-bit {sizes[8]:,} B ({sizes[4] / sizes[8]:.2f}x)")
+    assert sizes[4] <= 0.6 * sizes[8]
+
+
+# ------------------------------------------------------------------------------ batch norms folded
+
+@pytest.fixture(scope="module")
+def mnist_net(tmp_path_factory):
+    """The MNIST task's ResNet (narrow) with non-trivial batch-norm statistics, exported as mpq
+    exports task models (batch norms kept as BatchNormalization nodes)."""
+    from planner.tasks.mnist import SmallResNet
+    from planner.torchmap import export_onnx
+
+    torch.manual_seed(0)
+    model = SmallResNet(widths=(4, 8, 8)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(16, 1, 28, 28)
+    path = export_onnx(model, (x[:1],), tmp_path_factory.mktemp("mnist") / "mnist.onnx")
+    with torch.no_grad():
+        reference = model(x).numpy()
+    return path, x.numpy(), reference
+
+
+def test_batch_norms_are_folded_and_the_weights_stay_on_the_grid(mnist_net, tmp_path):
+    path, x, reference = mnist_net
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(path).graph.node}
+    outputs = {}
+    for bits in (4, 8):
+        plan = _plan(path, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
+        out = tmp_path / f"u{bits}.onnx"
+        result = mpq("export", plan, path, "-o", out)
+        assert result.returncode == 0, result.stderr
+        proto = onnx.load(out)
+        assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        levels = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+        for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+            dq = producers[conv.input[1]]  # the conv reads the dequantized levels directly
+            assert dq.op_type == "DequantizeLinear" and levels[dq.input[0]].dtype.itemsize == 1
+            q = levels[dq.input[0]].astype(np.int32)
+            assert q.min() >= -2 ** (bits - 1) and q.max() <= 2 ** (bits - 1) - 1
+            consumers = [n.op_type for n in proto.graph.node if conv.output[0] in n.input]
+            assert "BatchNormalization" not in consumers and "Mul" not in consumers
+        outputs[bits] = session(str(out)).run(None, {"input": x})[0]
+    # weights only (no task: activations float): 8 bits is close to the float network with its batch norms
+    error = np.abs(outputs[8] - reference).max() / np.abs(reference).max()
+    print(f"MNIST ResNet, batch norms folded: relative max logit error {error:.4f} at W8, "
+          f"{np.abs(outputs[4] - reference).max() / np.abs(reference).max():.4f} at W4")
+    assert error < 0.02
+
+
+def test_checkpoint_export_keeps_the_learned_levels_through_folded_batch_norms(tmp_path):
+    """An LSQ network (2/4/8 bits, batch norms with negative scales too) exported from its
+    checkpoint: the QDQ model in onnxruntime computes what torch computes."""
+    from planner import workflow
+    from planner.plan import read_plan
+    from planner.quant.checkpoint import save_checkpoint
+    from planner.tasks import load_task
+
+    task = load_task(str(Path(__file__).with_name("tiny_task.py")) + ":task")
+    model = task.model().eval()
+    with torch.no_grad():
+        for k, m in enumerate(mm for mm in model.modules() if isinstance(mm, nn.BatchNorm2d)):
+            m.weight.uniform_(-1.5, 1.5)
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "float.onnx")
+    plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
+    plan = read_plan(plan_path)
+    assert {l["w_bits"] for l in plan.doc["layers"]} >= {2, 8}
+    quantized = workflow.apply_plan(task, model, plan).eval()
+    x = torch.stack([task.test_data()[k][0] for k in range(200)])
+    with torch.no_grad():
+        quantized(x[:100])  # LSQ steps start from the first batch
+        reference = quantized(x).numpy()
+    save_checkpoint(tmp_path / "q.pt", quantized, task)
+    from planner.quant.checkpoint import load_checkpoint
+
+    result = workflow.export_qdq(plan, onnx_path, task=task, model=load_checkpoint(tmp_path / "q.pt", task))
+    assert "BatchNormalization" not in {n.op_type for n in result.model.graph.node}
+    logits = session(result.model).run(None, {"input": x.numpy()})[0]
+    difference = np.abs(logits - reference).max() / np.abs(reference).max()
+    agreement = (logits.argmax(1) == reference.argmax(1)).mean()
+    print(f"checkpoint export vs torch: top-1 agreement {agreement:.3f}, relative max logit difference {difference:.2e}")
+    assert agreement == 1.0 and difference < 1e-5
+
+
+# ------------------------------------------------------------------------------ onnxruntime overrides
+
+def _dq_types(model: onnx.ModelProto, layer_names: list[str]) -> dict[str, tuple]:
+    """Per layer node: (weight DQ levels type, [activation DQ zero-point types]), read with onnx."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for name in layer_names:
+        node = nodes[name]
+        weight = producers.get(node.input[1])
+        activation = producers.get(node.input[0])
+        out[name] = (types.get(weight.input[0]) if weight is not None and weight.op_type == "DequantizeLinear" else None,
+                     types.get(activation.input[2]) if activation is not None and activation.op_type == "DequantizeLinear"
+                     else None)
+    return out
+
+
+def test_ort_overrides_are_realized_by_quantize_static(exported, tmp_path):
+    """quantize_static with mpq's overrides (read from the JSON file) on ResNet-18 gives every
+    layer the planned weight and activation types (2-bit as 4-bit: onnxruntime has no 2-bit)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from planner.ortoverrides import read_overrides
+
+    model = exported("resnet18")
+    plan = _plan(model, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.15", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    name, x = _random_input(model)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "batch0.npy", x)
+    result = mpq("export", plan, model, "--format", "ort-overrides", "-o", tmp_path / "overrides.json",
+                 "--inputs", tmp_path / "inputs", "--calibrate", tmp_path / "ort.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "no 2-bit QuantType" in result.stdout
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: x}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    float_model = onnx.version_converter.convert_version(onnx.load(model), 21)  # standard INT4 Q/DQ
+    onnx.save(float_model, tmp_path / "float21.onnx")
+    quantize_static(str(tmp_path / "float21.onnx"), str(tmp_path / "mine.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, extra_options={"TensorQuantOverrides": read_overrides(tmp_path / "overrides.json")})
+    signed = {2: onnx.TensorProto.INT4, 4: onnx.TensorProto.INT4, 8: onnx.TensorProto.INT8}
+    unsigned = {2: onnx.TensorProto.UINT4, 4: onnx.TensorProto.UINT4, 8: onnx.TensorProto.UINT8}
+    expected = {l["name"]: (signed[l["w_bits"]], unsigned[l["a_bits"]]) for l in layers}
+    for quantized in ("mine.onnx", "ort.onnx"):
+        proto = onnx.load(tmp_path / quantized)
+        assert _dq_types(proto, list(expected)) == expected, quantized
+    logits = session(str(tmp_path / "ort.onnx")).run(None, {name: x})[0]
+    assert np.isfinite(logits).all()
+
+
+# ------------------------------------------------------------------------------ AIMET encodings
+
+# AIMET's encoding format 1.0.0 as published (entries of param_encodings / activation_encodings).
+AIMET_ENTRY = {
+    "type": "object", "required": ["name", "dtype", "enc_type", "bw", "is_sym", "scale", "offset"],
+    "properties": {"name": {"type": "string"}, "dtype": {"enum": ["INT", "FLOAT"]},
+                   "enc_type": {"enum": ["PER_TENSOR", "PER_CHANNEL", "PER_BLOCK", "LPBQ"]},
+                   "bw": {"type": "integer", "minimum": 1, "maximum": 32}, "is_sym": {"type": "boolean"},
+                   "scale": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1},
+                   "offset": {"type": "array", "items": {"type": "integer"}, "minItems": 1}},
+}
+AIMET_SCHEMA = {"type": "object", "required": ["version", "activation_encodings", "param_encodings"],
+                "properties": {"version": {"const": "1.0.0"},
+                               "activation_encodings": {"type": "array", "items": AIMET_ENTRY},
+                               "param_encodings": {"type": "array", "items": AIMET_ENTRY}}}
+
+
+def test_aimet_encodings_follow_the_format_and_the_plan(mnist_net, tmp_path):
+    """AIMET 1.0.0 encodings of a 2/4/8-bit plan: valid against the published format, one
+    encoding per planned weight and input at the planned bits, and AIMET's fake quantization
+    with them, x = (clamp(round(w / scale) - offset, 0, 2^bw - 1) + offset) * scale, gives the
+    weights of the QDQ export."""
+    import jsonschema
+
+    path, x, _ = mnist_net
+    plan = _plan(path, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    assert {l["w_bits"] for l in layers} >= {2, 8}
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "b0.npy", x)
+    result = mpq("export", plan, path, "--format", "aimet", "--inputs", tmp_path / "inputs", "-o", tmp_path / "enc.json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "enc.json").read_text())
+    jsonschema.validate(doc, AIMET_SCHEMA)
+    params = {e["name"]: e for e in doc["param_encodings"]}
+    activations = {e["name"]: e for e in doc["activation_encodings"]}
+    float_model = onnx.load(tmp_path / "enc.onnx")  # the float model the encodings name (batch norms folded)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in float_model.graph.initializer}
+    assert "BatchNormalization" not in {n.op_type for n in float_model.graph.node}
+    assert mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", tmp_path / "q.onnx").returncode == 0
+    qdq = onnx.load(tmp_path / "q.onnx")
+    qdq_init = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    for layer in layers:
+        e = params[layer["weight"]]
+        assert e["bw"] == layer["w_bits"] and e["enc_type"] == "PER_CHANNEL" and e["is_sym"]
+        w = weights[layer["weight"]]
+        scale = np.array(e["scale"]).reshape([-1] + [1] * (w.ndim - 1))
+        offset = np.array(e["offset"]).reshape(scale.shape)
+        fake = (np.clip(np.round(w / scale) - offset, 0, 2 ** e["bw"] - 1) + offset) * scale
+        levels = qdq_init[layer["weight_qdq"]].astype(np.float64)
+        exported = levels * qdq_init[layer["weight"] + "_scale"].astype(np.float64).reshape(scale.shape)
+        assert np.allclose(fake, exported, rtol=1e-5, atol=1e-7)
+        for tensor in layer["inputs"]:
+            assert activations[tensor]["bw"] == layer["a_bits"]
+            assert tensor in {v for n in float_model.graph.node for v in n.input}
