@@ -142,7 +142,7 @@ class Run:
         from planner.gains.sensitivity import sensitivity_gains
         from planner.quant.checkpoint import load_checkpoint
         from planner.quant.lsq import learned_steps
-        from planner.torchmap import _float_copy
+        from planner.torchmap import float_copy
 
         graph, mapping = self.graph(seed, paths)
         out = self.folder / f"seed{seed}" / f"gains-{method}.json"
@@ -154,7 +154,8 @@ class Run:
         bits = [2, 4]
         if method == "eagl":
             steps = learned_steps(base)
-            learned = {layer: {steps[p]["bits"]: steps[p]["weight_step"]} for layer, p in mapping.items() if p in steps}
+            learned = {layer: {steps[p]["bits"]: steps[p]["weight_step"]} for layer, p in mapping.items()
+                       if "weight_step" in steps.get(p, {})}
             result = eagl(graph, bits, learned_steps=learned)
         elif method in ("alps", "alps-accuracy"):
             resume = Checkpoint(self.folder / f"seed{seed}" / f"{method}.jsonl")
@@ -163,7 +164,7 @@ class Run:
                           **self.parallel, resume=resume,
                           progress=lambda k, v: self.log(f"  alps job {k.split(':', 1)[1]} -> {v:.5f}"))
         elif method == "hessian":
-            result = hessian_gains(self.task, _float_copy(base), graph, mapping, bits, learned=learned_steps(base), seed=seed)
+            result = hessian_gains(self.task, float_copy(base), graph, mapping, bits, learned=learned_steps(base), seed=seed)
         elif method == "sensitivity":
             result = sensitivity_gains(self.task, paths["w4"], graph, mapping, bits, metric="kl", **self.parallel,
                                        resume=Checkpoint(self.folder / f"seed{seed}" / "sensitivity.jsonl"))

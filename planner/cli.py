@@ -887,7 +887,8 @@ def _bits_list(text: str) -> list[int]:
 @click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the task's).")
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
               help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds of the base score (its spread is the noise floor).")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Seeds of the base and of every lowered group (gain: mean paired difference; base spread: the noise floor).")
 @_with(executor_options)
 def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs, lr, metric, seeds, workers, executor,
                ray_address, resume_file) -> None:
@@ -933,11 +934,11 @@ def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, sam
     """HAWQ: Hutchinson Hessian trace x weight quantization error, per group."""
     from .gains.hessian import hessian_gains
     from .quant.lsq import learned_steps
-    from .torchmap import _float_copy
+    from .torchmap import float_copy
 
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    result = hessian_gains(task, _float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
+    result = hessian_gains(task, float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
                            samples=samples, batches=batches, seed=seed)
     result.write(graph, output)
     click.echo(f"wrote {output}: Hessian-trace gains for {len(graph.free_groups)} free groups")
@@ -993,7 +994,8 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
 
         task, torch_model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
         steps = learned_steps(torch_model)
-        learned = {layer: {steps[path]["bits"]: steps[path]["weight_step"]} for layer, path in mapping.items() if path in steps}
+        learned = {layer: {steps[path]["bits"]: steps[path]["weight_step"]} for layer, path in mapping.items()
+                   if "weight_step" in steps.get(path, {})}
         precisions = _bits_list(bits) if not hw_name else list(__import__("hw").load_spec(hw_name).precisions)
         result = eagl(graph, precisions, step=step, mode=mode, weighting=weighting, learned_steps=learned)
     else:

@@ -3,11 +3,17 @@
 From the network trained at the high precision (a quantized checkpoint), for every unpinned
 group: lower the group one step (e.g. 4 -> 2 bits), fine-tune ``epochs`` (1, as the paper),
 score on the task's held-out validation split; the group's gain of keeping the high precision
-is ``base score - score``. Groups without a quantized torch module to lower (attention MatMuls
-are ``torch.matmul``, not modules) cannot be measured: they get gain 0 at every precision and are
-listed in ``extra["unmeasured_groups"]``. The base score is the unchanged network fine-tuned the same way,
+is ``base score - score``. Every layer of a free group needs a torch module (attention's
+products as ``planner.quant.lsq.MatMul`` modules, lowered like any layer); a model without one
+is refused (MpqError) rather than given gain 0. Groups that the checkpoint runs in float or
+already at the lowest precision have nothing to lower: gain 0 at every precision, listed in
+``extra["unmeasured_groups"]``. The base score is the unchanged network fine-tuned the same way,
 over ``seeds`` seeds: their spread is the noise floor, reported next to the gains, below which a
-gain says nothing.
+gain says nothing. Each lowered network is fine-tuned and scored over the same seeds (same data
+order and initialisation as the base of that seed), and a group's gain is the mean of the paired
+differences ``base score(seed) - score(seed)``; their standard deviation over the seeds is the
+group's paired spread (``extra["paired_spread"]``, None for one seed), which cancels the noise
+that a seed adds to the base and the lowered network alike.
 
 The score (``metric``): ``accuracy`` (the task's validation accuracy), ``loss`` (minus the
 validation loss) or ``kl`` (minus the KL divergence of the outputs to the high-precision
@@ -53,7 +59,9 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     """ALPS gains of every free group. ``progress(key, value)`` is called as each job finishes
     (also for jobs found in ``resume``, with their stored value)."""
     from ..quant.checkpoint import file_sha256, read_checkpoint
+    from ..torchmap import require_modules
 
+    require_modules(graph, mapping)
     checkpoint = str(Path(checkpoint).resolve())
     base_bits = read_checkpoint(checkpoint)["bits"]
     lr = lr if lr is not None else getattr(task, "finetune_lr", 0.01)
@@ -68,11 +76,12 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     for group in graph.free_groups:
         high = group_bits(graph, mapping, base_bits, group)
         low = lower(precisions, high) if high else None
-        if low is None:  # no quantized module to lower (e.g. an attention MatMul): nothing to measure
+        if low is None:  # the checkpoint runs the group in float or at the lowest precision: nothing to lower
             continue
         steps[group.id] = (low, high)
-        jobs[f"{key}:group:{group.id}"] = {**common, "seed": 0,
-                                           "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), low)}
+        for seed in range(seeds):
+            jobs[f"{key}:group:{group.id}:{seed}"] = {
+                **common, "seed": seed, "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), low)}
     results: dict[str, float] = {}
     resume = resume or Checkpoint(Path(checkpoint).with_suffix(".alps.jsonl"))
     for k in list(jobs):
@@ -91,22 +100,25 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     run_jobs(alps_job, jobs, finished, executor=executor, workers=workers, ray_address=ray_address)
     base_scores = [results[f"{key}:base:{s}"] for s in range(seeds)]
     base = statistics.fmean(base_scores)
-    by_group, scores = [], {}
+    by_group, scores, spread = [], {}, {}
     for group in graph.groups:
         if group.pinned_bits is not None:
             by_group.append({group.pinned_bits: 0.0})
         elif group.id in steps:
             low, high = steps[group.id]
-            scores[str(group.id)] = results[f"{key}:group:{group.id}"]
-            by_group.append({low: 0.0, high: base - scores[str(group.id)]})
+            scores[str(group.id)] = [results[f"{key}:group:{group.id}:{s}"] for s in range(seeds)]
+            differences = [b - g for b, g in zip(base_scores, scores[str(group.id)])]
+            spread[str(group.id)] = statistics.stdev(differences) if seeds > 1 else None
+            by_group.append({low: 0.0, high: statistics.fmean(differences)})
         else:
             by_group.append(dict.fromkeys(sorted(precisions), 0.0))
     extra = {"unmeasured_groups": [g.id for g in graph.free_groups if g.id not in steps],
              "base_scores": base_scores, "base_score": base,
              "noise_floor": statistics.stdev(base_scores) if len(base_scores) > 1 else None,
-             "group_scores": scores, "steps": {str(g): list(s) for g, s in steps.items()}}
+             "group_scores": scores, "paired_spread": spread, "steps": {str(g): list(s) for g, s in steps.items()}}
     return Gains("alps", {"metric": metric, "epochs": epochs, "lr": lr, "seeds": seeds}, by_group, extra)
 
 
 def job_count(graph: LayerGraph, seeds: int) -> int:
-    return seeds + len(graph.free_groups)
+    """Jobs of an ALPS run: the base and every free group, each over ``seeds`` seeds."""
+    return seeds * (1 + len(graph.free_groups))

@@ -9,7 +9,8 @@ from ..graph import LayerGraph
 
 
 def group_modules(graph: LayerGraph, mapping: dict[str, str], group) -> list[str]:
-    """Module paths of a group's layers (layers without a module, like attention MatMuls, have none)."""
+    """Module paths of a group's layers (Conv2d / Linear / MatMul modules; a layer without a module,
+    e.g. a bare ``torch.matmul``, contributes none)."""
     return sorted({mapping[n] for n in group.layers if n in mapping})
 
 

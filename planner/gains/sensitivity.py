@@ -35,7 +35,9 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
                       *, metric: str = "loss", executor: str = "local", workers: int = 1,
                       ray_address: str | None = None, resume: Checkpoint | None = None, progress=None) -> Gains:
     from ..quant.checkpoint import file_sha256, read_checkpoint
+    from ..torchmap import require_modules
 
+    require_modules(graph, mapping)  # a layer without a module would get gain 0: refused instead
     checkpoint = str(Path(checkpoint).resolve())
     base_bits = read_checkpoint(checkpoint)["bits"]
     task_ref = getattr(task, "ref", task.name)
@@ -46,9 +48,6 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
     plan: dict[int, tuple[int | None, list[int]]] = {}
     for group in graph.free_groups:
         high = group_bits(graph, mapping, base_bits, group)
-        if not group_modules(graph, mapping, group):  # nothing to lower in the torch model
-            plan[group.id] = (None, [])
-            continue
         candidates = [b for b in sorted(precisions) if high is None or b < high]
         plan[group.id] = (high, candidates)
         for b in candidates:

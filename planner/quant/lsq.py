@@ -7,7 +7,10 @@ otherwise. The step starts at 2 * mean(|v|) / sqrt(Q_P) on the first batch and i
 scaled by 1 / sqrt(N * Q_P); rounding passes gradients straight through.
 
 ``QConv2d`` and ``QLinear`` are Conv2d / Linear layers that quantize their weight and their
-input activation at the layer's bits; ``apply_bits`` swaps them in on a copy of a model.
+input activation at the layer's bits. ``MatMul`` is ``torch.matmul`` of two activations as a
+module (attention's Q·Kᵀ and P·V); its quantized form ``QMatMul`` quantizes both inputs at the
+layer's bits, each with its own learned step and signedness. ``apply_bits`` swaps quantized
+layers in on a copy of a model.
 """
 from __future__ import annotations
 
@@ -97,17 +100,57 @@ class QLinear(_Quantized, nn.Linear):
         return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
 
 
-QUANTIZED = (QConv2d, QLinear)
+class MatMul(nn.Module):
+    """``torch.matmul(input, other)`` of two activations as a module (attention's Q·Kᵀ and P·V).
+
+    Written as a module, the product maps to its ONNX MatMul layer and runs at its planned bits
+    (as :class:`QMatMul`) like any Conv2d or Linear; a bare ``torch.matmul`` has no module to
+    quantize, and mpq refuses to plan-run or measure such a layer in torch."""
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(input, other)
+
+
+class QMatMul(MatMul):
+    """``MatMul`` with both inputs quantized at ``bits`` (A_b x A_b), each by its own LSQ quantizer
+    with its own step and signedness decided from the first batch: ``input_quantizer`` for the
+    first input (ONNX input 0; e.g. Q, or the softmax output P, which is unsigned),
+    ``other_quantizer`` for the second (ONNX input 1; e.g. Kᵀ or V, signed)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.input_quantizer = LsqQuantizer(bits, signed=None)
+        self.other_quantizer = LsqQuantizer(bits, signed=None)
+
+    def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.input_quantizer(input), self.other_quantizer(other))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+QUANTIZED = (QConv2d, QLinear, QMatMul)
+
+
+MIN_BITS, MAX_BITS = 2, 16  # levels up to 2^16 - 1 are exact in float32 (exact to 2^24)
 
 
 def _quantized_copy(module: nn.Module, bits: int) -> nn.Module:
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise MpqError(f"cannot run a layer at {bits} bits; LSQ layers take {MIN_BITS} to {MAX_BITS} bits")
+    if type(module) is MatMul:
+        q = QMatMul(bits)
+        q.train(module.training)
+        return q
     if isinstance(module, nn.Conv2d):
         q = QConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, module.groups, module.bias is not None, module.padding_mode, bits=bits)
     elif isinstance(module, nn.Linear):
         q = QLinear(module.in_features, module.out_features, module.bias is not None, bits=bits)
     else:
-        raise MpqError(f"cannot quantize a {type(module).__name__}; mpq quantizes Conv2d and Linear layers")
+        raise MpqError(f"cannot quantize a {type(module).__name__}; mpq quantizes Conv2d, Linear and "
+                       "planner.quant.lsq.MatMul layers")
     q.to(module.weight.device, module.weight.dtype)
     with torch.no_grad():
         q.weight.copy_(module.weight)
@@ -118,7 +161,11 @@ def _quantized_copy(module: nn.Module, bits: int) -> nn.Module:
 
 
 def plain(module: nn.Module) -> nn.Module:
-    """The float Conv2d / Linear behind a quantized layer (same weights)."""
+    """The float Conv2d / Linear / MatMul behind a quantized layer (same weights)."""
+    if isinstance(module, QMatMul):
+        p = MatMul()
+        p.train(module.training)
+        return p
     if isinstance(module, QConv2d):
         p = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                       module.dilation, module.groups, module.bias is not None, module.padding_mode)
@@ -157,9 +204,34 @@ def bits_of(model: nn.Module) -> dict[str, int]:
     return {path: m.bits for path, m in model.named_modules() if isinstance(m, QUANTIZED)}
 
 
-def learned_steps(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Module path -> {"bits", "weight_step", "input_step", "input_signed"} of quantized layers."""
-    return {path: {"bits": m.bits, "weight_step": float(m.weight_quantizer.step.detach()),
-                   "input_step": float(m.input_quantizer.step.detach()),
-                   "input_signed": m.input_quantizer.signed}
-            for path, m in model.named_modules() if isinstance(m, QUANTIZED)}
+def input_quantizers(module: nn.Module) -> list[LsqQuantizer]:
+    """A quantized layer's activation quantizers, in the order of the ONNX layer's activation
+    inputs: [input] for QConv2d / QLinear, [input, other] for QMatMul."""
+    if isinstance(module, QMatMul):
+        return [module.input_quantizer, module.other_quantizer]
+    return [module.input_quantizer]
+
+
+def learned_steps(model: nn.Module) -> dict[str, dict]:
+    """Module path -> learned steps of every quantized layer:
+
+    - ``bits``;
+    - ``input_steps`` / ``inputs_signed``: one step (float) and one signedness (bool) per
+      activation input, in the order of the ONNX layer's ``activation_inputs`` (two for QMatMul:
+      state_dict keys ``PATH.input_quantizer.step`` and ``PATH.other_quantizer.step``, signedness
+      in ``PATH.*_quantizer.signed_flag``);
+    - ``input_step`` / ``input_signed``: the first input's (the same as ``input_steps[0]``);
+    - ``weight_step``: for layers with a weight only (QConv2d, QLinear; ``PATH.weight_quantizer.step``).
+    """
+    out = {}
+    for path, m in model.named_modules():
+        if not isinstance(m, QUANTIZED):
+            continue
+        quantizers = input_quantizers(m)
+        entry = {"bits": m.bits, "input_steps": [float(q.step.detach()) for q in quantizers],
+                 "inputs_signed": [q.signed for q in quantizers]}
+        entry["input_step"], entry["input_signed"] = entry["input_steps"][0], entry["inputs_signed"][0]
+        if not isinstance(m, QMatMul):
+            entry["weight_step"] = float(m.weight_quantizer.step.detach())
+        out[path] = entry
+    return out

