@@ -170,8 +170,8 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
 
     ``activation_bits[layer]``: the bits of the layer's inputs (default: its weight bits).
     ``steps[layer]``: {"bits", "weight_step", "input_step", "input_signed"} learned at some bits,
-    used where they match the planned bits (optionally "inputs": [[step, signed], ...] for each
-    activation input). ``activation_steps[layer]``: one (step, signed) per activation input, from
+    used where they match the planned bits ("input_steps" / "inputs_signed": one per activation
+    input, as :func:`planner.quant.lsq.learned_steps` gives them). ``activation_steps[layer]``: one (step, signed) per activation input, from
     :func:`calibrate`, used where no learned step applies; without either the layer's inputs
     stay float (said in the notes). ``folds[weight]``: an affine op folded into the stored weight
     after its step was learned; the learned levels are kept and the fold goes into per-channel
@@ -207,7 +207,8 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
             builder.weight(graph, layer, bits, containers[bits], learned["weight_step"] if use_learned else None,
                            (folds or {}).get(layer.weight), per_channel)
         if use_learned and learned.get("bits") == a_bits:
-            acts = learned.get("inputs") or [(learned["input_step"], learned["input_signed"])]
+            acts = list(zip(learned["input_steps"], learned["inputs_signed"])) if "input_steps" in learned \
+                else [(learned["input_step"], learned["input_signed"])]
         else:
             acts = (activation_steps or {}).get(layer.name)
         if acts is None:

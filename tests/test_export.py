@@ -336,3 +336,54 @@ def test_aimet_encodings_follow_the_format_and_the_plan(mnist_net, tmp_path):
         for tensor in layer["inputs"]:
             assert activations[tensor]["bw"] == layer["a_bits"]
             assert tensor in {v for n in float_model.graph.node for v in n.input}
+
+
+# ------------------------------------------------------------------------------ the MiniLM transformer
+
+def test_minilm_export_agrees_with_the_torch_network(tmp_path):
+    """A 4/8-bit plan on all-MiniLM-L6-v2 with every layer quantized in torch (LSQ steps from one
+    batch; attention MatMuls with a step and sign per input): the QDQ export read back by mpq
+    inspect has the plan's bits on every layer, both inputs of each attention MatMul have their
+    own scale, and in onnxruntime it retrieves what the torch network retrieves."""
+    from planner import workflow
+    from planner.plan import read_plan
+    from planner.quant.checkpoint import load_checkpoint, save_checkpoint
+    from planner.tasks import minilm
+
+    torch.set_num_threads(1)
+    task = minilm.MiniLMTask(sizes={"test": 24, "val": 2, "train": 2})
+    model = task.model()
+    onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "minilm.onnx")
+    plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "qerror")
+    plan = read_plan(plan_path)
+    assert {l["w_bits"] for l in plan.doc["layers"]} == {4, 8}
+    quantized = workflow.apply_plan(task, model, plan)
+    queries, documents = task._tokens["queries"], task._tokens["documents"]
+    minilm.encode(quantized, torch.cat([queries, documents]))  # LSQ steps start from the longest texts
+    save_checkpoint(tmp_path / "q.pt", quantized, task)
+    out = tmp_path / "minilm.qdq.onnx"
+    result = mpq("export", plan_path, onnx_path, "--task", "minilm", "--checkpoint", tmp_path / "q.pt", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "stay float" not in result.stdout
+    layers = plan.doc["layers"]
+    assert _inspected_bits(out) == {l["name"]: (l["w_bits"] if l["weight"] else None, [l["a_bits"]] * len(l["inputs"]))
+                                    for l in layers}
+    proto = onnx.load(out)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for layer in (l for l in layers if l["weight"] is None):
+        node = next(n for n in proto.graph.node if n.name == layer["name"])
+        scales = [producers[i].input[1] for i in node.input]
+        assert len(set(scales)) == 2  # one quantizer per input
+
+    torch_model = load_checkpoint(tmp_path / "q.pt", task)
+    with torch.no_grad():
+        reference = [minilm.encode(torch_model, t).numpy() for t in (queries, documents)]
+    run = session(str(out))
+    exported = [np.concatenate([run.run(None, {"input": t[k:k + 8].numpy()})[0] for k in range(0, len(t), 8)])
+                for t in (queries, documents)]
+    difference = max(np.abs(a - b).max() for a, b in zip(exported, reference))
+    retrieved = [(q @ d.T).argmax(1) for q, d in (exported, reference)]
+    agreement = float((retrieved[0] == retrieved[1]).mean())
+    print(f"MiniLM QDQ vs torch on {len(queries)} queries: top-1 retrieval agreement {agreement:.3f}, "
+          f"max embedding difference {difference:.2e}")
+    assert agreement >= 0.99
