@@ -40,6 +40,10 @@ demo: $(INSTALLED) $(MODEL)
 	@echo
 	$(MPQ) frontier $(MODEL) --hw northpole --between 2,4 --points 11 --gains eagl --gains qerror \
 		--gains params --gains random --plot $(OUT)/frontier.png --csv $(OUT)/frontier.csv
+	@echo
+	$(MPQ) export $(OUT)/plan.json $(MODEL) -o $(OUT)/plan.qdq.onnx
+	@echo
+	$(MPQ) inspect $(OUT)/plan.qdq.onnx
 
 clean:
 	rm -rf $(OUT) examples/models

@@ -772,7 +772,9 @@ def _sha(path) -> str:
                    "and write the quantized model here.")
 def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, output, per_tensor, max_opset,
            calibrated_path) -> None:
-    """Hand PLAN's bits for MODEL to the tools that run it. --format qdq writes a standard QDQ
+    """Hand PLAN's bits for MODEL to the tools that run it. With --task (its validation data) or
+    --inputs, every export reports its fidelity: top-1 agreement and output cosine to the float
+    model, and to the torch network with --checkpoint. --format qdq writes a standard QDQ
     ONNX whose Q/DQ element types (INT2, INT4, INT8, INT16) carry each layer's bits (runs in
     onnxruntime, see planner.qdq.session); --format ort-overrides writes the TensorQuantOverrides
     that onnxruntime's quantize_static realizes."""
@@ -794,6 +796,7 @@ def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, outp
     plan = read_plan(plan_path)
     task = _task(task_ref) if task_ref else None
     feeds = workflow.folder_feeds(inputs_folder) if inputs_folder else None
+    torch_model = None
     if fmt == "ort-overrides":
         from .ortoverrides import overrides_json
 
@@ -832,10 +835,19 @@ def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, outp
             onnx.save(proto, tmp)
         q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
         dq = sum(n.op_type == "DequantizeLinear" for n in proto.graph.node)
-        click.echo(f"wrote {output} (opset {result.opset}): {dq - q} weight and {q} activation quantizers, "
-                   f"{'per-tensor' if per_tensor else 'per-channel'} weight scales")
+        channels = sum(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+                       for n in proto.graph.node)
+        click.echo(f"wrote {output} (opset {result.opset}): {dq - q} weight quantizers ({channels} with a scale per "
+                   f"output channel) and {q} activation quantizers")
     for note in notes:
         click.echo(f"  note: {note}")
+    checked = result.model if fmt == "aimet" else proto
+    if checked is not None and (task is not None or feeds):
+        from .fidelity import describe, fidelity
+
+        held_out = feeds or list(workflow.task_feeds(task, split="eval"))
+        for line in describe(fidelity(checked, model, held_out, torch_model if fmt != "ort-overrides" else None)):
+            click.echo(f"  {line}")
     if proto is not None:
         click.echo(f"  onnxruntime 1.32 CPU: open with disabled_optimizers={DISABLED_OPTIMIZERS} "
                    "(planner.qdq.session does)")

@@ -62,8 +62,9 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
     """The standard QDQ export (:class:`planner.qdq.QdqExport`) of a plan.
 
     Without a torch ``model`` it is built on ``onnx_path``: weight steps from its weights,
-    activation steps calibrated on ``feeds`` (a list of tuples of input arrays; default: the
-    task's first training batches), or activations left float without either. With a task's
+    activation steps calibrated on ``feeds`` (a list of tuples of input arrays; default, where
+    some layer needs calibration: the task's first training batches), or activations left float
+    without either. With a task's
     ``model`` (a checkpoint) it is built on a fresh export of that model, so every parameter
     (batch norms included) and every learned step is the checkpoint's; ``onnx_path`` must then
     have the same layers. Batch norms and per-channel Mul / Add after convs are folded into the
@@ -78,8 +79,6 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
 
     reference = load_graph(onnx_path, pin_first=None, pin_last=None)
     plan.check_model(reference)
-    if feeds is None and task is not None:
-        feeds = list(task_feeds(task))
     w_bits = plan.bits_by_layer
     a_bits = {l["name"]: l["a_bits"] for l in plan.doc["layers"]}
     with tempfile.TemporaryDirectory() as folder:
@@ -98,6 +97,8 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
         onnx.save(folded, Path(folder) / "folded.onnx")
         graph = load_graph(Path(folder) / "folded.onnx", pin_first=None, pin_last=None)
         uncovered = {n: b for n, b in a_bits.items() if not (steps.get(n, {}).get("bits") == b == w_bits[n])}
+        if uncovered and feeds is None and task is not None:
+            feeds = list(task_feeds(task))
         activation_steps = calibrate(graph, uncovered, feeds) if uncovered and feeds else None
         result = qdq_model(graph, w_bits, activation_bits=a_bits, steps=steps, activation_steps=activation_steps,
                            folds=folds if model is not None else None, per_channel=per_channel, max_opset=max_opset)
@@ -140,12 +141,13 @@ def export_ort_overrides(plan, onnx_path: str | Path, *, feeds=None, quantized_p
     return overrides, notes, model
 
 
-def task_feeds(task, batches: int = 4):
-    """The first ``batches`` training batches of ``task`` (unshuffled), each a tuple of the
-    model's input arrays."""
+def task_feeds(task, batches: int = 4, split: str = "train"):
+    """The first ``batches`` batches of the task's ``split`` ("train": calibration, "eval": the
+    validation data fidelity is measured on), unshuffled, each a tuple of the model's input arrays."""
     from .quant.train import loader
 
-    for k, (x, _) in enumerate(loader(task, task.train_data(), shuffle=False)):
+    data = task.train_data() if split == "train" else task.eval_data()
+    for k, (x, _) in enumerate(loader(task, data, shuffle=False)):
         if k >= batches:
             break
         yield (x.numpy(),)

@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import export, mpq
 from planner import load_graph
-from planner.qdq import qdq_model, session
+from planner.qdq import layer_bits, qdq_model, session
 from planner.qdq import calibrate
 
 
@@ -354,20 +354,25 @@ def test_minilm_export_agrees_with_the_torch_network(tmp_path):
     task = minilm.MiniLMTask(sizes={"test": 24, "val": 2, "train": 2})
     model = task.model()
     onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "minilm.onnx")
-    plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "qerror")
+    plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "params")
     plan = read_plan(plan_path)
     assert {l["w_bits"] for l in plan.doc["layers"]} == {4, 8}
     quantized = workflow.apply_plan(task, model, plan)
     queries, documents = task._tokens["queries"], task._tokens["documents"]
     minilm.encode(quantized, torch.cat([queries, documents]))  # LSQ steps start from the longest texts
     save_checkpoint(tmp_path / "q.pt", quantized, task)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "queries.npy", queries[:8].numpy())
     out = tmp_path / "minilm.qdq.onnx"
-    result = mpq("export", plan_path, onnx_path, "--task", "minilm", "--checkpoint", tmp_path / "q.pt", "-o", out)
+    result = mpq("export", plan_path, onnx_path, "--task", "minilm", "--checkpoint", tmp_path / "q.pt",
+                 "--inputs", tmp_path / "inputs", "-o", out)
     assert result.returncode == 0, result.stderr
-    assert "stay float" not in result.stdout
+    assert "stay float" not in result.stdout and "fidelity vs the fine-tuned torch network" in result.stdout
+    print(result.stdout)
     layers = plan.doc["layers"]
-    assert _inspected_bits(out) == {l["name"]: (l["w_bits"] if l["weight"] else None, [l["a_bits"]] * len(l["inputs"]))
-                                    for l in layers}
+    read = layer_bits(load_graph(out))
+    assert {n: (b["w_bits"], b["a_bits"]) for n, b in read.items()} == {
+        l["name"]: (l["w_bits"] if l["weight"] else None, [l["a_bits"]] * len(l["inputs"])) for l in layers}
     proto = onnx.load(out)
     producers = {o: n for n in proto.graph.node for o in n.output}
     for layer in (l for l in layers if l["weight"] is None):
@@ -387,3 +392,52 @@ def test_minilm_export_agrees_with_the_torch_network(tmp_path):
     print(f"MiniLM QDQ vs torch on {len(queries)} queries: top-1 retrieval agreement {agreement:.3f}, "
           f"max embedding difference {difference:.2e}")
     assert agreement >= 0.99
+
+
+# ------------------------------------------------------------------------------ other widths
+
+def test_sixteen_bit_layers_export_as_int16(tmp_path):
+    """16-bit levels get INT16 Q/DQ (issue 11 item 8: they used to wrap into int8, a logit of
+    307.5 came out as -5.9)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(200.0)
+    path = export(model, (torch.randn(1, 16),), tmp_path / "mlp.onnx", "torchscript", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    assert np.abs(reference).max() > 100
+    graph = load_graph(path, pin_first=None, pin_last=None)
+    bits = {l.name: 16 for l in graph.layers}
+    result = qdq_model(graph, bits, activation_steps=calibrate(graph, bits, [(x.numpy(),)]))
+    assert result.opset == 21
+    types = {t.data_type for t in result.model.graph.initializer if t.name.endswith("_quantized")}
+    assert types == {onnx.TensorProto.INT16}
+    logits = session(result.model).run(None, {"x": x.numpy()})[0]
+    assert np.abs(logits - reference).max() < 1e-3 * np.abs(reference).max()
+
+
+def test_two_bit_levels_in_int4_containers_below_opset_25(mnist_net, tmp_path):
+    """With --max-opset 21 there is no INT2: 2-bit layers get INT4 types holding only 2-bit
+    levels; the output says so and mpq inspect reports 2 bits (from mpq's metadata)."""
+    path, x, _ = mnist_net
+    plan = _plan(path, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "b0.npy", x)
+    out = tmp_path / "q21.onnx"
+    result = mpq("export", plan, path, "--max-opset", "21", "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "opset 21" in result.stdout and "2-bit levels in 4-bit Q/DQ types" in result.stdout
+    assert "fidelity vs the float model" in result.stdout
+    assert _inspected_bits(out) == {l["name"]: (l["w_bits"], [l["a_bits"]]) for l in layers}
+    proto = onnx.load(out)
+    init = {t.name: t for t in proto.graph.initializer}
+    for layer in (l for l in layers if l["w_bits"] == 2):
+        levels = init[layer["weight_qdq"]]
+        assert levels.data_type == onnx.TensorProto.INT4
+        q = onnx.numpy_helper.to_array(levels).astype(int)
+        assert q.min() >= -2 and q.max() <= 1
+    assert np.isfinite(session(str(out)).run(None, {"input": x})[0]).all()
