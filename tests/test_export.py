@@ -441,3 +441,37 @@ def test_two_bit_levels_in_int4_containers_below_opset_25(mnist_net, tmp_path):
         q = onnx.numpy_helper.to_array(levels).astype(int)
         assert q.min() >= -2 and q.max() <= 1
     assert np.isfinite(session(str(out)).run(None, {"input": x})[0]).all()
+
+
+# ------------------------------------------------------------------------------ options and user errors
+
+def test_per_tensor_option_and_same_bytes(mnist_net, tmp_path):
+    path, _, _ = mnist_net
+    plan = _plan(path, tmp_path, "u4", "--bits", "4", "--no-pin", "--budget", "latency=1")
+    written = []
+    for k, extra in enumerate(([], [], ["--per-tensor"])):
+        out = tmp_path / f"e{k}.onnx"
+        assert mpq("export", plan, path, *extra, "-o", out).returncode == 0
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+    per_tensor = onnx.load_from_string(written[2])
+    weights = [n for n in per_tensor.graph.node if n.op_type == "DequantizeLinear"]
+    assert weights and not any(a.name == "axis" for n in weights for a in n.attribute)
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in per_tensor.graph.initializer}
+    assert all(init[n.input[1]].ndim == 0 for n in weights)
+
+
+def test_export_user_errors(mnist_net, tmp_path):
+    from conftest import assert_user_error
+
+    path, _, _ = mnist_net
+    plan = _plan(path, tmp_path, "u4", "--bits", "4", "--no-pin", "--budget", "latency=1")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(mpq("export", plan, path, "--inputs", tmp_path / "empty", "-o", tmp_path / "a.onnx"),
+                      "no .npy or .npz")
+    assert_user_error(mpq("export", plan, path, "--calibrate", tmp_path / "c.onnx", "-o", tmp_path / "b.onnx"),
+                      "--calibrate goes with --format ort-overrides")
+    assert_user_error(mpq("export", plan, path, "--format", "ort-overrides", "--calibrate", tmp_path / "c.onnx",
+                          "-o", tmp_path / "o.json"), "calibration inputs")
+    assert_user_error(mpq("export", plan, path, "--format", "aimet", "-o", tmp_path / "enc.onnx"), ".json")
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".onnx", ".json") and p.name != "u4.json"]
