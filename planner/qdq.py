@@ -13,9 +13,11 @@ except -1 on channels whose learned levels meet a negative batch-norm factor, se
 activations signed or unsigned as their values).
 
 Steps: a checkpoint's learned LSQ steps where they were learned at the planned bits (one per
-tensor); otherwise weights get one step per output channel (or per tensor) and activations one
-per tensor, each the step that minimises the squared quantization error over 20 clipping
-ranges (5% .. 100% of the largest magnitude) on the weights or on calibration data.
+tensor); otherwise weights get one step per output channel (or per tensor), the step that
+minimises the squared quantization error over 20 clipping ranges (5% .. 100% of the largest
+magnitude), and activations one per tensor from calibration data: the same search below 8 bits,
+the full range seen at 8 bits and above (where clipping the rare large values, e.g. attention
+probabilities, costs more than it saves).
 
 Names (what a compiler joins the plan on, the convention of onnxruntime's quantizer): weight
 ``W`` becomes the initializer ``W_quantized`` with ``W_scale`` / ``W_zero_point`` and the
