@@ -127,8 +127,9 @@ def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds, sample: i
     [(step, signed) per ``layer.activation_inputs``], each input measured on its own (attention's
     P·V reads non-negative P and signed V). ``feeds`` yields tuples of input arrays in the model's
     input order (or dicts by input name; float64 arrays are cast to float32); the float model at ``graph.model.path`` runs on them in onnxruntime. A tensor is
-    unsigned when every value seen is >= 0; its step minimises the squared error on up to
-    ``sample`` values per batch (see :func:`grid_steps`)."""
+    unsigned when every value seen is >= 0; below 8 bits its step minimises the squared error
+    on up to ``sample`` values per batch (see :func:`grid_steps`), at 8 bits and above it spans
+    the largest magnitude seen."""
     import onnxruntime as ort
 
     model = onnx.load(graph.model.path)
