@@ -490,9 +490,14 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@click.option("--inputs", "inputs_folder", default=None, metavar="FOLDER",
+              help="Score every plan post-training on these input batches (.npy): top-1 agreement and output "
+                   "cosine of its QDQ export to the float model, beside the gain (table, JSON, CSV, plot).")
 def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
-             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
-    """Optimal plans over a sweep of budgets, one curve per gain method."""
+             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json,
+             inputs_folder) -> None:
+    """Optimal plans over a sweep of budgets, one curve per gain method (with --inputs, each plan's
+    post-training fidelity to the float model, measured)."""
     from .budget import parse_budget
     from .checkpoint import Checkpoint
     from .frontier import sweep
@@ -516,6 +521,13 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
             uniform[b] = {"totals": table.total(choice),
                           "gain": {g.method: sum(g.by_group[k][bb] for k, bb in enumerate(choice)) for g in gains_list}}
     rows = [p.to_json() for p in result]
+    if inputs_folder:  # post-training fidelity of every optimal plan, measured in onnxruntime
+        from .fidelity import score_plans
+        from .workflow import folder_feeds
+
+        plans = [{l.name: p["bits"][l.group] for l in graph.layers} for p in rows]
+        for p, score in zip(rows, score_plans(graph, plans, folder_feeds(inputs_folder))):
+            p["fidelity"] = score
     if csv_path:
         _write_frontier_csv(rows, metric, uniform, csv_path)
         checkpoint.remove()
@@ -532,9 +544,16 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
     for p in rows:
         gap = "-" if p["greedy_objective"] is None or not p["objective"] else f"{100 * (1 - p['greedy_objective'] / p['objective']):.2f}%"
         table_rows.append((p["method"], f"{p['fraction']:.2f}", report.si(p["limit"], _unit(metric)),
-                           f"{p['totals'][metric] / ref:.3f}" if ref else "-", f"{p['objective']:.5g}", p["status"], gap))
-    click.echo(report.table(["gains", "r", f"budget {metric}", "vs 8-bit", "total gain", "status", "greedy short by"],
-                            table_rows, right=[False, True, True, True, True, False, True]))
+                           f"{p['totals'][metric] / ref:.3f}" if ref else "-", f"{p['objective']:.5g}", p["status"], gap)
+                          + ((f"{100 * p['fidelity']['top1_agreement']:.1f}%", f"{p['fidelity']['cosine']:.4f}")
+                             if inputs_folder else ()))
+    fidelity_headers = ["top-1 vs float", "cosine vs float"] if inputs_folder else []
+    click.echo(report.table(["gains", "r", f"budget {metric}", "vs 8-bit", "total gain", "status", "greedy short by"]
+                            + fidelity_headers, table_rows,
+                            right=[False, True, True, True, True, False, True] + [True] * len(fidelity_headers)))
+    if inputs_folder:
+        click.echo("top-1 / cosine vs float: each plan exported post-training (weights per channel, activations "
+                   "calibrated on --inputs) against the float model in onnxruntime")
     for path in (csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
@@ -555,11 +574,14 @@ def _write_frontier_csv(rows, metric, uniform, path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     metrics = list(rows[0]["totals"]) if rows else [metric]
-    writer.writerow(["method", "fraction", "limit", "objective", "bound", "status", "greedy_objective", *metrics, "bits"])
+    measured = ["top1_agreement", "cosine"] if rows and all("fidelity" in p for p in rows) else []
+    writer.writerow(["method", "fraction", "limit", "objective", "bound", "status", "greedy_objective", *metrics, "bits",
+                     *measured])
     for p in rows:
         writer.writerow([p["method"], p["fraction"], repr(p["limit"]), repr(p["objective"]), repr(p["bound"]), p["status"],
                          "" if p["greedy_objective"] is None else repr(p["greedy_objective"]),
-                         *(repr(p["totals"][m]) for m in metrics), " ".join(map(str, p["bits"]))])
+                         *(repr(p["totals"][m]) for m in metrics), " ".join(map(str, p["bits"])),
+                         *(repr(p["fidelity"][k]) for k in measured)])
     write_text(path, buffer.getvalue())
 
 

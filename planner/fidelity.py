@@ -57,3 +57,27 @@ def describe(scores: dict[str, dict]) -> list[str]:
     names = {"float": "the float model", "torch": "the fine-tuned torch network (checkpoint)"}
     return [f"fidelity vs {names[k]} on {v['inputs']} inputs: top-1 agreement {100 * v['top1_agreement']:.1f}%, "
             f"output cosine {v['cosine']:.4f}" for k, v in scores.items()]
+
+
+def score_plans(graph, plans: list[dict[str, int]], feeds: list) -> list[dict]:
+    """Post-training fidelity of each plan ({layer: bits}) of ``graph`` (read from its file):
+    the plan's QDQ model (weights per channel, activations calibrated on ``feeds``) against the
+    float model on the same ``feeds``, as :func:`compare` gives it. The float model and the
+    activation statistics run once for all plans."""
+    import onnxruntime as ort
+
+    from .qdq import activation_stats, qdq_model, session, steps_from_stats
+
+    float_session = ort.InferenceSession(graph.model.path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in float_session.get_inputs()]
+
+    def runner(s):
+        return lambda arrays: s.run(None, arrays if isinstance(arrays, dict) else dict(zip(names, arrays)))[0]
+
+    reference = _outputs(runner(float_session), feeds)
+    stats = activation_stats(graph, {t for l in graph.layers for t in l.activation_inputs}, feeds)
+    out = []
+    for bits in plans:
+        exported = qdq_model(graph, bits, activation_steps=steps_from_stats(graph, stats, bits)).model
+        out.append(compare(_outputs(runner(session(exported)), feeds), reference))
+    return out

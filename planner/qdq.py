@@ -126,14 +126,20 @@ def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds, sample: i
     """Activation step and sign of each activation input of every planned layer: layer ->
     [(step, signed) per ``layer.activation_inputs``], each input measured on its own (attention's
     P·V reads non-negative P and signed V). ``feeds`` yields tuples of input arrays in the model's
-    input order (or dicts by input name; float64 arrays are cast to float32); the float model at ``graph.model.path`` runs on them in onnxruntime. A tensor is
-    unsigned when every value seen is >= 0; below 8 bits its step minimises the squared error
-    on up to ``sample`` values per batch (see :func:`grid_steps`), at 8 bits and above it spans
-    the largest magnitude seen."""
+    input order (or dicts by input name; float64 arrays are cast to float32); the float model at
+    ``graph.model.path`` runs on them in onnxruntime. A tensor is unsigned when every value seen is
+    >= 0; below 8 bits its step minimises the squared error on up to ``sample`` values per batch
+    (see :func:`grid_steps`), at 8 bits and above it spans the largest magnitude seen."""
+    tensors = {t for l in graph.layers if l.name in bits_by_layer for t in l.activation_inputs}
+    return steps_from_stats(graph, activation_stats(graph, tensors, feeds, sample), bits_by_layer)
+
+
+def activation_stats(graph: LayerGraph, tensors, feeds, sample: int = 1 << 16) -> dict[str, tuple]:
+    """tensor -> (sampled values, largest magnitude, all >= 0) over ``feeds`` (see :func:`calibrate`)."""
     import onnxruntime as ort
 
     model = onnx.load(graph.model.path)
-    wanted = sorted({t for l in graph.layers if l.name in bits_by_layer for t in l.activation_inputs})
+    wanted = sorted(tensors)
     existing = {o.name for o in model.graph.output}
     for name in wanted:
         if name not in existing:
@@ -151,17 +157,23 @@ def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds, sample: i
             seen[name][2] &= bool((flat >= 0).all())
     if any(not s[0] for s in seen.values()):
         raise MpqError("calibration needs at least one input batch")
+    return {n: (np.concatenate(v), peak, nonneg) for n, (v, peak, nonneg) in seen.items()}
+
+
+def steps_from_stats(graph: LayerGraph, stats: dict[str, tuple], bits_by_layer: dict[str, int]
+                     ) -> dict[str, list[tuple[float, bool]]]:
+    """The steps of :func:`calibrate` from :func:`activation_stats` (one collection serves many plans)."""
     out: dict[str, list[tuple[float, bool]]] = {}
     for layer in graph.layers:
         if layer.name in bits_by_layer:
             out[layer.name] = []
             for tensor in layer.activation_inputs:
-                values, peak, nonneg = seen[tensor]
+                values, peak, nonneg = stats[tensor]
                 bits = bits_by_layer[layer.name]
                 if bits >= 8:  # fine grids: the full range (clipping the rare large values costs more)
                     step = np.float32(max(peak, 1e-8) / (2 ** (bits - 1) - 1 if not nonneg else 2 ** bits - 1))
                 else:
-                    step = grid_steps(np.concatenate(values), bits, not nonneg, peak=peak)
+                    step = grid_steps(values, bits, not nonneg, peak=peak)
                 out[layer.name].append((float(step), not nonneg))
     return out
 

@@ -475,3 +475,28 @@ def test_export_user_errors(mnist_net, tmp_path):
                           "-o", tmp_path / "o.json"), "calibration inputs")
     assert_user_error(mpq("export", plan, path, "--format", "aimet", "-o", tmp_path / "enc.onnx"), ".json")
     assert not [p for p in tmp_path.iterdir() if p.suffix in (".onnx", ".json") and p.name != "u4.json"]
+
+
+# ------------------------------------------------------------------------------ frontier with measured fidelity
+
+def test_frontier_scores_every_plan_against_the_float_model(mnist_net, tmp_path):
+    """mpq frontier --inputs measures each optimal plan exported post-training; the figure for a
+    budget equals what mpq plan + mpq export --inputs report for that budget, and the dearest plan
+    is at least as faithful as the cheapest."""
+    path, x, _ = mnist_net
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "b0.npy", x)
+    result = mpq("frontier", path, "--hw", "northpole", "--between", "2,4", "--points", "3", "--gains", "qerror",
+                 "--inputs", tmp_path / "inputs", "--json", "--plot", tmp_path / "frontier.png")
+    assert result.returncode == 0, result.stderr
+    points = json.loads(result.stdout)["points"]
+    assert all(0 < p["fidelity"]["cosine"] <= 1 for p in points)
+    assert points[-1]["fidelity"]["cosine"] >= points[0]["fidelity"]["cosine"]
+    middle = points[1]
+    plan = _plan(path, tmp_path, "middle", "--between", "2,4", "--budget", f"latency={middle['fraction']}",
+                 "--gains", "qerror")
+    assert [l["w_bits"] for l in json.loads(plan.read_text())["layers"]] == [
+        middle["bits"][g] for g in (l.group for l in load_graph(path).layers)]
+    exported = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", tmp_path / "middle.onnx")
+    assert f"output cosine {middle['fidelity']['cosine']:.4f}" in exported.stdout, exported.stdout
+    assert (tmp_path / "frontier.png").stat().st_size > 0
