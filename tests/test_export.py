@@ -71,11 +71,18 @@ def test_attention_matmuls_quantize_each_input_with_its_own_step_and_sign(attent
 
 # ------------------------------------------------------------------------------ standard QDQ on a CNN
 
+_PLANS: dict[tuple, Path] = {}
+
+
 def _plan(model, tmp_path, name: str, *args) -> Path:
-    out = tmp_path / f"{name}.json"
-    result = mpq("plan", model, "--hw", "northpole", *args, "-o", out)
-    assert result.returncode == 0, result.stderr
-    return out
+    """``mpq plan MODEL --hw northpole ARGS`` (made once per model and arguments in this session)."""
+    key = (str(model), args)
+    if key not in _PLANS:
+        out = tmp_path / f"{name}.json"
+        result = mpq("plan", model, "--hw", "northpole", *args, "-o", out)
+        assert result.returncode == 0, result.stderr
+        _PLANS[key] = out
+    return _PLANS[key]
 
 
 def _inspected_bits(model: Path) -> dict[str, tuple]:
