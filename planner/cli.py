@@ -784,7 +784,8 @@ def _sha(path) -> str:
 @click.option("--task", "task_ref", default=None, metavar="TASK", help="The checkpoint's task; also calibrates "
               "activation steps that no checkpoint gives.")
 @click.option("--inputs", "inputs_folder", default=None, metavar="FOLDER",
-              help="Calibration input batches instead of the task's (.npy per batch, .npz for several inputs).")
+              help="Input batches to calibrate on and measure fidelity on, instead of the task's data "
+                   "(.npy per batch, .npz for several inputs).")
 @click.option("-o", "--output", required=True, metavar="OUT", help="Write the QDQ model (or the JSON) here.")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor (default: one per output channel).")
 @click.option("--max-opset", type=click.IntRange(13, 25), default=25, show_default=True,
