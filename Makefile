@@ -44,6 +44,10 @@ demo: $(INSTALLED) $(MODEL)
 	@echo
 	$(MPQ) sweep $(MODEL) --hw northpole --vary cores=64,128,256 --vary precisions=4,8/2,4,8 --target-gain 0.95 \
 		-o $(OUT)/sweep.csv --plot $(OUT)/sweep.png
+	@echo
+	$(MPQ) export $(OUT)/plan.json $(MODEL) -o $(OUT)/plan.qdq.onnx
+	@echo
+	$(MPQ) inspect $(OUT)/plan.qdq.onnx
 
 clean:
 	rm -rf $(OUT) examples/models

@@ -63,17 +63,33 @@ def main() -> None:
 @_with(pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the layer graph as JSON.")
 def inspect(model: str, input_shapes, no_pin: bool, pin_bits: int, as_json: bool) -> None:
-    """List the layers of MODEL (ONNX) with their MACs, precision groups and pins."""
+    """List the layers of MODEL (ONNX) with their MACs, precision groups and pins (and, for a QDQ
+    model, each layer's weight and input bits read from its Q/DQ types)."""
     from .graph import load_graph
+    from .qdq import layer_bits
 
     graph = load_graph(model, _shape_option(input_shapes), **_pins(no_pin, pin_bits))
+    quantized = layer_bits(graph)
+    has_qdq = any(b["w_bits"] or any(b["a_bits"]) for b in quantized.values())
     if as_json:
-        _dump_json(graph.to_json())
+        doc = graph.to_json()
+        if has_qdq:  # bits read from the Q/DQ element types
+            for entry in doc["layers"]:
+                entry.update({k: quantized[entry["name"]][k] for k in ("w_bits", "a_bits")})
+        _dump_json(doc)
         return
     rows = [(l.name, l.op_type, report.shape(l.weight_shape), f"{l.params:,}", f"{l.macs:,}", l.group,
              l.pinned_bits or "") for l in graph.layers]
-    click.echo(report.table(["layer", "op", "weight", "params", "MACs", "group", "pin"], rows,
-                            right=[False, False, False, True, True, True, True]))
+    headers = ["layer", "op", "weight", "params", "MACs", "group", "pin"]
+    if has_qdq:
+        headers += ["w_bits", "a_bits"]
+        rows = [(*r, quantized[l.name]["w_bits"] or "float",
+                 "/".join(str(b or "float") for b in quantized[l.name]["a_bits"])) for r, l in zip(rows, graph.layers)]
+    click.echo(report.table(headers, rows, right=[False, False, False, True, True, True, True, True, True][:len(headers)]))
+    if has_qdq:
+        click.echo("\nw_bits / a_bits: read from the Q/DQ element types"
+                   + (" (and mpq's metadata where levels sit in a wider type)"
+                      if any(b["containers"] for b in quantized.values()) else ""))
     t = graph.totals()
     shapes = ", ".join(f"{k}={report.shape(v)}" for k, v in graph.model.input_shapes.items())
     click.echo(f"\n{t['layers']} layers, {t['groups']} groups ({t['pinned_groups']} pinned), "
@@ -484,9 +500,14 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@click.option("--inputs", "inputs_folder", default=None, metavar="FOLDER",
+              help="Score every plan post-training on these input batches (.npy): top-1 agreement and output "
+                   "cosine of its QDQ export to the float model, beside the gain (table, JSON, CSV, plot).")
 def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
-             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
-    """Optimal plans over a sweep of budgets, one curve per gain method."""
+             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json,
+             inputs_folder) -> None:
+    """Optimal plans over a sweep of budgets, one curve per gain method (with --inputs, each plan's
+    post-training fidelity to the float model, measured)."""
     from .budget import parse_budget
     from .checkpoint import Checkpoint
     from .frontier import sweep
@@ -510,6 +531,13 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
             uniform[b] = {"totals": table.total(choice),
                           "gain": {g.method: sum(g.by_group[k][bb] for k, bb in enumerate(choice)) for g in gains_list}}
     rows = [p.to_json() for p in result]
+    if inputs_folder:  # post-training fidelity of every optimal plan, measured in onnxruntime
+        from .fidelity import score_plans
+        from .workflow import folder_feeds
+
+        plans = [{l.name: p["bits"][l.group] for l in graph.layers} for p in rows]
+        for p, score in zip(rows, score_plans(graph, plans, folder_feeds(inputs_folder))):
+            p["fidelity"] = score
     if csv_path:
         _write_frontier_csv(rows, metric, uniform, csv_path)
         checkpoint.remove()
@@ -526,9 +554,16 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
     for p in rows:
         gap = "-" if p["greedy_objective"] is None or not p["objective"] else f"{100 * (1 - p['greedy_objective'] / p['objective']):.2f}%"
         table_rows.append((p["method"], f"{p['fraction']:.2f}", report.si(p["limit"], _unit(metric)),
-                           f"{p['totals'][metric] / ref:.3f}" if ref else "-", f"{p['objective']:.5g}", p["status"], gap))
-    click.echo(report.table(["gains", "r", f"budget {metric}", "vs 8-bit", "total gain", "status", "greedy short by"],
-                            table_rows, right=[False, True, True, True, True, False, True]))
+                           f"{p['totals'][metric] / ref:.3f}" if ref else "-", f"{p['objective']:.5g}", p["status"], gap)
+                          + ((f"{100 * p['fidelity']['top1_agreement']:.1f}%", f"{p['fidelity']['cosine']:.4f}")
+                             if inputs_folder else ()))
+    fidelity_headers = ["top-1 vs float", "cosine vs float"] if inputs_folder else []
+    click.echo(report.table(["gains", "r", f"budget {metric}", "vs 8-bit", "total gain", "status", "greedy short by"]
+                            + fidelity_headers, table_rows,
+                            right=[False, True, True, True, True, False, True] + [True] * len(fidelity_headers)))
+    if inputs_folder:
+        click.echo("top-1 / cosine vs float: each plan exported post-training (weights per channel, activations "
+                   "calibrated on --inputs) against the float model in onnxruntime")
     for path in (csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
@@ -549,11 +584,14 @@ def _write_frontier_csv(rows, metric, uniform, path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     metrics = list(rows[0]["totals"]) if rows else [metric]
-    writer.writerow(["method", "fraction", "limit", "objective", "bound", "status", "greedy_objective", *metrics, "bits"])
+    measured = ["top1_agreement", "cosine"] if rows and all("fidelity" in p for p in rows) else []
+    writer.writerow(["method", "fraction", "limit", "objective", "bound", "status", "greedy_objective", *metrics, "bits",
+                     *measured])
     for p in rows:
         writer.writerow([p["method"], p["fraction"], repr(p["limit"]), repr(p["objective"]), repr(p["bound"]), p["status"],
                          "" if p["greedy_objective"] is None else repr(p["greedy_objective"]),
-                         *(repr(p["totals"][m]) for m in metrics), " ".join(map(str, p["bits"]))])
+                         *(repr(p["totals"][m]) for m in metrics), " ".join(map(str, p["bits"])),
+                         *(repr(p["fidelity"][k]) for k in measured)])
     write_text(path, buffer.getvalue())
 
 
@@ -748,32 +786,104 @@ def _sha(path) -> str:
 @main.command()
 @click.argument("plan_path", metavar="PLAN")
 @click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "ort-overrides", "aimet"]), default="qdq", show_default=True,
+              help="qdq: standard QDQ ONNX; ort-overrides: onnxruntime TensorQuantOverrides JSON; aimet: AIMET "
+                   "encodings 1.0.0 JSON (and the float model they refer to, batch norms folded, as OUT.onnx).")
 @click.option("--checkpoint", "checkpoint_path", default=None, metavar="CKPT",
               help="Take weights and learned steps from this checkpoint (needs --task).")
 @click.option("--task", "task_ref", default=None, metavar="TASK", help="The checkpoint's task; also calibrates "
               "activation steps that no checkpoint gives.")
-@click.option("-o", "--output", required=True, metavar="OUT.onnx", help="Write the QDQ model here.")
-def export(plan_path, model, checkpoint_path, task_ref, output) -> None:
-    """Write the QDQ ONNX of MODEL at PLAN's bits (runs in onnxruntime)."""
+@click.option("--inputs", "inputs_folder", default=None, metavar="FOLDER",
+              help="Input batches to calibrate on and measure fidelity on, instead of the task's data "
+                   "(.npy per batch, .npz for several inputs).")
+@click.option("-o", "--output", required=True, metavar="OUT", help="Write the QDQ model (or the JSON) here.")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor (default: one per output channel).")
+@click.option("--max-opset", type=click.IntRange(13, 25), default=25, show_default=True,
+              help="qdq: highest ONNX opset to write: 25 has INT2 Q/DQ, 21 INT4 and INT16 (2-bit levels then sit in INT4).")
+@click.option("--calibrate", "calibrated_path", default=None, metavar="OUT.onnx",
+              help="ort-overrides: also run quantize_static with the overrides on the task's data (or --inputs) "
+                   "and write the quantized model here.")
+def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, output, per_tensor, max_opset,
+           calibrated_path) -> None:
+    """Hand PLAN's bits for MODEL to the tools that run it. With --task (its validation data) or
+    --inputs, every export reports its fidelity: top-1 agreement and output cosine to the float
+    model, and to the torch network with --checkpoint. --format qdq writes a standard QDQ
+    ONNX whose Q/DQ element types (INT2, INT4, INT8, INT16) carry each layer's bits (runs in
+    onnxruntime, see planner.qdq.session); --format ort-overrides writes the TensorQuantOverrides
+    that onnxruntime's quantize_static realizes."""
     import onnx
 
     from . import workflow
-    from .atomic import atomic_path
+    from .atomic import atomic_path, write_text
     from .plan import read_plan
+    from .qdq import DISABLED_OPTIMIZERS
     from .quant.checkpoint import load_checkpoint
 
     if checkpoint_path and not task_ref:
         raise MpqError("--checkpoint needs --task (the checkpoint's task, to rebuild its model)")
+    if fmt != "ort-overrides" and calibrated_path:
+        raise MpqError("--calibrate goes with --format ort-overrides (the qdq format calibrates on --task or --inputs)")
+    if fmt == "ort-overrides" and checkpoint_path:
+        raise MpqError("--format ort-overrides carries types only (onnxruntime calibrates the scales); "
+                       "export a checkpoint's learned steps with --format qdq")
+    plan = read_plan(plan_path)
     task = _task(task_ref) if task_ref else None
-    torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
-    proto = workflow.export_qdq(read_plan(plan_path), model, task=task, model=torch_model)
-    onnx.checker.check_model(proto)
-    with atomic_path(output) as tmp:
-        onnx.save(proto, tmp)
-    q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-    dq = sum(n.op_type == "DequantizeLinear" for n in proto.graph.node)
-    click.echo(f"wrote {output}: {dq - q} weight and {q} activation quantizers"
-               + ("" if q or task else " (activations float: give --checkpoint or --task to quantize them)"))
+    feeds = workflow.folder_feeds(inputs_folder) if inputs_folder else None
+    torch_model = None
+    if fmt == "ort-overrides":
+        from .ortoverrides import overrides_json
+
+        if calibrated_path and feeds is None and task is not None:
+            feeds = list(workflow.task_feeds(task))
+        overrides, notes, proto = workflow.export_ort_overrides(plan, model, feeds=feeds, quantized_path=calibrated_path,
+                                                                per_channel=not per_tensor)
+        write_text(output, overrides_json(overrides))
+        click.echo(f"wrote {output}: TensorQuantOverrides for {len(overrides)} tensors (load with "
+                   "planner.ortoverrides.read_overrides; quantize_static with quant_format=QDQ, "
+                   f"per_channel={not per_tensor})")
+        if proto is not None:
+            click.echo(f"wrote {calibrated_path}: quantize_static with the overrides")
+    else:
+        torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
+        result = workflow.export_qdq(plan, model, task=task, model=torch_model, feeds=feeds,
+                                     per_channel=not per_tensor, max_opset=max_opset)
+        proto, notes = result.model, result.notes
+    if fmt == "aimet":
+        from pathlib import Path
+
+        from .aimet import encodings, encodings_json
+
+        doc, float_path = encodings(result), Path(output).with_suffix(".onnx")
+        if float_path == Path(output):
+            raise MpqError(f"-o {output}: name the encodings file .json (the float model goes to {float_path})")
+        with atomic_path(float_path) as tmp:
+            onnx.save(result.float_model, tmp)
+        write_text(output, encodings_json(doc))
+        click.echo(f"wrote {output}: AIMET encodings {doc['version']}, {len(doc['param_encodings'])} parameter and "
+                   f"{len(doc['activation_encodings'])} activation encodings, for the float model {float_path}")
+        proto = None
+    elif fmt == "qdq":
+        onnx.checker.check_model(proto)
+        with atomic_path(output) as tmp:
+            onnx.save(proto, tmp)
+        q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+        dq = sum(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+        channels = sum(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+                       for n in proto.graph.node)
+        click.echo(f"wrote {output} (opset {result.opset}): {dq - q} weight quantizers ({channels} with a scale per "
+                   f"output channel) and {q} activation quantizers")
+    for note in notes:
+        click.echo(f"  note: {note}")
+    checked = result.model if fmt == "aimet" else proto
+    if checked is not None and (task is not None or feeds):
+        from .fidelity import describe, fidelity
+
+        held_out = feeds or list(workflow.task_feeds(task, split="eval"))
+        for line in describe(fidelity(checked, model, held_out, torch_model if fmt != "ort-overrides" else None)):
+            click.echo(f"  {line}")
+    if proto is not None:
+        click.echo(f"  onnxruntime 1.32 CPU: open with disabled_optimizers={DISABLED_OPTIMIZERS} "
+                   "(planner.qdq.session does)")
 
 
 def _task_context(task_ref, checkpoint_path, no_pin, pin_bits):

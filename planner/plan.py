@@ -2,7 +2,9 @@
 
 ``build_plan`` assembles the ``mpq.plan/v1`` document of DESIGN.md; ``write_plan`` validates it
 against ``plan.schema.json`` and writes it atomically with sorted keys (same inputs, same bytes);
-``write_bitmap`` writes the flat ``layer,weight,w_bits,a_bits`` CSV; ``read_plan`` reads a plan
+``write_bitmap`` writes the flat ``layer,weight,w_bits,a_bits,weight_qdq,inputs`` CSV (``weight_qdq``:
+the initializer holding the layer's integer levels in mpq's QDQ export; ``inputs``: the activation
+tensors it reads, ';'-separated, the tensors the export's QuantizeLinear nodes read); ``read_plan`` reads a plan
 back and matches it to a LayerGraph.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .costs import CostTable
 from .errors import MpqError
 from .gains import Gains
 from .graph import LayerGraph
+from .qdq import weight_tensor_name
 from .solve import Solution
 from .userfiles import read_json
 
@@ -57,7 +60,8 @@ def build_plan(graph: LayerGraph, spec, table: CostTable, gains: Gains, budgets:
             "options": {str(b): {"gain": gains.by_group[g.id].get(b, 0.0), "cost": cost}
                         for b, cost in sorted(table.groups[g.id].items())},
         } for g in graph.groups],
-        "layers": [{"name": l.name, "weight": l.weight, "w_bits": bits[l.group], "a_bits": bits[l.group], "group": l.group}
+        "layers": [{"name": l.name, "weight": l.weight, "w_bits": bits[l.group], "a_bits": bits[l.group], "group": l.group,
+                    "weight_qdq": weight_tensor_name(l.weight) if l.weight else None, "inputs": l.activation_inputs}
                    for l in graph.layers],
     }
 
@@ -82,9 +86,10 @@ def write_plan(doc: dict, path: str | Path) -> None:
 def bitmap_csv(doc: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["layer", "weight", "w_bits", "a_bits"])
+    writer.writerow(["layer", "weight", "w_bits", "a_bits", "weight_qdq", "inputs"])
     for layer in doc["layers"]:
-        writer.writerow([layer["name"], layer["weight"] or "", layer["w_bits"], layer["a_bits"]])
+        writer.writerow([layer["name"], layer["weight"] or "", layer["w_bits"], layer["a_bits"],
+                         layer.get("weight_qdq") or "", ";".join(layer.get("inputs", []))])
     return buffer.getvalue()
 
 

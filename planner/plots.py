@@ -49,10 +49,16 @@ def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out
     """Total gain (as a share of each method's best) against cost relative to uniform 8-bit, one
     curve per gain method; uniform 2/4/8-bit plans marked where the hardware offers them.
 
-    ``points``: dicts with method, totals, objective; ``uniform[b]``: {"totals", "gain": {method: value}}.
+    ``points``: dicts with method, totals, objective (and "fidelity": {"cosine", ...} on every
+    point to add a panel of the measured output cosine to the float model against the same cost);
+    ``uniform[b]``: {"totals", "gain": {method: value}}.
     """
     reference = (uniform.get(8) or max(uniform.values(), key=lambda u: u["totals"][metric]))["totals"][metric]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    measured = all("fidelity" in p for p in points)
+    if measured:  # beside the gains: each plan's measured output cosine to the float model
+        fig, (ax, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5.5))
     methods = list(dict.fromkeys(p["method"] for p in points))
     for k, method in enumerate(methods):
         mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["totals"][metric])
@@ -62,6 +68,9 @@ def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out
         ys = [p["objective"] / scale for p in mine]
         line, = ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, label=method,
                         linestyle=["-", "--", "-.", ":"][k % 4])
+        if measured:
+            right.plot(xs, [p["fidelity"]["cosine"] for p in mine], marker="o", markersize=3.5, linewidth=1.5,
+                       label=method, linestyle=["-", "--", "-.", ":"][k % 4], color=line.get_color())
         for bits, u in sorted(uniform.items()):
             if method in u["gain"]:
                 ax.plot(u["totals"][metric] / reference, u["gain"][method] / scale, marker="*", markersize=11,
@@ -76,6 +85,12 @@ def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out
     ax.set_title(title or "Optimal plans over a sweep of budgets (★ = uniform precision)")
     ax.grid(alpha=0.3)
     ax.legend(title="gains", fontsize=9)
+    if measured:
+        right.set_xlabel(f"{metric} relative to uniform 8-bit")
+        right.set_ylabel("output cosine to the float model (measured, post-training)")
+        right.set_title("Measured fidelity of the same plans (comparable across methods)")
+        right.grid(alpha=0.3)
+        right.legend(title="gains", fontsize=9)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

@@ -57,71 +57,120 @@ def apply_plan(task, model: nn.Module, plan) -> nn.Module:
     return apply_bits(model, bits_by_module(graph, mapping, plan.bits_by_layer))
 
 
-def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | None = None):
-    """QDQ ONNX at the plan's bits. Without a torch ``model`` it is built on ``onnx_path`` (steps
-    from its weights, activation steps calibrated on the task's data, or activations left float
-    without a task). With a task's ``model`` (a checkpoint) it is built on a fresh export of that
-    model, so every parameter (batch norms included) and every learned step is the checkpoint's;
-    ``onnx_path`` must then have the same layers."""
+def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | None = None, feeds=None,
+               per_channel: bool = True, max_opset: int = 25):
+    """The standard QDQ export (:class:`planner.qdq.QdqExport`) of a plan.
+
+    Without a torch ``model`` it is built on ``onnx_path``: weight steps from its weights,
+    activation steps calibrated on ``feeds`` (a list of tuples of input arrays; default, where
+    some layer needs calibration: the task's first training batches), or activations left float
+    without either. With a task's
+    ``model`` (a checkpoint) it is built on a fresh export of that model, so every parameter
+    (batch norms included) and every learned step is the checkpoint's; ``onnx_path`` must then
+    have the same layers. Batch norms and per-channel Mul / Add after convs are folded into the
+    weights first (:mod:`planner.bnfold`); learned levels stay and the fold goes into per-channel
+    scales."""
+    import onnx
+
+    from .bnfold import fold_affine
     from .graph import load_graph
-    from .qdq import qdq_model
+    from .qdq import calibrate, qdq_model
     from .quant.lsq import learned_steps
 
     reference = load_graph(onnx_path, pin_first=None, pin_last=None)
     plan.check_model(reference)
-    if model is None:
-        activation_steps = calibrate(task, reference, plan.bits_by_layer) if task is not None else None
-        return qdq_model(reference, plan.bits_by_layer, activation_steps=activation_steps)
+    w_bits = plan.bits_by_layer
+    a_bits = {l["name"]: l["a_bits"] for l in plan.doc["layers"]}
     with tempfile.TemporaryDirectory() as folder:
-        graph, mapping = task_graph(task, model, pin_first=None, pin_last=None, path=Path(folder) / "model.onnx")
-        if [(l.name, l.weight) for l in graph.layers] != [(l.name, l.weight) for l in reference.layers]:
-            raise MpqError(f"{onnx_path} and the checkpoint's model have different layers; plan on the ONNX that "
-                           "mpq train wrote next to the checkpoint")
-        learned = learned_steps(model)
-        steps = {layer: learned[path] for layer, path in mapping.items() if path in learned}
-        uncovered = {n: b for n, b in plan.bits_by_layer.items() if steps.get(n, {}).get("bits") != b}
-        activation_steps = calibrate(task, graph, uncovered) if uncovered else None
-        return qdq_model(graph, plan.bits_by_layer, steps=steps, activation_steps=activation_steps)
+        steps: dict[str, dict] = {}
+        if model is None:
+            source = onnx.load(onnx_path)
+        else:
+            graph, mapping = task_graph(task, model, pin_first=None, pin_last=None, path=Path(folder) / "model.onnx")
+            if [(l.name, l.weight) for l in graph.layers] != [(l.name, l.weight) for l in reference.layers]:
+                raise MpqError(f"{onnx_path} and the checkpoint's model have different layers; plan on the ONNX that "
+                               "mpq train wrote next to the checkpoint")
+            learned = learned_steps(model)
+            steps = {layer: learned[path] for layer, path in mapping.items() if path in learned}
+            source = onnx.load(graph.model.path)
+        folded, folds = fold_affine(source)
+        onnx.save(folded, Path(folder) / "folded.onnx")
+        graph = load_graph(Path(folder) / "folded.onnx", pin_first=None, pin_last=None)
+        uncovered = {n: b for n, b in a_bits.items() if not (steps.get(n, {}).get("bits") == b == w_bits[n])}
+        if uncovered and feeds is None and task is not None:
+            feeds = list(task_feeds(task))
+        activation_steps = calibrate(graph, uncovered, feeds) if uncovered and feeds else None
+        result = qdq_model(graph, w_bits, activation_bits=a_bits, steps=steps, activation_steps=activation_steps,
+                           folds=folds if model is not None else None, per_channel=per_channel, max_opset=max_opset)
+        result.float_model = folded
+    if folds:
+        result.notes.append(f"{len(folds)} batch norms / per-channel affine ops folded into the weights before quantizing")
+        if model is not None and not per_channel:
+            result.notes.append("learned per-tensor steps times the folded factors give per-channel weight scales")
+    return result
 
 
-def calibrate(task, graph: LayerGraph, bits_by_layer: dict[str, int], batches: int = 4) -> dict[str, tuple[float, bool]]:
-    """LSQ's initial activation step (and sign) of every planned layer's input, measured by
-    running the float ONNX model in onnxruntime on a few training batches."""
-    import math
+def export_ort_overrides(plan, onnx_path: str | Path, *, feeds=None, quantized_path: str | Path | None = None,
+                         per_channel: bool = True):
+    """The plan as onnxruntime TensorQuantOverrides: (overrides, notes, quantized model or None).
 
-    import numpy as np
+    With ``quantized_path`` and ``feeds`` (tuples of input arrays), mpq also runs ``quantize_static``
+    with the overrides on the model with its batch norms folded (:mod:`planner.bnfold`) and writes
+    the quantized model there."""
     import onnx
-    import onnxruntime as ort
-    from onnx import helper
 
+    from .atomic import atomic_path
+    from .bnfold import fold_affine
+    from .graph import load_graph
+    from .ortoverrides import ort_overrides, quantize_with_overrides
+
+    graph = load_graph(onnx_path, pin_first=None, pin_last=None)
+    plan.check_model(graph)
+    overrides, notes = ort_overrides(graph, plan.bits_by_layer, {l["name"]: l["a_bits"] for l in plan.doc["layers"]})
+    if quantized_path is None:
+        return overrides, notes, None
+    if not feeds:
+        raise MpqError("quantize_static needs calibration inputs: give --task or --inputs FOLDER")
+    with tempfile.TemporaryDirectory() as folder:
+        folded, folds = fold_affine(onnx.load(onnx_path))
+        onnx.save(folded, Path(folder) / "folded.onnx")
+        with atomic_path(quantized_path) as tmp:
+            model = quantize_with_overrides(Path(folder) / "folded.onnx", tmp, overrides, feeds, per_channel)
+    if folds:
+        notes.append(f"{len(folds)} batch norms / per-channel affine ops folded into the weights before quantize_static")
+    return overrides, notes, model
+
+
+def task_feeds(task, batches: int = 4, split: str = "train"):
+    """The first ``batches`` batches of the task's ``split`` ("train": calibration, "eval": the
+    validation data fidelity is measured on), unshuffled, each a tuple of the model's input arrays."""
     from .quant.train import loader
 
-    model = onnx.load(graph.model.path)
-    wanted = sorted({l.input for l in graph.layers if l.name in bits_by_layer})
-    existing = {o.name for o in model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    sums = {n: [0.0, 0, True] for n in wanted}
-    for k, (x, _) in enumerate(loader(task, task.train_data(), shuffle=False)):
+    data = task.train_data() if split == "train" else task.eval_data()
+    for k, (x, _) in enumerate(loader(task, data, shuffle=False)):
         if k >= batches:
             break
-        values = session.run(wanted, {input_name: x.numpy()})
-        for name, v in zip(wanted, values):
-            sums[name][0] += float(np.abs(v).sum())
-            sums[name][1] += v.size
-            sums[name][2] &= bool((v >= 0).all())
-    out = {}
-    for layer in graph.layers:
-        if layer.name in bits_by_layer:
-            total, count, nonneg = sums[layer.input]
-            signed = not nonneg
-            bits = bits_by_layer[layer.name]
-            qp = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
-            out[layer.name] = (max(2 * total / max(count, 1) / math.sqrt(max(qp, 1)), 1e-8), signed)
-    return out
+        yield (x.numpy(),)
+
+
+def folder_feeds(folder: str | Path) -> list:
+    """Calibration inputs from a folder, in sorted file order: each ``.npy`` file one batch of a
+    single-input model's input, each ``.npz`` one batch of several inputs keyed by input name.
+    Raises MpqError when the folder has neither."""
+    import numpy as np
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*") if p.suffix in (".npy", ".npz")) if folder.is_dir() else []
+    if not files:
+        raise MpqError(f"{folder}: no .npy or .npz input batches found; save batches of the model's input with numpy.save")
+    feeds = []
+    for f in files:
+        try:
+            data = np.load(f)
+        except (OSError, ValueError) as e:
+            raise MpqError(f"{f}: not a readable numpy file ({e})") from None
+        feeds.append(dict(data) if f.suffix == ".npz" else (data,))
+    return feeds
 
 
 def save_onnx_for_planning(task, model: nn.Module, path: str | Path) -> Path:

@@ -284,7 +284,7 @@ def test_resnet50_plan_on_northpole(exported, tmp_path):
         assert len({bits[n] for n in group.layers}) == 1  # downsample convs keep their partner's bits
     assert doc["totals"]["latency_s"] <= doc["budgets"][0]["limit"]
     csv = (tmp_path / "bitmap.csv").read_text().splitlines()
-    assert csv[0] == "layer,weight,w_bits,a_bits" and len(csv) == 55
+    assert csv[0] == "layer,weight,w_bits,a_bits,weight_qdq,inputs" and len(csv) == 55
 
 
 def test_same_inputs_same_bytes(exported, tmp_path):

@@ -1,0 +1,509 @@
+"""Exports a compiler or runtime reads: standard QDQ (the element types carry the plan's bits),
+onnxruntime TensorQuantOverrides and AIMET encodings, each checked in onnxruntime against the
+float or torch network."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from conftest import export, mpq
+from planner import load_graph
+from planner.qdq import layer_bits, qdq_model, session
+from planner.qdq import calibrate
+
+
+class Attention(nn.Module):
+    """One head of self-attention with an output projection: Q·Kᵀ and P·V are MatMuls of two
+    activations; P (softmax) is non-negative, V is signed."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.query, self.key, self.value, self.out = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x):
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
+        return self.out(p @ v)
+
+
+@pytest.fixture(scope="module")
+def attention(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Attention().eval()
+    path = export(model, (torch.randn(2, 16, 32),), tmp_path_factory.mktemp("attention") / "attention.onnx",
+                  "torchscript", input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    x, calibration = torch.randn(64, 16, 32), torch.randn(256, 16, 32)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    return path, x.numpy(), reference, calibration.numpy()
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_attention_matmuls_quantize_each_input_with_its_own_step_and_sign(attention):
+    """At 8 bits everywhere, quantizing the activations adds little error to the weights' own
+    (issue 11 item 3: P·V took P's unsigned quantizer for V and clipped V's negative half)."""
+    path, x, reference, calibration = attention
+    graph = load_graph(path, pin_first=None, pin_last=None)
+    bits = {l.name: 8 for l in graph.layers}
+    two_inputs = [l for l in graph.layers if l.weight is None]
+    assert len(two_inputs) == 2
+    steps = calibrate(graph, bits, [(calibration,)])
+    pv = two_inputs[1]
+    (p_step, p_signed), (v_step, v_signed) = steps[pv.name]
+    assert not p_signed and v_signed and p_step != v_step
+    weights_only = np.abs(_run(qdq_model(graph, bits).model, x) - reference).max()
+    everything = np.abs(_run(qdq_model(graph, bits, activation_steps=steps).model, x) - reference).max()
+    print(f"8-bit attention: max output error {weights_only:.4f} weights only, {everything:.4f} with activations")
+    assert everything < 3 * weights_only
+
+
+# ------------------------------------------------------------------------------ standard QDQ on a CNN
+
+_PLANS: dict[tuple, Path] = {}
+
+
+def _plan(model, tmp_path, name: str, *args) -> Path:
+    """``mpq plan MODEL --hw northpole ARGS`` (made once per model and arguments in this session)."""
+    key = (str(model), args)
+    if key not in _PLANS:
+        out = tmp_path / f"{name}.json"
+        result = mpq("plan", model, "--hw", "northpole", *args, "-o", out)
+        assert result.returncode == 0, result.stderr
+        _PLANS[key] = out
+    return _PLANS[key]
+
+
+def _inspected_bits(model: Path) -> dict[str, tuple]:
+    result = mpq("inspect", model, "--json")
+    assert result.returncode == 0, result.stderr
+    return {l["name"]: (l["w_bits"], l["a_bits"]) for l in json.loads(result.stdout)["layers"]}
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Levels tensor -> ONNX element type, read with onnx alone (independent of mpq)."""
+    return {t.name: t.data_type for t in model.graph.initializer}
+
+
+def _random_input(model: Path, batch: int = 2) -> tuple[str, np.ndarray]:
+    (graph_input,) = onnx.load(model).graph.input
+    shape = [d.dim_value or batch for d in graph_input.type.tensor_type.shape.dim]
+    return graph_input.name, np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def test_cnn_round_trip_bits_read_back_from_the_types(exported, tmp_path):
+    """A 2/4/8-bit plan on ResNet-18: mpq inspect reads every layer's weight and input bits from
+    the exported Q/DQ element types and they equal the plan; the plan names the tensors as the
+    exported model has them; the model runs in onnxruntime."""
+    model = exported("resnet18")
+    plan = _plan(model, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.15", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    assert {l["w_bits"] for l in layers} == {2, 4, 8}
+    name, x = _random_input(model)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "batch0.npy", x)
+    out = tmp_path / "mixed.qdq.onnx"
+    result = mpq("export", plan, model, "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "opset 25" in result.stdout and "disabled_optimizers" in result.stdout
+    read = _inspected_bits(out)
+    assert read == {l["name"]: (l["w_bits"], [l["a_bits"]]) for l in layers}
+    proto = onnx.load(out)
+    types = _element_types(proto)
+    expected = {2: onnx.TensorProto.INT2, 4: onnx.TensorProto.INT4, 8: onnx.TensorProto.INT8}
+    quantized = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    for layer in layers:
+        assert types[layer["weight_qdq"]] == expected[layer["w_bits"]]
+        assert set(layer["inputs"]) <= quantized
+    logits = session(str(out)).run(None, {name: x})[0]
+    assert np.isfinite(logits).all()
+
+
+def test_int4_export_is_at_most_0_6_of_the_int8_export(exported, tmp_path):
+    model = exported("resnet18")
+    sizes = {}
+    for bits in (4, 8):
+        plan = _plan(model, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
+        out = tmp_path / f"u{bits}.onnx"
+        assert mpq("export", plan, model, "-o", out).returncode == 0
+        sizes[bits] = out.stat().st_size
+    print(f"ResNet-18 QDQ export: all-4-bit {sizes[4]:,} B, all-8-bit {sizes[8]:,} B ({sizes[4] / sizes[8]:.2f}x)")
+    assert sizes[4] <= 0.6 * sizes[8]
+
+
+# ------------------------------------------------------------------------------ batch norms folded
+
+@pytest.fixture(scope="module")
+def mnist_net(tmp_path_factory):
+    """The MNIST task's ResNet (narrow) with non-trivial batch-norm statistics, exported as mpq
+    exports task models (batch norms kept as BatchNormalization nodes)."""
+    from planner.tasks.mnist import SmallResNet
+    from planner.torchmap import export_onnx
+
+    torch.manual_seed(0)
+    model = SmallResNet(widths=(4, 8, 8)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(16, 1, 28, 28)
+    path = export_onnx(model, (x[:1],), tmp_path_factory.mktemp("mnist") / "mnist.onnx")
+    with torch.no_grad():
+        reference = model(x).numpy()
+    return path, x.numpy(), reference
+
+
+def test_batch_norms_are_folded_and_the_weights_stay_on_the_grid(mnist_net, tmp_path):
+    path, x, reference = mnist_net
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(path).graph.node}
+    outputs = {}
+    for bits in (4, 8):
+        plan = _plan(path, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
+        out = tmp_path / f"u{bits}.onnx"
+        result = mpq("export", plan, path, "-o", out)
+        assert result.returncode == 0, result.stderr
+        proto = onnx.load(out)
+        assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        levels = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+        for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+            dq = producers[conv.input[1]]  # the conv reads the dequantized levels directly
+            assert dq.op_type == "DequantizeLinear" and levels[dq.input[0]].dtype.itemsize == 1
+            q = levels[dq.input[0]].astype(np.int32)
+            assert q.min() >= -2 ** (bits - 1) and q.max() <= 2 ** (bits - 1) - 1
+            consumers = [n.op_type for n in proto.graph.node if conv.output[0] in n.input]
+            assert "BatchNormalization" not in consumers and "Mul" not in consumers
+        outputs[bits] = session(str(out)).run(None, {"input": x})[0]
+    # weights only (no task: activations float): 8 bits is close to the float network with its batch norms
+    error = np.abs(outputs[8] - reference).max() / np.abs(reference).max()
+    print(f"MNIST ResNet, batch norms folded: relative max logit error {error:.4f} at W8, "
+          f"{np.abs(outputs[4] - reference).max() / np.abs(reference).max():.4f} at W4")
+    assert error < 0.02
+
+
+def test_checkpoint_export_keeps_the_learned_levels_through_folded_batch_norms(tmp_path):
+    """An LSQ network (2/4/8 bits, batch norms with negative scales too) exported from its
+    checkpoint: the QDQ model in onnxruntime computes what torch computes."""
+    from planner import workflow
+    from planner.plan import read_plan
+    from planner.quant.checkpoint import save_checkpoint
+    from planner.tasks import load_task
+
+    task = load_task(str(Path(__file__).with_name("tiny_task.py")) + ":task")
+    model = task.model().eval()
+    with torch.no_grad():
+        for k, m in enumerate(mm for mm in model.modules() if isinstance(mm, nn.BatchNorm2d)):
+            m.weight.uniform_(-1.5, 1.5)
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "float.onnx")
+    plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
+    plan = read_plan(plan_path)
+    assert {l["w_bits"] for l in plan.doc["layers"]} >= {2, 8}
+    quantized = workflow.apply_plan(task, model, plan).eval()
+    x = torch.stack([task.test_data()[k][0] for k in range(200)])
+    with torch.no_grad():
+        quantized(x[:100])  # LSQ steps start from the first batch
+        reference = quantized(x).numpy()
+    save_checkpoint(tmp_path / "q.pt", quantized, task)
+    from planner.quant.checkpoint import load_checkpoint
+
+    result = workflow.export_qdq(plan, onnx_path, task=task, model=load_checkpoint(tmp_path / "q.pt", task))
+    assert "BatchNormalization" not in {n.op_type for n in result.model.graph.node}
+    logits = session(result.model).run(None, {"input": x.numpy()})[0]
+    difference = np.abs(logits - reference).max() / np.abs(reference).max()
+    agreement = (logits.argmax(1) == reference.argmax(1)).mean()
+    print(f"checkpoint export vs torch: top-1 agreement {agreement:.3f}, relative max logit difference {difference:.2e}")
+    assert agreement == 1.0 and difference < 1e-5
+
+
+# ------------------------------------------------------------------------------ onnxruntime overrides
+
+def _dq_types(model: onnx.ModelProto, layer_names: list[str]) -> dict[str, tuple]:
+    """Per layer node: (weight DQ levels type, [activation DQ zero-point types]), read with onnx."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for name in layer_names:
+        node = nodes[name]
+        weight = producers.get(node.input[1])
+        activation = producers.get(node.input[0])
+        out[name] = (types.get(weight.input[0]) if weight is not None and weight.op_type == "DequantizeLinear" else None,
+                     types.get(activation.input[2]) if activation is not None and activation.op_type == "DequantizeLinear"
+                     else None)
+    return out
+
+
+def test_ort_overrides_are_realized_by_quantize_static(exported, tmp_path):
+    """quantize_static with mpq's overrides (read from the JSON file) on ResNet-18 gives every
+    layer the planned weight and activation types (2-bit as 4-bit: onnxruntime has no 2-bit)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from planner.ortoverrides import read_overrides
+
+    model = exported("resnet18")
+    plan = _plan(model, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.15", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    name, x = _random_input(model)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "batch0.npy", x)
+    result = mpq("export", plan, model, "--format", "ort-overrides", "-o", tmp_path / "overrides.json",
+                 "--inputs", tmp_path / "inputs", "--calibrate", tmp_path / "ort.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "no 2-bit QuantType" in result.stdout
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: x}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    float_model = onnx.version_converter.convert_version(onnx.load(model), 21)  # standard INT4 Q/DQ
+    onnx.save(float_model, tmp_path / "float21.onnx")
+    quantize_static(str(tmp_path / "float21.onnx"), str(tmp_path / "mine.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, extra_options={"TensorQuantOverrides": read_overrides(tmp_path / "overrides.json")})
+    signed = {2: onnx.TensorProto.INT4, 4: onnx.TensorProto.INT4, 8: onnx.TensorProto.INT8}
+    unsigned = {2: onnx.TensorProto.UINT4, 4: onnx.TensorProto.UINT4, 8: onnx.TensorProto.UINT8}
+    expected = {l["name"]: (signed[l["w_bits"]], unsigned[l["a_bits"]]) for l in layers}
+    for quantized in ("mine.onnx", "ort.onnx"):
+        proto = onnx.load(tmp_path / quantized)
+        assert _dq_types(proto, list(expected)) == expected, quantized
+    logits = session(str(tmp_path / "ort.onnx")).run(None, {name: x})[0]
+    assert np.isfinite(logits).all()
+
+
+# ------------------------------------------------------------------------------ AIMET encodings
+
+# AIMET's encoding format 1.0.0 as published (entries of param_encodings / activation_encodings).
+AIMET_ENTRY = {
+    "type": "object", "required": ["name", "dtype", "enc_type", "bw", "is_sym", "scale", "offset"],
+    "properties": {"name": {"type": "string"}, "dtype": {"enum": ["INT", "FLOAT"]},
+                   "enc_type": {"enum": ["PER_TENSOR", "PER_CHANNEL", "PER_BLOCK", "LPBQ"]},
+                   "bw": {"type": "integer", "minimum": 1, "maximum": 32}, "is_sym": {"type": "boolean"},
+                   "scale": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1},
+                   "offset": {"type": "array", "items": {"type": "integer"}, "minItems": 1}},
+}
+AIMET_SCHEMA = {"type": "object", "required": ["version", "activation_encodings", "param_encodings"],
+                "properties": {"version": {"const": "1.0.0"},
+                               "activation_encodings": {"type": "array", "items": AIMET_ENTRY},
+                               "param_encodings": {"type": "array", "items": AIMET_ENTRY}}}
+
+
+def test_aimet_encodings_follow_the_format_and_the_plan(mnist_net, tmp_path):
+    """AIMET 1.0.0 encodings of a 2/4/8-bit plan: valid against the published format, one
+    encoding per planned weight and input at the planned bits, and AIMET's fake quantization
+    with them, x = (clamp(round(w / scale) - offset, 0, 2^bw - 1) + offset) * scale, gives the
+    weights of the QDQ export."""
+    import jsonschema
+
+    path, x, _ = mnist_net
+    plan = _plan(path, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    assert {l["w_bits"] for l in layers} >= {2, 8}
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "b0.npy", x)
+    result = mpq("export", plan, path, "--format", "aimet", "--inputs", tmp_path / "inputs", "-o", tmp_path / "enc.json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "enc.json").read_text())
+    jsonschema.validate(doc, AIMET_SCHEMA)
+    params = {e["name"]: e for e in doc["param_encodings"]}
+    activations = {e["name"]: e for e in doc["activation_encodings"]}
+    float_model = onnx.load(tmp_path / "enc.onnx")  # the float model the encodings name (batch norms folded)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in float_model.graph.initializer}
+    assert "BatchNormalization" not in {n.op_type for n in float_model.graph.node}
+    assert mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", tmp_path / "q.onnx").returncode == 0
+    qdq = onnx.load(tmp_path / "q.onnx")
+    qdq_init = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    for layer in layers:
+        e = params[layer["weight"]]
+        assert e["bw"] == layer["w_bits"] and e["enc_type"] == "PER_CHANNEL" and e["is_sym"]
+        w = weights[layer["weight"]]
+        scale = np.array(e["scale"]).reshape([-1] + [1] * (w.ndim - 1))
+        offset = np.array(e["offset"]).reshape(scale.shape)
+        fake = (np.clip(np.round(w / scale) - offset, 0, 2 ** e["bw"] - 1) + offset) * scale
+        levels = qdq_init[layer["weight_qdq"]].astype(np.float64)
+        exported = levels * qdq_init[layer["weight"] + "_scale"].astype(np.float64).reshape(scale.shape)
+        assert np.allclose(fake, exported, rtol=1e-5, atol=1e-7)
+        for tensor in layer["inputs"]:
+            assert activations[tensor]["bw"] == layer["a_bits"]
+            assert tensor in {v for n in float_model.graph.node for v in n.input}
+
+
+# ------------------------------------------------------------------------------ the MiniLM transformer
+
+def test_minilm_export_agrees_with_the_torch_network(tmp_path):
+    """A 4/8-bit plan on all-MiniLM-L6-v2 with every layer quantized in torch (LSQ steps from one
+    batch; attention MatMuls with a step and sign per input): the QDQ export read back by mpq
+    inspect has the plan's bits on every layer, both inputs of each attention MatMul have their
+    own scale, and in onnxruntime it retrieves what the torch network retrieves."""
+    from planner import workflow
+    from planner.plan import read_plan
+    from planner.quant.checkpoint import load_checkpoint, save_checkpoint
+    from planner.tasks import minilm
+
+    torch.set_num_threads(1)
+    task = minilm.MiniLMTask(sizes={"test": 24, "val": 2, "train": 2})
+    model = task.model()
+    onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "minilm.onnx")
+    plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "params")
+    plan = read_plan(plan_path)
+    assert {l["w_bits"] for l in plan.doc["layers"]} == {4, 8}
+    quantized = workflow.apply_plan(task, model, plan)
+    queries, documents = task._tokens["queries"], task._tokens["documents"]
+    minilm.encode(quantized, torch.cat([queries, documents]))  # LSQ steps start from the longest texts
+    save_checkpoint(tmp_path / "q.pt", quantized, task)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "queries.npy", queries[:8].numpy())
+    out = tmp_path / "minilm.qdq.onnx"
+    result = mpq("export", plan_path, onnx_path, "--task", "minilm", "--checkpoint", tmp_path / "q.pt",
+                 "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "stay float" not in result.stdout and "fidelity vs the fine-tuned torch network" in result.stdout
+    print(result.stdout)
+    layers = plan.doc["layers"]
+    read = layer_bits(load_graph(out))
+    assert {n: (b["w_bits"], b["a_bits"]) for n, b in read.items()} == {
+        l["name"]: (l["w_bits"] if l["weight"] else None, [l["a_bits"]] * len(l["inputs"])) for l in layers}
+    proto = onnx.load(out)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for layer in (l for l in layers if l["weight"] is None):
+        node = next(n for n in proto.graph.node if n.name == layer["name"])
+        scales = [producers[i].input[1] for i in node.input]
+        assert len(set(scales)) == 2  # one quantizer per input
+
+    torch_model = load_checkpoint(tmp_path / "q.pt", task)
+    with torch.no_grad():
+        reference = [minilm.encode(torch_model, t).numpy() for t in (queries, documents)]
+    run = session(str(out))
+    exported = [np.concatenate([run.run(None, {"input": t[k:k + 8].numpy()})[0] for k in range(0, len(t), 8)])
+                for t in (queries, documents)]
+    difference = max(np.abs(a - b).max() for a, b in zip(exported, reference))
+    retrieved = [(q @ d.T).argmax(1) for q, d in (exported, reference)]
+    agreement = float((retrieved[0] == retrieved[1]).mean())
+    print(f"MiniLM QDQ vs torch on {len(queries)} queries: top-1 retrieval agreement {agreement:.3f}, "
+          f"max embedding difference {difference:.2e}")
+    assert agreement >= 0.99
+
+
+# ------------------------------------------------------------------------------ other widths
+
+def test_sixteen_bit_layers_export_as_int16(tmp_path):
+    """16-bit levels get INT16 Q/DQ (issue 11 item 8: they used to wrap into int8, a logit of
+    307.5 came out as -5.9)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(200.0)
+    path = export(model, (torch.randn(1, 16),), tmp_path / "mlp.onnx", "torchscript", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    assert np.abs(reference).max() > 100
+    graph = load_graph(path, pin_first=None, pin_last=None)
+    bits = {l.name: 16 for l in graph.layers}
+    result = qdq_model(graph, bits, activation_steps=calibrate(graph, bits, [(x.numpy(),)]))
+    assert result.opset == 21
+    types = {t.data_type for t in result.model.graph.initializer if t.name.endswith("_quantized")}
+    assert types == {onnx.TensorProto.INT16}
+    logits = session(result.model).run(None, {"x": x.numpy()})[0]
+    assert np.abs(logits - reference).max() < 1e-3 * np.abs(reference).max()
+
+
+def test_two_bit_levels_in_int4_containers_below_opset_25(mnist_net, tmp_path):
+    """With --max-opset 21 there is no INT2: 2-bit layers get INT4 types holding only 2-bit
+    levels; the output says so and mpq inspect reports 2 bits (from mpq's metadata)."""
+    path, x, _ = mnist_net
+    plan = _plan(path, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
+    layers = json.loads(plan.read_text())["layers"]
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "b0.npy", x)
+    out = tmp_path / "q21.onnx"
+    result = mpq("export", plan, path, "--max-opset", "21", "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "opset 21" in result.stdout and "2-bit levels in 4-bit Q/DQ types" in result.stdout
+    assert "fidelity vs the float model" in result.stdout
+    assert _inspected_bits(out) == {l["name"]: (l["w_bits"], [l["a_bits"]]) for l in layers}
+    proto = onnx.load(out)
+    init = {t.name: t for t in proto.graph.initializer}
+    for layer in (l for l in layers if l["w_bits"] == 2):
+        levels = init[layer["weight_qdq"]]
+        assert levels.data_type == onnx.TensorProto.INT4
+        q = onnx.numpy_helper.to_array(levels).astype(int)
+        assert q.min() >= -2 and q.max() <= 1
+    assert np.isfinite(session(str(out)).run(None, {"input": x})[0]).all()
+
+
+# ------------------------------------------------------------------------------ options and user errors
+
+def test_per_tensor_option_and_same_bytes(mnist_net, tmp_path):
+    path, _, _ = mnist_net
+    plan = _plan(path, tmp_path, "u4", "--bits", "4", "--no-pin", "--budget", "latency=1")
+    written = []
+    for k, extra in enumerate(([], [], ["--per-tensor"])):
+        out = tmp_path / f"e{k}.onnx"
+        assert mpq("export", plan, path, *extra, "-o", out).returncode == 0
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+    per_tensor = onnx.load_from_string(written[2])
+    weights = [n for n in per_tensor.graph.node if n.op_type == "DequantizeLinear"]
+    assert weights and not any(a.name == "axis" for n in weights for a in n.attribute)
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in per_tensor.graph.initializer}
+    assert all(init[n.input[1]].ndim == 0 for n in weights)
+
+
+def test_export_user_errors(mnist_net, tmp_path):
+    from conftest import assert_user_error
+
+    path, _, _ = mnist_net
+    plan = _plan(path, tmp_path, "u4", "--bits", "4", "--no-pin", "--budget", "latency=1")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(mpq("export", plan, path, "--inputs", tmp_path / "empty", "-o", tmp_path / "a.onnx"),
+                      "no .npy or .npz")
+    assert_user_error(mpq("export", plan, path, "--calibrate", tmp_path / "c.onnx", "-o", tmp_path / "b.onnx"),
+                      "--calibrate goes with --format ort-overrides")
+    assert_user_error(mpq("export", plan, path, "--format", "ort-overrides", "--calibrate", tmp_path / "c.onnx",
+                          "-o", tmp_path / "o.json"), "calibration inputs")
+    assert_user_error(mpq("export", plan, path, "--format", "aimet", "-o", tmp_path / "enc.onnx"), ".json")
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".onnx", ".json") and p.name != "u4.json"]
+
+
+# ------------------------------------------------------------------------------ frontier with measured fidelity
+
+def test_frontier_scores_every_plan_against_the_float_model(mnist_net, tmp_path):
+    """mpq frontier --inputs measures each optimal plan exported post-training; the figure for a
+    budget equals what mpq plan + mpq export --inputs report for that budget, and the dearest plan
+    is at least as faithful as the cheapest."""
+    path, x, _ = mnist_net
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "b0.npy", x)
+    result = mpq("frontier", path, "--hw", "northpole", "--between", "2,4", "--points", "3", "--gains", "qerror",
+                 "--inputs", tmp_path / "inputs", "--json", "--plot", tmp_path / "frontier.png")
+    assert result.returncode == 0, result.stderr
+    points = json.loads(result.stdout)["points"]
+    assert all(0 < p["fidelity"]["cosine"] <= 1 for p in points)
+    assert points[-1]["fidelity"]["cosine"] >= points[0]["fidelity"]["cosine"]
+    middle = points[1]
+    plan = _plan(path, tmp_path, "middle", "--between", "2,4", "--budget", f"latency={middle['fraction']}",
+                 "--gains", "qerror")
+    assert [l["w_bits"] for l in json.loads(plan.read_text())["layers"]] == [
+        middle["bits"][g] for g in (l.group for l in load_graph(path).layers)]
+    exported = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", tmp_path / "middle.onnx")
+    assert f"output cosine {middle['fidelity']['cosine']:.4f}" in exported.stdout, exported.stdout
+    assert (tmp_path / "frontier.png").stat().st_size > 0
