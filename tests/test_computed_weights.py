@@ -119,7 +119,7 @@ def test_eagl_and_qdq_read_the_evaluated_weights(exported, tmp_path):
     outputs = []
     for graph in (stored, computed):
         plan = {l.name: 4 for l in graph.layers}
-        model = qdq_model(graph, plan)
+        model = qdq_model(graph, plan).model
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
     reference = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
