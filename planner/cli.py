@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
 
 from . import report
 from .errors import MpqError
+
+
+#: The largest dimension --input-shape accepts (ONNX and numpy index with int64; real inputs are far smaller).
+MAX_DIM = 2 ** 31 - 1
 
 
 def _shape_option(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -20,8 +25,72 @@ def _shape_option(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
             shape = ()
         if not sep or not name or not shape:
             raise MpqError(f"--input-shape '{text}': expected NAME=DxDx... (e.g. input=1x3x224x224)")
+        if not all(1 <= d <= MAX_DIM for d in shape):
+            raise MpqError(f"--input-shape '{text}': every dimension must be from 1 to {MAX_DIM:,}")
         shapes[name] = shape
     return shapes
+
+
+class _Number(click.ParamType):
+    """A finite int or float option with optional bounds (``low_open``: strictly above ``low``)."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            self.fail(f"{value} must be {'>' if self.low_open else '>='} {self.low:g}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"{value} must be <= {self.high:g}", param, ctx)
+        return number
+
+
+class _BitWidth(click.ParamType):
+    """One bit width from hw.SUPPORTED_BITS."""
+
+    name = "bits"
+
+    def convert(self, value, param, ctx):
+        from hw import SUPPORTED_BITS
+
+        try:
+            bits = int(str(value).strip())
+        except ValueError:
+            bits = None
+        if bits not in SUPPORTED_BITS:
+            self.fail(f"{value!r} is not a supported bit width (the integers {SUPPORTED_BITS[0]} to "
+                      f"{SUPPORTED_BITS[-1]})", param, ctx)
+        return bits
+
+
+BIT_WIDTH = _BitWidth()
+POSITIVE = _Number(float, 0, low_open=True)
+NON_NEGATIVE = _Number(float, 0)
+COUNT = _Number(int, 1)
+SEED = _Number(int, 0, 2 ** 32 - 1)
+
+
+def _check_paths(inputs: dict, outputs: dict) -> None:
+    """Before any work: outputs writable, distinct, and none of them an input (see userfiles)."""
+    from .userfiles import check_paths
+
+    check_paths(inputs, outputs)
+
+
+def _ref_file(ref: str | None) -> str | None:
+    """The file of a ``path/file.py:object`` reference (a task or cost model), else None."""
+    where = (ref or "").rpartition(":")[0]
+    return where if where.endswith(".py") else None
 
 
 def _dump_json(data) -> None:
@@ -39,7 +108,7 @@ def _pins(no_pin: bool, pin_bits: int) -> dict:
 
 pin_options = [
     click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
-    click.option("--pin-bits", type=int, default=8, show_default=True, help="Bits of the pinned first/last layers."),
+    click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first/last layers."),
 ]
 
 
@@ -102,7 +171,7 @@ def _cost_model(name: str | None, spec, lut: str | None):
 
 hw_pin_options = [
     click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
-    click.option("--pin-bits", type=int, default=None, help="Bits of the pinned first/last layers (default: the spec's pins)."),
+    click.option("--pin-bits", type=BIT_WIDTH, default=None, help="Bits of the pinned first/last layers (default: the spec's pins)."),
 ]
 cost_model_options = [
     click.option("--cost-model", "cost_model", default=None, metavar="NAME|FILE.py:Class",
@@ -180,7 +249,7 @@ def _metric_header(metric: str) -> str:
 @click.argument("model")
 @click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Accelerator spec: shipped name or YAML path.")
 @_with(cost_model_options)
-@click.option("--bits", type=int, default=8, show_default=True, help="Uniform precision of the free layers.")
+@click.option("--bits", type=BIT_WIDTH, default=8, show_default=True, help="Uniform precision of the free layers.")
 @click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Cost this plan's bits instead.")
 @input_shape_option
 @_with(hw_pin_options)
@@ -199,6 +268,11 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin,
         from .plan import read_plan
 
         choice = read_plan(plan_path).bits_for(graph)
+        for g, b in enumerate(choice):
+            if b not in table.groups[g]:
+                raise MpqError(f"{plan_path}: the plan gives group {g} ({graph.groups[g].layers[0]}) {b} bits, which "
+                               f"{spec_.name} with cost model '{table.model_name}' does not offer (offered: "
+                               f"{table.options(g)}); make a plan for this spec with mpq plan --hw {hw_name}")
         what = f"plan {plan_path}"
     else:
         choice = table.uniform(bits)
@@ -250,7 +324,7 @@ def _unit(metric: str) -> str:
 @click.option("--lut", default=None, metavar="CSV", help="Latency table for the lut cost model.")
 @click.option("--metric", default=None, help="Metric to compare (default: each cost model's first, e.g. latency_s).")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write a PNG of per-layer cost shares.")
-@click.option("--top", type=int, default=5, show_default=True, help="Layers listed per disagreement.")
+@click.option("--top", type=COUNT, default=5, show_default=True, help="Layers listed per disagreement.")
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare(model, hw_names, cost_models, lut, metric, plot_path, top, input_shapes, as_json) -> None:
@@ -261,6 +335,8 @@ def compare(model, hw_names, cost_models, lut, metric, plot_path, top, input_sha
     from . import compare as cmp
     from .graph import load_graph
 
+    _check_paths({"MODEL": model, "--lut": lut, **{f"--hw {h}": h for h in hw_names},
+                  **{f"--cost-model {c}": _ref_file(c) for c in cost_models}}, {"--plot": plot_path})
     graph = load_graph(model, _shape_option(input_shapes), pin_first=None, pin_last=None)
     pairs, skipped = [], []
     for hw_name in hw_names:
@@ -315,7 +391,9 @@ def _between(text: str | None) -> tuple[int, int] | None:
         low, high = (int(x) for x in text.replace(":", ",").split(","))
     except ValueError:
         raise MpqError(f"--between '{text}': expected two bit widths, e.g. 2,4") from None
-    return (low, high)
+    from hw import check_bits
+
+    return (check_bits(low, f"--between {text}"), check_bits(high, f"--between {text}"))
 
 
 gains_options = [
@@ -327,8 +405,14 @@ gains_options = [
                  help="eagl: gain = entropy at b (paper) or entropy minus the lowest precision's."),
     click.option("--weighting", type=click.Choice(["none", "params"]), default="none", show_default=True,
                  help="eagl: weight each layer's entropy by its weight count."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline."),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random baseline."),
 ]
+
+
+def _planning_inputs(model, hw_name, cost_model, lut, gains_names) -> dict:
+    """The files a planning command reads, by option (for _check_paths)."""
+    return {"MODEL": model, "--hw": hw_name, "--cost-model": _ref_file(cost_model), "--lut": lut,
+            **{f"--gains {g}": g for g in gains_names}}
 
 
 def _offered(table) -> list[int]:
@@ -381,7 +465,7 @@ bits_restriction_option = click.option(
 @click.option("--explain", is_flag=True, help="Show why the most contested groups got their bits.")
 @click.option("--method", type=click.Choice(["cpsat", "knapsack"]), default="cpsat", show_default=True,
               help="Solver: CP-SAT (any budgets) or OR-Tools' 0-1 knapsack (two precisions, one budget).")
-@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit (s).")
+@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit (s).")
 @click.option("--timings", is_flag=True, help="Record the solver's wall time in the plan (then runs differ).")
 @bits_restriction_option
 @input_shape_option
@@ -392,9 +476,11 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
     """Choose each layer's precision under the budgets, maximising the total gain."""
     from . import plan as plans
     from .budget import parse_budget, resolve
+    from .atomic import together
     from .solve import explain as why
     from .solve import solve
 
+    _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names), {"-o": output, "--csv": csv_path})
     spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
     if len(gains_names) > 1:
         raise MpqError("mpq plan takes one --gains; compare several with mpq frontier")
@@ -404,10 +490,11 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
     solution = solve(gains.by_group, table.groups, limits, method=method, time_limit_s=time_limit)
     doc = plans.build_plan(graph, spec_, table, gains, budgets, limits, solution, timings)
     plans.validate(doc)
-    if output:
-        plans.write_plan(doc, output)
-    if csv_path:
-        plans.write_bitmap(doc, csv_path)
+    with together(output, csv_path) as (plan_tmp, csv_tmp):
+        if output:
+            plans.write_plan(doc, plan_tmp)
+        if csv_path:
+            plans.write_bitmap(doc, csv_tmp)
     if as_json:
         click.echo(plans.plan_json(doc), nl=False)
         return
@@ -464,12 +551,12 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @click.option("--metric", default=None, help="Budgeted metric to sweep (default: the cost model's first, e.g. latency_s).")
 @click.option("--between", default=None, metavar="LOW,HIGH", help="Sweep from uniform LOW-bit to uniform HIGH-bit "
               "(default: from the cheapest plan to the dearest).")
-@click.option("--points", type=int, default=11, show_default=True, help="Budgets in the sweep.")
+@click.option("--points", type=_Number(int, 2), default=11, show_default=True, help="Budgets in the sweep.")
 @_with(gains_options)
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the frontier plot.")
 @click.option("--csv", "csv_path", default=None, metavar="OUT.csv", help="Write the points as CSV "
               "(finished points are checkpointed beside it, so a rerun resumes).")
-@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit per point (s).")
+@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit per point (s).")
 @bits_restriction_option
 @input_shape_option
 @_with(hw_pin_options)
@@ -478,9 +565,12 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
              plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
     """Optimal plans over a sweep of budgets, one curve per gain method."""
     from .budget import parse_budget
+    from .atomic import together
     from .checkpoint import Checkpoint
     from .frontier import sweep
 
+    _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names),
+                 {"--csv": csv_path, "--plot": plot_path, "checkpoint": csv_path and csv_path + ".partial.jsonl"})
     spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
     if points < 2:
         raise MpqError("--points must be at least 2")
@@ -491,8 +581,10 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
     checkpoint = Checkpoint(csv_path + ".partial.jsonl") if csv_path else None
     with _progress(len(gains_list) * len(fractions), "frontier") as bar:
         result = sweep(table, gains_list, metric, fractions, between=_between(between), checkpoint=checkpoint,
-                       key_prefix=graph.model.sha256 + spec_.sha256 + table.model_name,
+                       key_prefix=_frontier_key(graph, spec_, table, time_limit),
                        progress=lambda done, total: bar.update(1), time_limit_s=time_limit)
+    if checkpoint:
+        _note_unused(checkpoint)
     uniform = {}
     for b in (2, 4, 8):
         choice = table.uniform(b)
@@ -500,14 +592,16 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
             uniform[b] = {"totals": table.total(choice),
                           "gain": {g.method: sum(g.by_group[k][bb] for k, bb in enumerate(choice)) for g in gains_list}}
     rows = [p.to_json() for p in result]
-    if csv_path:
-        _write_frontier_csv(rows, metric, uniform, csv_path)
-        checkpoint.remove()
-    if plot_path:
-        from .plots import frontier_plot
+    with together(csv_path, plot_path) as (csv_tmp, plot_tmp):
+        if csv_path:
+            _write_frontier_csv(rows, metric, uniform, csv_tmp)
+        if plot_path:
+            from .plots import frontier_plot
 
-        frontier_plot(rows, uniform, metric, plot_path,
-                      title=f"{_file_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
+            frontier_plot(rows, uniform, metric, plot_tmp,
+                          title=f"{_file_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
+    if checkpoint:
+        checkpoint.remove()
     if as_json:
         _dump_json({"metric": metric, "points": rows, "uniform": {str(b): u for b, u in uniform.items()}})
         return
@@ -522,6 +616,24 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
     for path in (csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
+
+
+def _frontier_key(graph, spec, table, time_limit: float) -> str:
+    """What a frontier point depends on besides its gains, metric and fraction (which the sweep
+    adds): the model, the spec, and every cost of every option (so input shapes, pins, --bits,
+    the cost model and its files such as --lut all count), and the solver's time limit."""
+    from .gains.datadriven import config_key
+
+    return config_key(model=graph.model.sha256, spec=spec.sha256, cost_model=table.model_name, metrics=table.metrics,
+                      costs=[{str(b): c for b, c in options.items()} for options in table.groups],
+                      time_limit=time_limit)
+
+
+def _note_unused(checkpoint) -> None:
+    """Say on stderr when a checkpoint held results that this run did not use (other inputs)."""
+    if checkpoint.unused():
+        click.echo(f"mpq: note: ignored {checkpoint.unused()} result(s) in {checkpoint.path} made for other "
+                   "inputs", err=True)
 
 
 def _file_name(path) -> str:
@@ -577,6 +689,7 @@ def _data_free_gains_command(method: str, help_text: str):
     @input_shape_option
     @_with(hw_pin_options)
     def command(model, hw_name, bits, step, mode, weighting, seed, output, input_shapes, no_pin, pin_bits) -> None:
+        _check_paths({"MODEL": model, "--hw": hw_name}, {"-o": output})
         graph, precisions = _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits)
         result = _gains(method, graph, precisions, step, mode, weighting, seed)
         result.write(graph, output)
@@ -593,10 +706,7 @@ def _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits):
 
         spec_ = load_spec(hw_name)
         return _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits), list(spec_.precisions)
-    try:
-        precisions = sorted({int(b) for b in bits.split(",")})
-    except ValueError:
-        raise MpqError(f"--bits '{bits}': expected comma-separated bit widths, e.g. 2,4,8") from None
+    precisions = _bits_list(bits)
     return load_graph(model, _shape_option(input_shapes), **_pins(no_pin, pin_bits or 8)), precisions
 
 
@@ -615,6 +725,12 @@ task_option = click.option("--task", "task_ref", required=True, metavar="TASK",
                            help="Built-in mnist or minilm, package.module:object or path/file.py:object.")
 
 
+def _same_name(a: str, b: str) -> bool:
+    import os
+
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
 def _task(ref: str):
     from .tasks import load_task
 
@@ -629,12 +745,12 @@ def _threads() -> None:
 
 @main.command()
 @task_option
-@click.option("--bits", type=int, default=None, help="Train quantization-aware (LSQ) at these bits; pinned layers at --pin-bits.")
+@click.option("--bits", type=BIT_WIDTH, default=None, help="Train quantization-aware (LSQ) at these bits; pinned layers at --pin-bits.")
 @click.option("--init", "init_path", default=None, metavar="CKPT", help="Start from this checkpoint (default: fresh weights).")
-@click.option("--epochs", type=float, default=None, help="Epochs (default: the task's).")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the task's).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--pin-bits", type=int, default=8, show_default=True, help="Bits of the pinned first and last layers.")
+@click.option("--epochs", type=POSITIVE, default=None, help="Epochs (default: the task's).")
+@click.option("--lr", type=POSITIVE, default=None, help="Learning rate (default: the task's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first and last layers.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the checkpoint here (and OUTPUT with .onnx: "
               "the float ONNX export to plan on). Finished epochs are kept in OUTPUT.partial: a rerun resumes.")
 def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None:
@@ -642,8 +758,15 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
     from pathlib import Path
 
     from . import workflow
+    from .atomic import together
     from .quant.checkpoint import load_checkpoint, save_checkpoint
 
+    onnx_path = Path(output).with_suffix(".onnx")
+    if output.endswith(".onnx") or _same_name(output, str(onnx_path)):
+        raise MpqError(f"-o {output}: the checkpoint and its ONNX export ({onnx_path}) would be the same file; "
+                       f"name the checkpoint with another suffix, e.g. -o {Path(output).with_suffix('.pt')}")
+    _check_paths({"--task": _ref_file(task_ref), "--init": init_path},
+                 {"-o": output, "ONNX export": str(onnx_path), "resume file": output + ".partial"})
     _threads()
     task = _task(task_ref)
     model = load_checkpoint(init_path, task) if init_path else task.model()
@@ -654,9 +777,9 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
         model = workflow.train(task, model, bits=bits, epochs=epochs, lr=lr, seed=seed, pins=(pin_bits, pin_bits),
                                progress=tick, resume=output + ".partial")
     test = task.evaluate(model)
-    save_checkpoint(output, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
-    onnx_path = Path(output).with_suffix(".onnx")
-    workflow.save_onnx_for_planning(task, model, onnx_path)
+    with together(output, onnx_path) as (checkpoint_tmp, onnx_tmp):
+        save_checkpoint(checkpoint_tmp, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
+        workflow.save_onnx_for_planning(task, model, onnx_tmp)
     click.echo(f"{task.name}: test score {test:.2f} ({'W%dA%d' % (bits, bits) if bits else 'full precision'}"
                f"{', pinned layers %d-bit' % pin_bits if bits else ''}); wrote {output} and {onnx_path}")
 
@@ -696,10 +819,10 @@ def evaluate(task_ref, checkpoint_path, plan_path, as_json) -> None:
 @task_option
 @click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT",
               help="Start from this checkpoint (e.g. the LSQ 4-bit network).")
-@click.option("--epochs", type=float, default=None, help="Fine-tuning epochs (default: the task's).")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the task's fine-tuning rate).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--distill", type=float, default=0.0, show_default=True,
+@click.option("--epochs", type=POSITIVE, default=None, help="Fine-tuning epochs (default: the task's).")
+@click.option("--lr", type=POSITIVE, default=None, help="Learning rate (default: the task's fine-tuning rate).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--distill", type=_Number(float, 0, 1), default=0.0, show_default=True,
               help="Weight of distillation from --teacher (default teacher: the starting checkpoint).")
 @click.option("--teacher", "teacher_path", default=None, metavar="CKPT", help="Teacher for --distill.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the fine-tuned checkpoint here.")
@@ -710,6 +833,8 @@ def finetune(plan_path, task_ref, checkpoint_path, epochs, lr, seed, distill, te
     from .quant.checkpoint import load_checkpoint, save_checkpoint
     from .quant.train import fit
 
+    _check_paths({"PLAN": plan_path, "--task": _ref_file(task_ref), "--checkpoint": checkpoint_path,
+                  "--teacher": teacher_path}, {"-o": output, "resume file": output + ".partial"})
     _threads()
     task = _task(task_ref)
     plan = read_plan(plan_path)
@@ -754,6 +879,8 @@ def export(plan_path, model, checkpoint_path, task_ref, output) -> None:
 
     if checkpoint_path and not task_ref:
         raise MpqError("--checkpoint needs --task (the checkpoint's task, to rebuild its model)")
+    _check_paths({"PLAN": plan_path, "MODEL": model, "--checkpoint": checkpoint_path, "--task": _ref_file(task_ref)},
+                 {"-o": output})
     task = _task(task_ref) if task_ref else None
     torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
     proto = workflow.export_qdq(read_plan(plan_path), model, task=task, model=torch_model)
@@ -785,12 +912,12 @@ data_gains_options = [
     click.option("--bits", default="2,4", show_default=True, help="Precisions to estimate gains for."),
     click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here."),
     click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
-    click.option("--pin-bits", type=int, default=None, help="Bits of pinned layers (default 8)."),
+    click.option("--pin-bits", type=BIT_WIDTH, default=None, help="Bits of pinned layers (default 8)."),
 ]
 
 
 executor_options = [
-    click.option("--workers", type=int, default=1, show_default=True, help="Parallel workers."),
+    click.option("--workers", type=_Number(int, 0), default=1, show_default=True, help="Parallel workers."),
     click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,
                  help="Where jobs run (default: processes with --workers > 1, else local)."),
     click.option("--ray-address", default=None, help="Ray cluster address (default: start a local instance)."),
@@ -799,20 +926,29 @@ executor_options = [
 ]
 
 
-def _bits_list(text: str) -> list[int]:
+def _check_data_gains_paths(task_ref, checkpoint_path, output, resume_path=None) -> None:
+    _check_paths({"--task": _ref_file(task_ref), "--checkpoint": checkpoint_path},
+                 {"-o": output, "--resume-file": resume_path})
+
+
+def _bits_list(text: str, option: str = "--bits") -> list[int]:
+    """Sorted distinct bit widths of a comma-separated option; each one of hw.SUPPORTED_BITS."""
+    from hw import check_bits
+
     try:
-        return sorted({int(b) for b in text.split(",")})
+        values = sorted({int(b) for b in text.split(",")})
     except ValueError:
-        raise MpqError(f"--bits '{text}': expected comma-separated bit widths, e.g. 2,4") from None
+        raise MpqError(f"{option} '{text}': expected comma-separated bit widths, e.g. 2,4") from None
+    return [check_bits(b, f"{option} {text}") for b in values]
 
 
 @gains.command("alps")
 @_with(data_gains_options)
-@click.option("--epochs", type=float, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
-@click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the task's).")
+@click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
+@click.option("--lr", type=POSITIVE, default=None, help="Fine-tuning learning rate (default: the task's).")
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
               help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds of the base score (its spread is the noise floor).")
+@click.option("--seeds", type=COUNT, default=3, show_default=True, help="Seeds of the base score (its spread is the noise floor).")
 @_with(executor_options)
 def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs, lr, metric, seeds, workers, executor,
                ray_address, resume_file) -> None:
@@ -822,15 +958,18 @@ def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs
     from .checkpoint import Checkpoint
     from .gains.alps import alps, job_count
 
+    precisions = _bits_list(bits)
+    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl")
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
     resume = Checkpoint(resume_file or output + ".partial.jsonl")
     executor = executor or ("processes" if workers > 1 else "local")
     start = time.perf_counter()
     with _progress(job_count(graph, seeds), f"alps {task.name}", unit="job") as bar:
-        result = alps(task, checkpoint_path, graph, mapping, _bits_list(bits), epochs=epochs, lr=lr, metric=metric,
+        result = alps(task, checkpoint_path, graph, mapping, precisions, epochs=epochs, lr=lr, metric=metric,
                       seeds=seeds, executor=executor, workers=workers, ray_address=ray_address, resume=resume,
                       progress=lambda key, value: bar.update(1))
+    _note_unused(resume)
     result.write(graph, output)
     if not resume_file:
         resume.remove()
@@ -851,18 +990,20 @@ def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs
 
 @gains.command("hessian")
 @_with(data_gains_options)
-@click.option("--samples", type=int, default=16, show_default=True, help="Rademacher vectors per batch.")
-@click.option("--batches", type=int, default=2, show_default=True, help="Training batches.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--samples", type=COUNT, default=16, show_default=True, help="Rademacher vectors per batch.")
+@click.option("--batches", type=COUNT, default=2, show_default=True, help="Training batches.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, samples, batches, seed) -> None:
     """HAWQ: Hutchinson Hessian trace x weight quantization error, per group."""
     from .gains.hessian import hessian_gains
     from .quant.lsq import learned_steps
     from .torchmap import _float_copy
 
+    precisions = _bits_list(bits)
+    _check_data_gains_paths(task_ref, checkpoint_path, output)
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    result = hessian_gains(task, _float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
+    result = hessian_gains(task, _float_copy(model), graph, mapping, precisions, learned=learned_steps(model),
                            samples=samples, batches=batches, seed=seed)
     result.write(graph, output)
     click.echo(f"wrote {output}: Hessian-trace gains for {len(graph.free_groups)} free groups")
@@ -878,14 +1019,17 @@ def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits,
     from .checkpoint import Checkpoint
     from .gains.sensitivity import sensitivity_gains
 
+    precisions = _bits_list(bits)
+    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl")
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
     resume = Checkpoint(resume_file or output + ".partial.jsonl")
     executor = executor or ("processes" if workers > 1 else "local")
     with _progress(0, f"sensitivity {task.name}", unit="job") as bar:
-        result = sensitivity_gains(task, checkpoint_path, graph, mapping, _bits_list(bits), metric=metric,
+        result = sensitivity_gains(task, checkpoint_path, graph, mapping, precisions, metric=metric,
                                    executor=executor, workers=workers, ray_address=ray_address, resume=resume,
                                    progress=lambda key, value: bar.update(1))
+    _note_unused(resume)
     result.write(graph, output)
     if not resume_file:
         resume.remove()
@@ -911,6 +1055,8 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
     checkpoint (--task, --checkpoint) at the steps that quantization-aware training learned."""
     from .gains.eagl import eagl
 
+    _check_paths({"MODEL": model, "--hw": hw_name, "--checkpoint": checkpoint_path, "--task": _ref_file(task_ref)},
+                 {"-o": output})
     if checkpoint_path or task_ref:
         if not (checkpoint_path and task_ref):
             raise MpqError("EAGL on a checkpoint needs both --task and --checkpoint")
@@ -930,28 +1076,60 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
     click.echo(f"wrote {output}: eagl gains for {len(graph.free_groups)} free groups at bits {precisions}")
 
 
+def _one_line(text: object) -> str:
+    from .userfiles import one_line
+
+    return one_line(text)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Entry point: runs the CLI and maps errors to exit codes (2: user error, 1: bug)."""
+    """Entry point: runs the CLI and maps errors to exit codes: 2 for a user error (one line,
+    ``mpq: error: ...``), 130 for Ctrl-C (``mpq: interrupted``), 1 for a bug (a traceback and a
+    line asking for a report). Outputs are written atomically, so none of these leaves a
+    partial file."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        main.main(args=argv, prog_name="mpq", standalone_mode=False)
+        try:
+            with main.make_context("mpq", args) as ctx:
+                main.invoke(ctx)
+        except click.exceptions.Exit as e:
+            return e.exit_code
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            return 0
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            command = ctx.command_path if ctx else "mpq"
+            where = f"{command[4:]}: " if command.startswith("mpq ") else ""
+            click.echo(f"mpq: error: {where}{_one_line(e.format_message())} (see {command} --help)", err=True)
+            return 2
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
     except MpqError as e:
-        click.echo(f"mpq: error: {e}", err=True)
+        click.echo(f"mpq: error: {_one_line(e)}", err=True)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.NoArgsIsHelpError as e:
-        click.echo(e.ctx.get_help())
-        return 0
-    except click.ClickException as e:
-        command = e.ctx.command_path if getattr(e, "ctx", None) else "mpq"
-        click.echo(f"{command}: error: {e.format_message()} (see {command} --help)", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("mpq: interrupted", err=True)
+    except KeyboardInterrupt:
+        _interrupted()
         return 130
     except BrokenPipeError:
         return 0
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        click.echo("mpq: internal error (a bug in mpq, not in your input); please report it with the command "
+                   "and the traceback above", err=True)
+        return 1
     return 0
+
+
+def _interrupted() -> None:
+    """Say ``mpq: interrupted`` once on stderr, ignoring a second Ctrl-C while doing so."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write("mpq: interrupted\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -35,11 +35,14 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
                       *, metric: str = "loss", executor: str = "local", workers: int = 1,
                       ray_address: str | None = None, resume: Checkpoint | None = None, progress=None) -> Gains:
     from ..quant.checkpoint import file_sha256, read_checkpoint
+    from ..userfiles import source_sha256
 
     checkpoint = str(Path(checkpoint).resolve())
     base_bits = read_checkpoint(checkpoint)["bits"]
     task_ref = getattr(task, "ref", task.name)
-    key = config_key(method="sensitivity", task=task_ref, checkpoint=file_sha256(checkpoint), metric=metric,
+    key = config_key(method="sensitivity", task=task_ref, task_source=source_sha256(task_ref),
+                     modules={g.id: group_modules(graph, mapping, g) for g in graph.free_groups},
+                     checkpoint=file_sha256(checkpoint), metric=metric,
                      precisions=sorted(precisions))
     common = {"task_ref": task_ref, "checkpoint": checkpoint, "metric": metric}
     jobs = {f"{key}:base": {**common, "bits_by_module": {}}}
