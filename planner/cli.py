@@ -255,7 +255,9 @@ def _metric_header(metric: str) -> str:
 @_with(hw_pin_options)
 @click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the costs as JSON.")
-def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin, pin_bits, summary, as_json) -> None:
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
+def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin, pin_bits, summary, as_json,
+         force) -> None:
     """Per-layer and total cost of MODEL on an accelerator, at uniform precision or for a plan."""
     from hw import load_spec
 
@@ -267,7 +269,7 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin,
     if plan_path:
         from .plan import read_plan
 
-        choice = read_plan(plan_path).bits_for(graph)
+        choice = read_plan(plan_path).bits_for(graph, force)
         for g, b in enumerate(choice):
             if b not in table.groups[g]:
                 raise MpqError(f"{plan_path}: the plan gives group {g} ({graph.groups[g].layers[0]}) {b} bits, which "
@@ -420,12 +422,12 @@ def _offered(table) -> list[int]:
     return sorted({b for options in table.groups for b in options})
 
 
-def _gains(name: str, graph, precisions, step, mode, weighting, seed):
+def _gains(name: str, graph, precisions, step, mode, weighting, seed, force: bool = False):
     from .gains import compute
 
     options = {"eagl": {"step": step, "mode": mode, "weighting": weighting}, "random": {"seed": seed},
                "qerror": {"step": "lsq" if step == "auto" else step}}.get(name, {})
-    return compute(name, graph, list(precisions), **options)
+    return compute(name, graph, list(precisions), force=force, **options)
 
 
 def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, bits=None):
@@ -471,8 +473,10 @@ bits_restriction_option = click.option(
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the summary.")
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
 def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, step, mode, weighting, seed, output,
-         csv_path, explain, method, time_limit, timings, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
+         csv_path, explain, method, time_limit, timings, restrict_bits, input_shapes, no_pin, pin_bits, as_json,
+         force) -> None:
     """Choose each layer's precision under the budgets, maximising the total gain."""
     from . import plan as plans
     from .budget import parse_budget, resolve
@@ -486,7 +490,7 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
         raise MpqError("mpq plan takes one --gains; compare several with mpq frontier")
     budgets = [parse_budget(t, table.metrics) for t in budget_texts]
     limits = resolve(budgets, table, _between(between))
-    gains = _gains(gains_names[0] if gains_names else "eagl", graph, _offered(table), step, mode, weighting, seed)
+    gains = _gains(gains_names[0] if gains_names else "eagl", graph, _offered(table), step, mode, weighting, seed, force)
     solution = solve(gains.by_group, table.groups, limits, method=method, time_limit_s=time_limit)
     doc = plans.build_plan(graph, spec_, table, gains, budgets, limits, solution, timings)
     plans.validate(doc)
@@ -561,8 +565,9 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
 def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
-             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
+             plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json, force) -> None:
     """Optimal plans over a sweep of budgets, one curve per gain method."""
     from .budget import parse_budget
     from .atomic import together
@@ -576,7 +581,7 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
         raise MpqError("--points must be at least 2")
     metric = parse_budget(f"{metric}=0", table.metrics).metric if metric else table.metrics[0]
     methods = list(dict.fromkeys(gains_names or ("eagl",)))
-    gains_list = [_gains(n, graph, _offered(table), step, mode, weighting, seed) for n in methods]
+    gains_list = [_gains(n, graph, _offered(table), step, mode, weighting, seed, force) for n in methods]
     fractions = [round(k / (points - 1), 9) for k in range(points)]
     checkpoint = Checkpoint(csv_path + ".partial.jsonl") if csv_path else None
     with _progress(len(gains_list) * len(fractions), "frontier") as bar:
@@ -868,7 +873,8 @@ def _sha(path) -> str:
 @click.option("--task", "task_ref", default=None, metavar="TASK", help="The checkpoint's task; also calibrates "
               "activation steps that no checkpoint gives.")
 @click.option("-o", "--output", required=True, metavar="OUT.onnx", help="Write the QDQ model here.")
-def export(plan_path, model, checkpoint_path, task_ref, output) -> None:
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
+def export(plan_path, model, checkpoint_path, task_ref, output, force) -> None:
     """Write the QDQ ONNX of MODEL at PLAN's bits (runs in onnxruntime)."""
     import onnx
 
@@ -883,7 +889,7 @@ def export(plan_path, model, checkpoint_path, task_ref, output) -> None:
                  {"-o": output})
     task = _task(task_ref) if task_ref else None
     torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
-    proto = workflow.export_qdq(read_plan(plan_path), model, task=task, model=torch_model)
+    proto = workflow.export_qdq(read_plan(plan_path), model, task=task, model=torch_model, force=force)
     onnx.checker.check_model(proto)
     with atomic_path(output) as tmp:
         onnx.save(proto, tmp)

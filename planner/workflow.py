@@ -51,24 +51,26 @@ def train(task, model: nn.Module, *, bits: int | None = None, epochs: float | No
 
 
 def apply_plan(task, model: nn.Module, plan) -> nn.Module:
-    """A copy of ``model`` at the plan's bits (the plan must be for this model's layers)."""
+    """A copy of ``model`` at the plan's bits (the plan must be for this model's layers; its
+    weights may differ: a plan is applied to fine-tuned checkpoints of the model it was made on)."""
     graph, mapping = task_graph(task, model)
-    plan.check_model(graph)
+    plan.check_model(graph, force=True)
     return apply_bits(model, bits_by_module(graph, mapping, plan.bits_by_layer))
 
 
-def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | None = None):
+def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | None = None, force: bool = False):
     """QDQ ONNX at the plan's bits. Without a torch ``model`` it is built on ``onnx_path`` (steps
     from its weights, activation steps calibrated on the task's data, or activations left float
     without a task). With a task's ``model`` (a checkpoint) it is built on a fresh export of that
     model, so every parameter (batch norms included) and every learned step is the checkpoint's;
-    ``onnx_path`` must then have the same layers."""
+    ``onnx_path`` must then have the same layers. The plan must record ``onnx_path``'s sha256
+    unless ``force``."""
     from .graph import load_graph
     from .qdq import qdq_model
     from .quant.lsq import learned_steps
 
     reference = load_graph(onnx_path, pin_first=None, pin_last=None)
-    plan.check_model(reference)
+    plan.check_model(reference, force)
     if model is None:
         activation_steps = calibrate(task, reference, plan.bits_by_layer) if task is not None else None
         return qdq_model(reference, plan.bits_by_layer, activation_steps=activation_steps)
