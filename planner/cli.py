@@ -932,9 +932,15 @@ executor_options = [
 ]
 
 
-def _check_data_gains_paths(task_ref, checkpoint_path, output, resume_path=None) -> None:
+def _check_data_gains_paths(task_ref, checkpoint_path, output, resume_path=None, executor=None,
+                            ray_address=None) -> None:
+    """Before any work: paths (see _check_paths) and, for the ray executor, the cluster's address."""
     _check_paths({"--task": _ref_file(task_ref), "--checkpoint": checkpoint_path},
                  {"-o": output, "--resume-file": resume_path})
+    if executor == "ray" and ray_address:
+        from .ray_executor import check_address
+
+        check_address(ray_address)
 
 
 def _bits_list(text: str, option: str = "--bits") -> list[int]:
@@ -965,10 +971,11 @@ def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs
     from .gains.alps import alps, job_count
 
     precisions = _bits_list(bits)
-    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl")
+    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl", executor,
+                            ray_address)
+    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     executor = executor or ("processes" if workers > 1 else "local")
     start = time.perf_counter()
     with _progress(job_count(graph, seeds), f"alps {task.name}", unit="job") as bar:
@@ -1026,10 +1033,11 @@ def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits,
     from .gains.sensitivity import sensitivity_gains
 
     precisions = _bits_list(bits)
-    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl")
+    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl", executor,
+                            ray_address)
+    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     executor = executor or ("processes" if workers > 1 else "local")
     with _progress(0, f"sensitivity {task.name}", unit="job") as bar:
         result = sensitivity_gains(task, checkpoint_path, graph, mapping, precisions, metric=metric,
