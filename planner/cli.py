@@ -438,7 +438,7 @@ def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, bits
     spec_ = load_spec(hw_name)
     graph = _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits)
     table = cost_table(graph, spec_, _cost_model(cost_model, spec_, lut))
-    if bits:
+    if bits is not None:
         allowed = _bits_list(bits)
         unknown = [b for b in allowed if b not in spec_.precisions]
         if unknown:
@@ -766,6 +766,9 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
     from .atomic import together
     from .quant.checkpoint import load_checkpoint, save_checkpoint
 
+    from .userfiles import check_output
+
+    check_output("-o", output)
     onnx_path = Path(output).with_suffix(".onnx")
     if output.endswith(".onnx") or _same_name(output, str(onnx_path)):
         raise MpqError(f"-o {output}: the checkpoint and its ONNX export ({onnx_path}) would be the same file; "
