@@ -1,11 +1,17 @@
-"""``python -m planner``: the mpq command line. A Ctrl-C while the CLI's modules still import
-is answered like one during a run: one line, exit code 130."""
+"""``python -m planner`` and the ``mpq`` command: the command line. A Ctrl-C while its modules
+still import is answered like one during a run: one line, exit code 130."""
 import sys
 
-try:
-    from .cli import run
-except KeyboardInterrupt:
-    sys.stderr.write("mpq: interrupted\n")
-    sys.exit(130)
 
-sys.exit(run())
+def main() -> None:
+    """Run the CLI and exit with its code."""
+    try:
+        from .cli import run
+    except KeyboardInterrupt:
+        sys.stderr.write("mpq: interrupted\n")
+        sys.exit(130)
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

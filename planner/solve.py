@@ -347,7 +347,7 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     solver.parameters.linearization_level = 2
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.random_seed = 0
-    status = solver.solve(model)
+    status = _solve_interruptibly(solver, model)
     name = solver.status_name(status)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None, name, -math.inf, scales
@@ -359,6 +359,39 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     fixed_gain = math.fsum(gains[g][options[g][0]] for g in fixed)
     bound = fixed_gain + solver.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
     return bits, name, bound, scales
+
+
+def _solve_interruptibly(solver, model) -> int:
+    """``solver.solve(model)`` in a helper thread, so that Ctrl-C reaches this (main) thread as a
+    KeyboardInterrupt at once: the search is stopped and the interrupt re-raised. CP-SAT's own
+    SIGINT handling is off: it would end the search as if its time were up, and leave Python's
+    handler replaced."""
+    import threading
+
+    solver.parameters.catch_sigint_signal = False
+    result: dict = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can leave the thread looking finished
+
+    def work() -> None:
+        try:
+            result["status"] = solver.solve(model)
+        except BaseException as e:  # handed to the main thread
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="cp-sat", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        solver.stop_search()
+        while not done.wait(0.05):
+            pass
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["status"]
 
 
 def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
