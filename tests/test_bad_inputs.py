@@ -154,10 +154,10 @@ def inputs(tmp_path_factory) -> Path:
     gains = d / "gains.json"
     text = gains.read_text()
     first = json.loads(text)["groups"][1]
-    (d / "g_nan.json").write_text(text.replace('"gains": {', '"gains": {"3": NaN, ', 1))
-    (d / "g_inf.json").write_text(text.replace('"gains": {', '"gains": {"3": Infinity, ', 1))
-    (d / "g_ninf.json").write_text(text.replace('"gains": {', '"gains": {"3": -Infinity, ', 1))
-    (d / "g_1e400.json").write_text(text.replace('"gains": {', '"gains": {"3": 1e400, ', 1))
+    marked = json.loads(text)
+    marked["groups"][1]["gains"]["4"] = "@"  # an offered precision of a free group
+    for name, literal in (("g_nan", "NaN"), ("g_inf", "Infinity"), ("g_ninf", "-Infinity"), ("g_1e400", "1e400")):
+        (d / f"{name}.json").write_text(json.dumps(marked).replace('"@"', literal))
     _edit_json(gains, d / "g_params_list.json", lambda g: g.update(params=[1, 2]))
     _edit_json(gains, d / "g_method_list.json", lambda g: g.update(method=["x"]))
     _edit_json(gains, d / "g_groups_dict.json", lambda g: g.update(groups={"a": 1}))

@@ -61,7 +61,7 @@ def check_model_hash(doc: dict, path, graph: LayerGraph, kind: str, force: bool 
     recorded = model.get("sha256") if isinstance(model, dict) else None
     if force or not recorded or not graph.model.sha256 or recorded == graph.model.sha256:
         return
-    raise MpqError(f"{path}: this {kind} was made for {model.get('path') or 'another model'} (sha256 "
+    raise MpqError(f"{path}: {kind} for another model: made for {model.get('path') or '?'} (sha256 "
                    f"{str(recorded)[:12]}...), not {graph.model.path} (sha256 {graph.model.sha256[:12]}...); "
                    f"make one for this model, or pass --force to use it anyway")
 
