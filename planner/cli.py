@@ -75,6 +75,7 @@ class _BitWidth(click.ParamType):
 
 BIT_WIDTH = _BitWidth()
 POSITIVE = _Number(float, 0, low_open=True)
+LEARNING_RATE = _Number(float, 0, 3.4e38, low_open=True)  # torch keeps it in float32
 NON_NEGATIVE = _Number(float, 0)
 COUNT = _Number(int, 1)
 SEED = _Number(int, 0, 2 ** 32 - 1)
@@ -753,7 +754,7 @@ def _threads() -> None:
 @click.option("--bits", type=BIT_WIDTH, default=None, help="Train quantization-aware (LSQ) at these bits; pinned layers at --pin-bits.")
 @click.option("--init", "init_path", default=None, metavar="CKPT", help="Start from this checkpoint (default: fresh weights).")
 @click.option("--epochs", type=POSITIVE, default=None, help="Epochs (default: the task's).")
-@click.option("--lr", type=POSITIVE, default=None, help="Learning rate (default: the task's).")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Learning rate (default: the task's).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first and last layers.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the checkpoint here (and OUTPUT with .onnx: "
@@ -765,7 +766,6 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
     from . import workflow
     from .atomic import together
     from .quant.checkpoint import load_checkpoint, save_checkpoint
-
     from .userfiles import check_output
 
     check_output("-o", output)
@@ -784,6 +784,7 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
             bar.update(1)
         model = workflow.train(task, model, bits=bits, epochs=epochs, lr=lr, seed=seed, pins=(pin_bits, pin_bits),
                                progress=tick, resume=output + ".partial")
+    _check_trained(model, lr)
     test = task.evaluate(model)
     with together(output, onnx_path) as (checkpoint_tmp, onnx_tmp):
         save_checkpoint(checkpoint_tmp, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
@@ -828,7 +829,7 @@ def evaluate(task_ref, checkpoint_path, plan_path, as_json) -> None:
 @click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT",
               help="Start from this checkpoint (e.g. the LSQ 4-bit network).")
 @click.option("--epochs", type=POSITIVE, default=None, help="Fine-tuning epochs (default: the task's).")
-@click.option("--lr", type=POSITIVE, default=None, help="Learning rate (default: the task's fine-tuning rate).")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Learning rate (default: the task's fine-tuning rate).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--distill", type=_Number(float, 0, 1), default=0.0, show_default=True,
               help="Weight of distillation from --teacher (default teacher: the starting checkpoint).")
@@ -856,10 +857,34 @@ def finetune(plan_path, task_ref, checkpoint_path, epochs, lr, seed, distill, te
         fit(model, task, epochs=epochs if epochs is not None else getattr(task, "finetune_epochs", 5),
             lr=lr if lr is not None else getattr(task, "finetune_lr", 0.01), seed=seed,
             teacher=teacher if distill > 0 else None, distill=distill, progress=tick, resume=output + ".partial")
+    _check_trained(model, lr)
     test = task.evaluate(model)
     save_checkpoint(output, model, task, test_score=test, plan=plan_path, plan_sha256=_sha(plan_path),
                     init=checkpoint_path, seed=seed)
     click.echo(f"{task.name}: test score {test:.2f} after fine-tuning {plan_path}; wrote {output}")
+
+
+def _check_trained(model, lr) -> None:
+    """MpqError when training left a non-finite weight (it diverged): no NaN checkpoint is written."""
+    import torch
+
+    bad = next((name for name, t in model.state_dict().items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise MpqError(f"training diverged: {bad} is not finite (learning rate {lr if lr is not None else 'default'}); "
+                       "try a lower --lr")
+
+
+def _check_plan_of_checkpoint(checkpoint_path, plan_path, force: bool) -> None:
+    """MpqError when the checkpoint was fine-tuned for another plan than ``plan_path`` (unless ``force``)."""
+    from .quant.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(checkpoint_path).get("meta") or {}
+    recorded = meta.get("plan_sha256") if isinstance(meta, dict) else None
+    if force or not recorded or recorded == _sha(plan_path):
+        return
+    raise MpqError(f"{checkpoint_path} was fine-tuned for another plan ({meta.get('plan')}, sha256 {str(recorded)[:12]}...) "
+                   f"than {plan_path}; use that plan, fine-tune for this one, or pass --force")
 
 
 def _sha(path) -> str:
@@ -890,6 +915,8 @@ def export(plan_path, model, checkpoint_path, task_ref, output, force) -> None:
         raise MpqError("--checkpoint needs --task (the checkpoint's task, to rebuild its model)")
     _check_paths({"PLAN": plan_path, "MODEL": model, "--checkpoint": checkpoint_path, "--task": _ref_file(task_ref)},
                  {"-o": output})
+    if checkpoint_path:
+        _check_plan_of_checkpoint(checkpoint_path, plan_path, force)
     task = _task(task_ref) if task_ref else None
     torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
     proto = workflow.export_qdq(read_plan(plan_path), model, task=task, model=torch_model, force=force)
@@ -960,7 +987,7 @@ def _bits_list(text: str, option: str = "--bits") -> list[int]:
 @gains.command("alps")
 @_with(data_gains_options)
 @click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
-@click.option("--lr", type=POSITIVE, default=None, help="Fine-tuning learning rate (default: the task's).")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Fine-tuning learning rate (default: the task's).")
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
               help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
 @click.option("--seeds", type=COUNT, default=3, show_default=True, help="Seeds of the base score (its spread is the noise floor).")

@@ -43,6 +43,11 @@ class Gains:
         }
 
     def write(self, graph: LayerGraph, path: str | Path) -> None:
+        """Write the gains file atomically; MpqError (and no file) when a gain is not finite."""
+        for group in graph.groups:
+            for bits, value in self.by_group[group.id].items():
+                finite(value, f"{self.method} gain of group {group.id} ({group.layers[0]}) at {bits} bits "
+                              "(the scores it comes from are not finite: lower --lr or check the checkpoint)")
         write_text(path, json.dumps(self.to_json(graph), indent=1, sort_keys=True) + "\n")
 
 
