@@ -10,7 +10,11 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("mpq: interrupted\n")
         sys.exit(130)
-    sys.exit(run())
+    code = run()
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a late Ctrl-C must not kill the exit
+    sys.exit(code)
 
 
 if __name__ == "__main__":

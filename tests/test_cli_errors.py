@@ -48,3 +48,64 @@ def test_bad_input_shape_option(bad_models):
 
 def test_unknown_option_is_one_line():
     assert_user_error(mpq("inspect", "--frobnicate"), "No such option")
+
+
+def test_ctrl_c_stops_a_cpsat_solve_at_once():
+    """Ctrl-C during a CP-SAT search raises KeyboardInterrupt in the main thread within a moment
+    (CP-SAT's own handler would end the search as if its time were up and leave Python's handler
+    replaced)."""
+    import _thread
+    import random
+    import signal
+    import threading
+    import time
+
+    from ortools.sat.python import cp_model
+
+    from planner.solve import _solve_interruptibly
+
+    rng = random.Random(1)
+    model = cp_model.CpModel()
+    x = [[model.new_bool_var("") for _ in range(3)] for _ in range(600)]
+    for options in x:
+        model.add_exactly_one(options)
+    variables = [v for options in x for v in options]
+    for _ in range(3):
+        weights = [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]
+        model.add(cp_model.LinearExpr.weighted_sum(variables, weights) <= 600 * 150)
+    model.maximize(cp_model.LinearExpr.weighted_sum(variables, [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = 60
+    solver.parameters.num_workers = 2
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        _solve_interruptibly(solver, model)
+    assert time.perf_counter() - start < 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_file(exported, tmp_path, delay):
+    """SIGINT while the CLI imports, loads the model or solves: exit 130, 'mpq: interrupted', and
+    no file but the input (or, if the run already finished, exit 0 and its outputs)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = shutil.copy(exported("resnet18"), tmp_path / "m.onnx")
+    process = subprocess.Popen([sys.executable, "-m", "planner", "plan", model, "--hw", "northpole", "--budget",
+                                "latency=0.5", "-o", "p.json", "--csv", "p.csv"], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    if process.returncode == 0:
+        assert files == ["m.onnx", "p.csv", "p.json"]
+    else:
+        assert (process.returncode, err, files) == (130, "mpq: interrupted\n", ["m.onnx"])
