@@ -109,3 +109,25 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_file(exported, tmp_path,
         assert files == ["m.onnx", "p.csv", "p.json"]
     else:
         assert (process.returncode, err, files) == (130, "mpq: interrupted\n", ["m.onnx"])
+
+
+def test_an_error_importing_mpqs_own_modules_is_a_bug_not_a_user_error(monkeypatch):
+    """userfiles.load_object blames the user only for the user's code: a built-in task whose
+    module fails to import raises the original error (exit 1 with a traceback in the CLI)."""
+    import importlib
+
+    from planner import MpqError
+    from planner.tasks import load_task
+
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name == "planner.tasks.mnist":
+            raise ZeroDivisionError("bug in mpq")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ZeroDivisionError):
+        load_task("mnist")
+    with pytest.raises(MpqError, match="does not exist"):
+        load_task("planner.tasks.no_such_task:task")
