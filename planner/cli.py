@@ -480,8 +480,8 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
          force) -> None:
     """Choose each layer's precision under the budgets, maximising the total gain."""
     from . import plan as plans
-    from .budget import parse_budget, resolve
     from .atomic import together
+    from .budget import parse_budget, resolve
     from .solve import explain as why
     from .solve import solve
 
@@ -570,16 +570,14 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
              plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json, force) -> None:
     """Optimal plans over a sweep of budgets, one curve per gain method."""
-    from .budget import parse_budget
     from .atomic import together
+    from .budget import parse_budget
     from .checkpoint import Checkpoint
     from .frontier import sweep
 
     _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names),
                  {"--csv": csv_path, "--plot": plot_path, "checkpoint": csv_path and csv_path + ".partial.jsonl"})
     spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
-    if points < 2:
-        raise MpqError("--points must be at least 2")
     metric = parse_budget(f"{metric}=0", table.metrics).metric if metric else table.metrics[0]
     methods = list(dict.fromkeys(gains_names or ("eagl",)))
     gains_list = [_gains(n, graph, _offered(table), step, mode, weighting, seed, force) for n in methods]
@@ -731,12 +729,6 @@ task_option = click.option("--task", "task_ref", required=True, metavar="TASK",
                            help="Built-in mnist or minilm, package.module:object or path/file.py:object.")
 
 
-def _same_name(a: str, b: str) -> bool:
-    import os
-
-    return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _task(ref: str):
     from .tasks import load_task
 
@@ -770,7 +762,7 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
 
     check_output("-o", output)
     onnx_path = Path(output).with_suffix(".onnx")
-    if output.endswith(".onnx") or _same_name(output, str(onnx_path)):
+    if output.endswith(".onnx"):
         raise MpqError(f"-o {output}: the checkpoint and its ONNX export ({onnx_path}) would be the same file; "
                        f"name the checkpoint with another suffix, e.g. -o {Path(output).with_suffix('.pt')}")
     _check_paths({"--task": _ref_file(task_ref), "--init": init_path},
