@@ -40,6 +40,9 @@ demo: $(INSTALLED) $(MODEL)
 	@echo
 	$(MPQ) frontier $(MODEL) --hw northpole --between 2,4 --points 11 --gains eagl --gains qerror \
 		--gains params --gains random --plot $(OUT)/frontier.png --csv $(OUT)/frontier.csv
+	@echo
+	$(MPQ) sweep $(MODEL) --hw northpole --vary cores=64,128,256 --vary precisions=4,8/2,4,8 --target-gain 0.95 \
+		-o $(OUT)/sweep.csv --plot $(OUT)/sweep.png
 
 clean:
 	rm -rf $(OUT) examples/models

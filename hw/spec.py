@@ -82,6 +82,10 @@ class HardwareSpec:
     energy_per_mac_j: dict[int, float] = field(default_factory=dict)
     energy_per_byte_onchip_j: float | None = None
     energy_per_byte_offchip_j: float | None = None
+    hardware_cost_unit: str = ""
+    hardware_cost_per_mac: dict[int, float] = field(default_factory=dict)
+    hardware_cost_per_on_chip_byte: float = 0.0
+    hardware_cost_fixed: float = 0.0
     pin_first: int | None = 8
     pin_last: int | None = 8
     cost_model: str = "northpole"
@@ -96,6 +100,15 @@ class HardwareSpec:
     @property
     def has_energy(self) -> bool:
         return bool(self.energy_per_mac_j)
+
+    def hardware_cost(self) -> float | None:
+        """What the chip costs to build (in ``hardware_cost_unit``), None where the spec gives no
+        ``hardware_cost``: cores x sum over precisions of MACs/cycle/core x cost per MAC unit, plus
+        on-chip bytes x cost per byte, plus the fixed part."""
+        if not self.hardware_cost_per_mac:
+            return None
+        macs = sum(self.macs_per_cycle[b] * self.hardware_cost_per_mac[b] for b in self.precisions)
+        return self.cores * macs + (self.on_chip_bytes or 0.0) * self.hardware_cost_per_on_chip_byte + self.hardware_cost_fixed
 
 
 def shipped_specs() -> list[str]:
@@ -176,6 +189,12 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
     if energy:
         _require_each_precision(precisions, energy_per_mac, "energy.per_mac_j", where)
     pins = data.get("pins") or {}
+    silicon = data.get("hardware_cost") or {}
+    cost_per_mac = per_precision(silicon["per_mac_unit"], "hardware_cost.per_mac_unit") if silicon else {}
+    if silicon:
+        _require_each_precision(precisions, cost_per_mac, "hardware_cost.per_mac_unit", where)
+        if "per_on_chip_byte" in silicon and "on_chip_bytes" not in memory:
+            raise MpqError(f"{where}: hardware_cost.per_on_chip_byte: needs memory.on_chip_bytes (how many bytes to cost)")
 
     def optional(section: dict, key: str, prefix: str) -> float | None:
         return figure(section[key], f"{prefix}.{key}") if key in section else None
@@ -194,6 +213,9 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
         energy_per_mac_j=energy_per_mac,
         energy_per_byte_onchip_j=optional(energy, "per_byte_onchip_j", "energy"),
         energy_per_byte_offchip_j=optional(energy, "per_byte_offchip_j", "energy"),
+        hardware_cost_unit=silicon.get("unit", ""), hardware_cost_per_mac=cost_per_mac,
+        hardware_cost_per_on_chip_byte=optional(silicon, "per_on_chip_byte", "hardware_cost") or 0.0,
+        hardware_cost_fixed=optional(silicon, "fixed", "hardware_cost") or 0.0,
         pin_first=pins.get("first", 8), pin_last=pins.get("last", 8), cost_model=data.get("cost_model", "northpole"),
         sources=sources, assumptions=tuple(assumptions), path=where, sha256=sha256,
     )

@@ -1112,6 +1112,106 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
     click.echo(f"wrote {output}: eagl gains for {len(graph.free_groups)} free groups at bits {precisions}")
 
 
+# ------------------------------------------------------------------------------ design-space sweeps
+
+@main.command()
+@click.argument("model")
+@click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Base accelerator spec: shipped name or YAML path.")
+@click.option("--vary", "vary_texts", multiple=True, metavar="FIELD=V1,V2,...",
+              help="A spec field by dotted path and its values (cores=64,128,256; macs_per_cycle_per_core.2=4096,8192; "
+                   "memory.on_chip_bytes=1e6,4e6), or precision sets (precisions=4,8/2,4,8). Repeat: the grid of all.")
+@click.option("--samples", type=COUNT, default=None, help="Instead of the grid, this many random points of its box.")
+@click.option("--sample-seed", type=SEED, default=0, show_default=True, help="Seed of --samples.")
+@click.option("--target-gain", "targets", type=_Number(float, 0, 1), multiple=True, metavar="F",
+              help="Plan the cheapest plan reaching F (e.g. 0.95) of the variant's largest total gain (repeatable).")
+@click.option("--budget", "budget_texts", multiple=True, metavar="METRIC<=VALUE|METRIC=R",
+              help="Plan the best plan within this budget (repeatable; commas join metrics into one budget).")
+@_with(cost_model_options)
+@_with(gains_options)
+@click.option("-o", "--output", "outputs", multiple=True, metavar="OUT.csv|OUT.json",
+              help="Write the rows as CSV or JSON (by suffix; repeatable).")
+@click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the sweep plots.")
+@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit per budget (s).")
+@input_shape_option
+@_with(hw_pin_options)
+@_with(executor_options)
+def sweep(model, hw_name, vary_texts, samples, sample_seed, targets, budget_texts, cost_model, lut, gains_names, step,
+          mode, weighting, seed, outputs, plot_path, time_limit, input_shapes, no_pin, pin_bits, workers, executor,
+          ray_address, resume_file) -> None:
+    """Plan MODEL on every variant of a spec (design-space sweep): exact frontier, plans at gain
+    targets or budgets, hardware cost and the Pareto set of (hardware cost, cost of the plan)."""
+    import time
+
+    from . import sweep as sw
+    from .atomic import together, write_text
+    from .checkpoint import Checkpoint
+    from .graph import load_graph
+
+    start = time.perf_counter()
+    bad = [o for o in outputs if not o.endswith((".csv", ".json"))]
+    if bad:
+        raise MpqError(f"-o {bad[0]}: write .csv or .json")
+    _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names),
+                 {**{f"-o {o}": o for o in outputs}, "--plot": plot_path,
+                  "--resume-file": resume_file or (outputs[0] + ".partial.jsonl" if outputs else None)})
+    if len(gains_names) > 1:
+        raise MpqError("mpq sweep takes one --gains")
+    base, data = sw.load_base(hw_name)
+    items = sw.variants(data, base.path, [sw.parse_vary(t) for t in vary_texts], samples=samples, seed=sample_seed)
+    pins = (None, None) if no_pin else (pin_bits, pin_bits) if pin_bits is not None else (base.pin_first, base.pin_last)
+    shapes = _shape_option(input_shapes)
+    graph = load_graph(model, shapes, pin_first=pins[0], pin_last=pins[1])
+    gains_ = _gains(gains_names[0] if gains_names else "eagl", graph, sw.precisions_of(items), step, mode, weighting, seed)
+    resume = resume_file or (outputs[0] + ".partial.jsonl" if outputs else None)
+    checkpoint = Checkpoint(resume) if resume else None
+    executor = executor or ("processes" if workers > 1 else "local")
+
+    def tick(variant, done, total, cached, seconds):
+        click.echo(f"sweep [{done}/{total}] variant {variant.index} {variant.describe() or '(base spec)'}: "
+                   f"{'from checkpoint' if cached else 'computed'} ({seconds:.1f} s)", err=True)
+
+    result = sw.run_sweep(graph, items, gains_, cost_model=cost_model or ("lut" if lut else base.cost_model), lut=lut,
+                          input_shapes=shapes, pins=pins, targets=list(targets), budgets=list(budget_texts),
+                          time_limit_s=time_limit, checkpoint=checkpoint, executor=executor, workers=workers,
+                          ray_address=ray_address, progress=tick)
+    header = {"model": {"path": graph.model.path, "sha256": graph.model.sha256, "input_shapes": graph.model.input_shapes},
+              "hardware": {"name": base.name, "sha256": base.sha256}, "hardware_cost_unit": base.hardware_cost_unit,
+              "cost_model": cost_model or ("lut" if lut else base.cost_model), "pins": list(pins),
+              "gains": {"method": gains_.method, "params": gains_.params}, "precisions": sw.precisions_of(items),
+              "axes": [{"field": a.field, "values": [list(v) if isinstance(v, tuple) else v for v in a.values]}
+                       for a in map(sw.parse_vary, vary_texts)],
+              "samples": samples, "sample_seed": sample_seed if samples else None}
+    with together(*outputs, plot_path) as temporaries:
+        for out, tmp in zip(outputs, temporaries):
+            write_text(tmp, sw.to_csv(result) if out.endswith(".csv") else sw.to_json(result, header))
+        if plot_path:
+            from .plots import sweep_plot
+
+            sweep_plot(result, temporaries[-1], title=f"{_file_name(graph.model.path)} on variants of {base.name}")
+    if checkpoint and not resume_file:
+        checkpoint.remove()
+    fields, _ = sw.columns(result)
+    metric = result.metric
+    rows = []
+    givens = list(dict.fromkeys(r["given"] for r in result.rows))
+    for r in sorted(result.rows, key=lambda r: (givens.index(r["given"]), r["variant"])):
+        totals = r.get("totals") or {}
+        share = f"{100 * r['objective'] / r['max_gain']:.1f}%" if totals and r["max_gain"] else "-"
+        rows.append((r["variant"], *(sw.show(r["values"][f]) for f in fields), r["given"], r["status"],
+                     report.si(totals[metric], _unit(metric)) if totals else "-", share,
+                     "-" if r["hardware_cost"] is None else f"{r['hardware_cost']:.5g}",
+                     {True: "*", False: "", None: ""}[r["pareto"]]))
+    click.echo(report.table(["variant", *fields, "plan for", "status", metric, "gain", "hw cost", "pareto"], rows))
+    unit = f" ({base.hardware_cost_unit})" if base.hardware_cost_unit else ""
+    click.echo(f"\n{len(items)} variants ({len(result.computed)} computed, {len(items) - len(result.computed)} from the "
+               f"checkpoint) in {time.perf_counter() - start:.1f} s; gains {gains_.method} on bits {sw.precisions_of(items)}"
+               + (f"; hw cost{unit}: * marks the Pareto set of (hw cost, {metric} at a target; gain at a budget)"
+                  if any(r["pareto"] is not None for r in result.rows) else ""))
+    for path in (*outputs, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
+
+
 def _one_line(text: object) -> str:
     from .userfiles import one_line
 
