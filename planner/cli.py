@@ -1122,7 +1122,7 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
                    "memory.on_chip_bytes=1e6,4e6), or precision sets (precisions=4,8/2,4,8). Repeat: the grid of all.")
 @click.option("--samples", type=COUNT, default=None, help="Instead of the grid, this many random points of its box.")
 @click.option("--sample-seed", type=SEED, default=0, show_default=True, help="Seed of --samples.")
-@click.option("--target-gain", "targets", type=_Number(float, 0, 1), multiple=True, metavar="F",
+@click.option("--target-gain", "targets", type=_Number(float), multiple=True, metavar="F",
               help="Plan the cheapest plan reaching F (e.g. 0.95) of the variant's largest total gain (repeatable).")
 @click.option("--budget", "budget_texts", multiple=True, metavar="METRIC<=VALUE|METRIC=R",
               help="Plan the best plan within this budget (repeatable; commas join metrics into one budget).")
