@@ -131,6 +131,7 @@ def inputs(tmp_path_factory) -> Path:
 
     save_checkpoint(d / "ckpt.pt", TinyMnist().model(), TinyMnist())
     (d / "sub").mkdir()
+    (d / "sub.csv").mkdir()
     (d / "text.txt").write_text("not a model\n")
     # specs
     (d / "nan_cores.yaml").write_text(NORTHPOLE.replace("cores:\n  value: 256", "cores:\n  value: .nan"))
@@ -226,6 +227,7 @@ NP = ["--hw", "northpole"]
 PLAN = ["plan", "m.onnx", "--hw", "northpole", "--budget", "latency=0.5", "--gains", "params"]
 FRONTIER = ["frontier", "m.onnx", "--hw", "northpole", "--gains", "params", "--points", "2"]
 DYN_FRONTIER = ["frontier", "dyn.onnx"] + FRONTIER[2:]
+SWEEP = ["sweep", "m.onnx", "--hw", "northpole", "--vary", "cores=128,256", "--gains", "params", "--target-gain", "0.9"]
 COST = ["cost", "m.onnx", "--hw", "northpole", "--summary"]
 ALPS = ["gains", "alps", "--task", TINY, "--checkpoint", "ckpt.pt", "--bits", "2,4"]
 SENS = ["gains", "sensitivity", "--task", TINY, "--checkpoint", "ckpt.pt", "--bits", "2,4"]
@@ -270,7 +272,12 @@ CASES: dict[str, list] = {
     "hessian -o CHECKPOINT": HESS + ["-o", "ckpt.pt"],
     "hessian -o TASK FILE": ["gains", "hessian", "--task", "t_empty.py:task", "--checkpoint", "ckpt.pt",
                              "-o", "t_empty.py"],
+    "sweep -o MODEL": SWEEP + ["-o", "m.onnx"],
+    "sweep -o x -o x": SWEEP + ["-o", "s.csv", "-o", "./s.csv"],
+    "sweep --plot MODEL": SWEEP + ["--plot", "m.onnx"],
     # ---- output paths that cannot be written
+    "sweep --plot /proc (all or nothing)": SWEEP + ["-o", "s.csv", "--plot", "/proc/s.png"],
+    "sweep -o DIR.csv": SWEEP + ["-o", "sub.csv"],
     "plan -o ''": PLAN + ["-o", ""],
     "plan -o DIR": PLAN + ["-o", "sub"],
     "plan -o parent is a file": PLAN + ["-o", "text.txt/plan.json"],
@@ -357,6 +364,10 @@ CASES: dict[str, list] = {
     "finetune --epochs -1": FINETUNE + ["--epochs", "-1", "-o", "f.pt"],
     "finetune --distill 2": FINETUNE + ["--distill", "2", "-o", "f.pt"],
     "finetune --distill nan": FINETUNE + ["--distill", "nan", "-o", "f.pt"],
+    "sweep --samples 0": SWEEP + ["--samples", "0"],
+    "sweep --time-limit nan": SWEEP + ["--time-limit", "nan"],
+    "sweep --target-gain nan": SWEEP[:-2] + ["--target-gain", "nan"],
+    "sweep --sample-seed -1": SWEEP + ["--samples", "2", "--sample-seed", "-1"],
     # ---- input shapes
     "inspect --input-shape huge": ["inspect", "m.onnx", "--input-shape", "input=1x1x99999999999999999999x8"],
     "plan --input-shape huge": PLAN + ["--input-shape", "input=1x1x99999999999999999999x8"],
