@@ -131,3 +131,37 @@ def test_an_error_importing_mpqs_own_modules_is_a_bug_not_a_user_error(monkeypat
         load_task("mnist")
     with pytest.raises(MpqError, match="does not exist"):
         load_task("planner.tasks.no_such_task:task")
+
+
+def test_a_fine_tune_resumes_only_from_its_own_start(tmp_path):
+    """The resume state of a fit that started from other weights is not used: the result equals
+    a fresh fit (before, its config held only epochs, lr, seed, ... and the other run's
+    weights were picked up)."""
+    from tiny_task import TinyMnist
+
+    from planner.quant.train import fit
+
+    task = TinyMnist()
+    resume = tmp_path / "state.partial"
+
+    def interrupt_after_first_epoch(step, total):
+        if step == total // 2 + 1:
+            raise KeyboardInterrupt
+
+    other = task.model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(other, task, epochs=2, lr=0.05, seed=0, progress=interrupt_after_first_epoch, resume=resume,
+            reestimate_bn=False)
+    assert resume.exists()
+
+    def start():
+        torch.manual_seed(1)
+        model = task.model()
+        for p in model.parameters():
+            p.data.mul_(0.5)
+        return model
+
+    resumed = fit(start(), task, epochs=2, lr=0.05, seed=0, resume=resume, reestimate_bn=False)
+    fresh = fit(start(), task, epochs=2, lr=0.05, seed=0, reestimate_bn=False)
+    for (name, a), b in zip(resumed.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
