@@ -62,9 +62,11 @@ def load_object(ref: str, what: str):
             try:
                 module = importlib.import_module(where)
             except ModuleNotFoundError as e:
-                if e.name is None or not where.startswith(e.name):
-                    raise  # a module of mpq's that exists failed to import something: a bug
-                raise MpqError(f"{what}: module '{where}' does not exist") from None
+                if e.name and where.startswith(e.name):
+                    raise MpqError(f"{what}: module '{where}' does not exist") from None
+                if e.name and not _is_own(e.name):
+                    raise MpqError(f"{what}: needs the Python package '{e.name}', which is not installed") from None
+                raise  # one of mpq's modules is missing another of mpq's: a bug
         else:
             try:
                 module = importlib.import_module(where)
