@@ -604,3 +604,27 @@ def test_a_bug_is_exit_1_with_a_traceback_and_a_request(workdir, monkeypatch):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_stale_sensitivity_results_are_not_reused(workdir):
+    """Sensitivity results kept for one version of a task file are ignored (with a note) after
+    the file changes: the gains equal a fresh run's (before, the key held only the task's name)."""
+    def task_file(step: int) -> None:
+        Path("t_var.py").write_text(
+            f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport torch\nfrom tiny_task import TinyMnist\n\n\n"
+            f"class Variant(TinyMnist):\n    def eval_data(self):\n"
+            f"        return torch.utils.data.Subset(self._splits['val'], range(0, 500, {step}))\n\n\ntask = Variant()\n")
+
+    args = ["gains", "sensitivity", "--task", "t_var.py:task", "--checkpoint", "ckpt.pt", "--bits", "2,4"]
+    task_file(2)
+    code, _, err = cli(*args, "-o", "old.json", "--resume-file", "kept.jsonl")
+    assert code == 0, err
+    task_file(3)
+    code, _, err = cli(*args, "-o", "resumed.json", "--resume-file", "kept.jsonl")
+    assert code == 0, err
+    assert "ignored" in err
+    code, _, err = cli(*args, "-o", "fresh.json")
+    assert code == 0, err
+    resumed, fresh, old = (json.loads(Path(f"{n}.json").read_text()) for n in ("resumed", "fresh", "old"))
+    assert [g["gains"] for g in resumed["groups"]] == [g["gains"] for g in fresh["groups"]]
+    assert [g["gains"] for g in old["groups"]] != [g["gains"] for g in fresh["groups"]]
