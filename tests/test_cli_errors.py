@@ -66,13 +66,13 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
 
     rng = random.Random(1)
     model = cp_model.CpModel()
-    x = [[model.new_bool_var("") for _ in range(3)] for _ in range(600)]
+    x = [[model.new_bool_var("") for _ in range(3)] for _ in range(1500)]
     for options in x:
         model.add_exactly_one(options)
     variables = [v for options in x for v in options]
-    for _ in range(3):
+    for _ in range(5):  # five random knapsack budgets: far from proved optimal in 0.3 s
         weights = [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]
-        model.add(cp_model.LinearExpr.weighted_sum(variables, weights) <= 600 * 150)
+        model.add(cp_model.LinearExpr.weighted_sum(variables, weights) <= 1500 * 150)
     model.maximize(cp_model.LinearExpr.weighted_sum(variables, [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 60
@@ -80,8 +80,11 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
     timer = threading.Timer(0.3, _thread.interrupt_main)
     start = time.perf_counter()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        _solve_interruptibly(solver, model)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _solve_interruptibly(solver, model)
+    finally:
+        timer.cancel()
     assert time.perf_counter() - start < 10
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
