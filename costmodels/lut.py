@@ -28,7 +28,17 @@ class LutCost:
         if not path.is_file():
             raise MpqError(f"{path}: no such latency table")
         table: dict[tuple[str, int], float] = {}
-        with path.open(newline="") as f:
+        try:
+            return LutCost._parse(path, table)
+        except UnicodeDecodeError:
+            raise MpqError(f"{path}: not a text file (not UTF-8); a latency table is a CSV with columns "
+                           "layer,bits,latency_s") from None
+        except csv.Error as e:
+            raise MpqError(f"{path}: not a valid CSV ({e})") from None
+
+    @staticmethod
+    def _parse(path: Path, table: dict[tuple[str, int], float]) -> dict[tuple[str, int], float]:
+        with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"layer", "bits", "latency_s"} <= set(reader.fieldnames):
                 raise MpqError(f"{path}: expected a header with columns layer,bits,latency_s; got "
@@ -39,8 +49,8 @@ class LutCost:
                 except (TypeError, ValueError):
                     raise MpqError(f"{path}: line {line}: bits must be an integer and latency_s a number, "
                                    f"got {row['bits']!r}, {row['latency_s']!r}") from None
-                if latency < 0:
-                    raise MpqError(f"{path}: line {line}: latency_s {latency} is negative")
+                if not 0 <= latency < float("inf"):
+                    raise MpqError(f"{path}: line {line}: latency_s {row['latency_s']} is not a finite number >= 0")
                 table[(row["layer"], bits)] = latency
         return table
 

@@ -1,4 +1,4 @@
 """Accelerator specifications (YAML) and their loader/validator."""
-from .spec import HardwareSpec, load_spec, parse_spec, shipped_specs
+from .spec import SUPPORTED_BITS, HardwareSpec, check_bits, load_spec, parse_spec, shipped_specs
 
-__all__ = ["HardwareSpec", "load_spec", "parse_spec", "shipped_specs"]
+__all__ = ["SUPPORTED_BITS", "HardwareSpec", "check_bits", "load_spec", "parse_spec", "shipped_specs"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -16,6 +17,46 @@ import jsonschema
 import yaml
 
 from planner.errors import MpqError
+
+#: The bit widths mpq supports anywhere (spec precisions, every --bits and --pin-bits option).
+SUPPORTED_BITS = tuple(range(2, 17))
+#: A spec file larger than this is refused before parsing (bytes).
+MAX_SPEC_BYTES = 1 << 20
+#: At most this many values in a spec once YAML aliases are expanded (a billion-laughs file has billions).
+MAX_SPEC_VALUES = 100_000
+
+
+def check_bits(bits, what: str) -> int:
+    """``bits`` if it is a supported bit width (an int in SUPPORTED_BITS), else an MpqError
+    naming ``what`` (e.g. "--pin-bits 0")."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise MpqError(f"{what}: {bits!r} is not a supported bit width; mpq supports the integers "
+                       f"{SUPPORTED_BITS[0]} to {SUPPORTED_BITS[-1]}")
+    return bits
+
+
+def _checked_tree(data, where: str):
+    """Raise MpqError if the YAML data is cyclic (a recursive anchor), has more than
+    MAX_SPEC_VALUES values once aliases are expanded, or holds a non-finite number."""
+    count = 0
+    stack = [(data, (), frozenset())]
+    while stack:
+        value, path, above = stack.pop()
+        count += 1
+        if count > MAX_SPEC_VALUES:
+            raise MpqError(f"{where}: more than {MAX_SPEC_VALUES:,} values once YAML aliases are expanded; "
+                           "a spec is a short file, write it without nested aliases")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MpqError(f"{where}: {'.'.join(map(str, path)) or '(top level)'}: {value}: expected a finite number")
+        if isinstance(value, (dict, list)):
+            if id(value) in above:
+                raise MpqError(f"{where}: {'.'.join(map(str, path)) or '(top level)'}: a YAML alias refers to "
+                               "itself (recursive anchor); write the value out")
+            inner = above | {id(value)}
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((item, path + (key,), inner))
+    return data
 
 
 @dataclass(frozen=True)
@@ -103,13 +144,22 @@ def load_spec(name_or_path: str | Path) -> HardwareSpec:
         path = Path(str(resources.files("hw").joinpath(text + ".yaml")))
     if not path.is_file():
         raise MpqError(f"{path}: no such spec file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise MpqError(f"{path}: {path.stat().st_size:,} bytes is too large for a spec (at most {MAX_SPEC_BYTES:,})")
     raw = path.read_bytes()
     try:
-        data = yaml.safe_load(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MpqError(f"{path}: not a text file (not UTF-8); a spec is a YAML file") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise MpqError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', e)})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise MpqError(f"{path}: not valid YAML{where} ({problem})") from None
+    except RecursionError:
+        raise MpqError(f"{path}: YAML nested too deeply for a spec") from None
     return parse_spec(data, str(path), hashlib.sha256(raw).hexdigest())
 
 
@@ -118,6 +168,7 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
     if not isinstance(data, dict):
         raise MpqError(f"{where}: a spec is a mapping of fields (name, precisions, cores, ...), "
                        f"got {type(data).__name__}")
+    _checked_tree(data, where)
     as_json = json.loads(json.dumps(data, default=str))  # YAML's integer keys become strings
     errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(as_json),
                     key=lambda e: (list(map(str, e.absolute_path)), e.message))
@@ -138,7 +189,10 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
     def per_precision(table: dict, path: str) -> dict[int, float]:
         return {int(b): figure(v, f"{path}.{b}") for b, v in sorted(table.items(), key=lambda kv: int(kv[0]))}
 
-    precisions = tuple(sorted(int(b) for b in data["precisions"]))
+    precisions = tuple(sorted(check_bits(b, f"{where}: precisions") for b in data["precisions"]))
+    for end in ("first", "last"):
+        if (data.get("pins") or {}).get(end) is not None:
+            check_bits(data["pins"][end], f"{where}: pins.{end}")
     throughput = per_precision(data["macs_per_cycle_per_core"], "macs_per_cycle_per_core")
     _require_each_precision(precisions, throughput, "macs_per_cycle_per_core", where)
     memory = data.get("memory") or {}

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
 
 from . import report
 from .errors import MpqError
+
+
+#: The largest dimension --input-shape accepts (ONNX and numpy index with int64; real inputs are far smaller).
+MAX_DIM = 2 ** 31 - 1
 
 
 def _shape_option(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -20,8 +25,73 @@ def _shape_option(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
             shape = ()
         if not sep or not name or not shape:
             raise MpqError(f"--input-shape '{text}': expected NAME=DxDx... (e.g. input=1x3x224x224)")
+        if not all(1 <= d <= MAX_DIM for d in shape):
+            raise MpqError(f"--input-shape '{text}': every dimension must be from 1 to {MAX_DIM:,}")
         shapes[name] = shape
     return shapes
+
+
+class _Number(click.ParamType):
+    """A finite int or float option with optional bounds (``low_open``: strictly above ``low``)."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "number"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            self.fail(f"{value} must be {'>' if self.low_open else '>='} {self.low:g}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"{value} must be <= {self.high:g}", param, ctx)
+        return number
+
+
+class _BitWidth(click.ParamType):
+    """One bit width from hw.SUPPORTED_BITS."""
+
+    name = "bits"
+
+    def convert(self, value, param, ctx):
+        from hw import SUPPORTED_BITS
+
+        try:
+            bits = int(str(value).strip())
+        except ValueError:
+            bits = None
+        if bits not in SUPPORTED_BITS:
+            self.fail(f"{value!r} is not a supported bit width (the integers {SUPPORTED_BITS[0]} to "
+                      f"{SUPPORTED_BITS[-1]})", param, ctx)
+        return bits
+
+
+BIT_WIDTH = _BitWidth()
+POSITIVE = _Number(float, 0, low_open=True)
+LEARNING_RATE = _Number(float, 0, 3.4e38, low_open=True)  # torch keeps it in float32
+NON_NEGATIVE = _Number(float, 0)
+COUNT = _Number(int, 1)
+SEED = _Number(int, 0, 2 ** 32 - 1)
+
+
+def _check_paths(inputs: dict, outputs: dict) -> None:
+    """Before any work: outputs writable, distinct, and none of them an input (see userfiles)."""
+    from .userfiles import check_paths
+
+    check_paths(inputs, outputs)
+
+
+def _ref_file(ref: str | None) -> str | None:
+    """The file of a ``path/file.py:object`` reference (a task or cost model), else None."""
+    where = (ref or "").rpartition(":")[0]
+    return where if where.endswith(".py") else None
 
 
 def _dump_json(data) -> None:
@@ -39,7 +109,7 @@ def _pins(no_pin: bool, pin_bits: int) -> dict:
 
 pin_options = [
     click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
-    click.option("--pin-bits", type=int, default=8, show_default=True, help="Bits of the pinned first/last layers."),
+    click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first/last layers."),
 ]
 
 
@@ -118,7 +188,7 @@ def _cost_model(name: str | None, spec, lut: str | None):
 
 hw_pin_options = [
     click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
-    click.option("--pin-bits", type=int, default=None, help="Bits of the pinned first/last layers (default: the spec's pins)."),
+    click.option("--pin-bits", type=BIT_WIDTH, default=None, help="Bits of the pinned first/last layers (default: the spec's pins)."),
 ]
 cost_model_options = [
     click.option("--cost-model", "cost_model", default=None, metavar="NAME|FILE.py:Class",
@@ -196,13 +266,15 @@ def _metric_header(metric: str) -> str:
 @click.argument("model")
 @click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Accelerator spec: shipped name or YAML path.")
 @_with(cost_model_options)
-@click.option("--bits", type=int, default=8, show_default=True, help="Uniform precision of the free layers.")
+@click.option("--bits", type=BIT_WIDTH, default=8, show_default=True, help="Uniform precision of the free layers.")
 @click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Cost this plan's bits instead.")
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the costs as JSON.")
-def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin, pin_bits, summary, as_json) -> None:
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
+def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin, pin_bits, summary, as_json,
+         force) -> None:
     """Per-layer and total cost of MODEL on an accelerator, at uniform precision or for a plan."""
     from hw import load_spec
 
@@ -214,7 +286,12 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, input_shapes, no_pin,
     if plan_path:
         from .plan import read_plan
 
-        choice = read_plan(plan_path).bits_for(graph)
+        choice = read_plan(plan_path).bits_for(graph, force)
+        for g, b in enumerate(choice):
+            if b not in table.groups[g]:
+                raise MpqError(f"{plan_path}: the plan gives group {g} ({graph.groups[g].layers[0]}) {b} bits, which "
+                               f"{spec_.name} with cost model '{table.model_name}' does not offer (offered: "
+                               f"{table.options(g)}); make a plan for this spec with mpq plan --hw {hw_name}")
         what = f"plan {plan_path}"
     else:
         choice = table.uniform(bits)
@@ -272,7 +349,7 @@ def _unit(metric: str) -> str:
 @click.option("--lut", default=None, metavar="CSV", help="Latency table for the lut cost model.")
 @click.option("--metric", default=None, help="Metric to compare (default: each cost model's first, e.g. latency_s).")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write a PNG of per-layer cost shares.")
-@click.option("--top", type=int, default=5, show_default=True, help="Layers listed per disagreement.")
+@click.option("--top", type=COUNT, default=5, show_default=True, help="Layers listed per disagreement.")
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare(model, hw_names, cost_models, lut, metric, plot_path, top, input_shapes, as_json) -> None:
@@ -283,6 +360,8 @@ def compare(model, hw_names, cost_models, lut, metric, plot_path, top, input_sha
     from . import compare as cmp
     from .graph import load_graph
 
+    _check_paths({"MODEL": model, "--lut": lut, **{f"--hw {h}": h for h in hw_names},
+                  **{f"--cost-model {c}": _ref_file(c) for c in cost_models}}, {"--plot": plot_path})
     graph = load_graph(model, _shape_option(input_shapes), pin_first=None, pin_last=None)
     pairs, skipped = [], []
     for hw_name in hw_names:
@@ -337,6 +416,9 @@ def _between(text: str | None) -> tuple[int, int] | None:
         low, high = (int(x) for x in text.replace(":", ",").split(","))
     except ValueError:
         raise MpqError(f"--between '{text}': expected two bit widths, e.g. 2,4") from None
+    from hw import check_bits
+
+    low, high = check_bits(low, f"--between {text}"), check_bits(high, f"--between {text}")
     if low >= high:
         raise MpqError(f"--between '{text}': LOW must be below HIGH (the sweep runs from uniform LOW-bit to "
                        f"uniform HIGH-bit), e.g. {min(low, high)},{max(low, high)}")
@@ -352,8 +434,14 @@ gains_options = [
                  help="eagl: gain = entropy at b (paper) or entropy minus the lowest precision's."),
     click.option("--weighting", type=click.Choice(["none", "params"]), default="none", show_default=True,
                  help="eagl: weight each layer's entropy by its weight count."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline."),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random baseline."),
 ]
+
+
+def _planning_inputs(model, hw_name, cost_model, lut, gains_names) -> dict:
+    """The files a planning command reads, by option (for _check_paths)."""
+    return {"MODEL": model, "--hw": hw_name, "--cost-model": _ref_file(cost_model), "--lut": lut,
+            **{f"--gains {g}": g for g in gains_names}}
 
 
 def _offered(table) -> list[int]:
@@ -361,12 +449,12 @@ def _offered(table) -> list[int]:
     return sorted({b for options in table.groups for b in options})
 
 
-def _gains(name: str, graph, precisions, step, mode, weighting, seed):
+def _gains(name: str, graph, precisions, step, mode, weighting, seed, force: bool = False):
     from .gains import compute
 
     options = {"eagl": {"step": step, "mode": mode, "weighting": weighting}, "random": {"seed": seed},
                "qerror": {"step": "lsq" if step == "auto" else step}}.get(name, {})
-    return compute(name, graph, list(precisions), **options)
+    return compute(name, graph, list(precisions), force=force, **options)
 
 
 def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, bits=None):
@@ -377,7 +465,7 @@ def _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, bits
     spec_ = load_spec(hw_name)
     graph = _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits)
     table = cost_table(graph, spec_, _cost_model(cost_model, spec_, lut))
-    if bits:
+    if bits is not None:
         allowed = _bits_list(bits)
         unknown = [b for b in allowed if b not in spec_.precisions]
         if unknown:
@@ -406,34 +494,39 @@ bits_restriction_option = click.option(
 @click.option("--explain", is_flag=True, help="Show why the most contested groups got their bits.")
 @click.option("--method", type=click.Choice(["cpsat", "knapsack"]), default="cpsat", show_default=True,
               help="Solver: CP-SAT (any budgets) or OR-Tools' 0-1 knapsack (two precisions, one budget).")
-@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit (s).")
+@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit (s).")
 @click.option("--timings", is_flag=True, help="Record the solver's wall time in the plan (then runs differ).")
 @bits_restriction_option
 @input_shape_option
 @_with(hw_pin_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the summary.")
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
 def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, step, mode, weighting, seed, output,
-         csv_path, explain, method, time_limit, timings, restrict_bits, input_shapes, no_pin, pin_bits, as_json) -> None:
+         csv_path, explain, method, time_limit, timings, restrict_bits, input_shapes, no_pin, pin_bits, as_json,
+         force) -> None:
     """Choose each layer's precision under the budgets, maximising the total gain."""
     from . import plan as plans
+    from .atomic import together
     from .budget import add_chip_limit, parse_budget, resolve
     from .solve import explain as why
     from .solve import solve
 
+    _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names), {"-o": output, "--csv": csv_path})
     spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
     if len(gains_names) > 1:
         raise MpqError("mpq plan takes one --gains; compare several with mpq frontier")
     budgets = [parse_budget(t, table.metrics) for t in budget_texts]
     limits = resolve(budgets, table, _between(between))
     table, budgets, limits = add_chip_limit(table, budgets, limits)
-    gains = _gains(gains_names[0] if gains_names else "eagl", graph, _offered(table), step, mode, weighting, seed)
+    gains = _gains(gains_names[0] if gains_names else "eagl", graph, _offered(table), step, mode, weighting, seed, force)
     solution = solve(gains.by_group, table.groups, limits, method=method, time_limit_s=time_limit)
     doc = plans.build_plan(graph, spec_, table, gains, budgets, limits, solution, timings)
     plans.validate(doc)
-    if output:
-        plans.write_plan(doc, output)
-    if csv_path:
-        plans.write_bitmap(doc, csv_path)
+    with together(output, csv_path) as (plan_tmp, csv_tmp):
+        if output:
+            plans.write_plan(doc, plan_tmp)
+        if csv_path:
+            plans.write_bitmap(doc, csv_tmp)
     if as_json:
         click.echo(plans.plan_json(doc), nl=False)
         return
@@ -490,12 +583,12 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @click.option("--metric", default=None, help="Budgeted metric to sweep (default: the cost model's first, e.g. latency_s).")
 @click.option("--between", default=None, metavar="LOW,HIGH", help="Sweep from uniform LOW-bit to uniform HIGH-bit "
               "(default: from the cheapest plan to the dearest).")
-@click.option("--points", type=int, default=11, show_default=True, help="Budgets in the sweep.")
+@click.option("--points", type=_Number(int, 2), default=11, show_default=True, help="Budgets in the sweep.")
 @_with(gains_options)
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the frontier plot.")
 @click.option("--csv", "csv_path", default=None, metavar="OUT.csv", help="Write the points as CSV "
               "(finished points are checkpointed beside it, so a rerun resumes).")
-@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit per point (s).")
+@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit per point (s).")
 @bits_restriction_option
 @input_shape_option
 @_with(hw_pin_options)
@@ -503,27 +596,31 @@ def _print_plan_summary(doc, graph, table, solution) -> None:
 @click.option("--inputs", "inputs_folder", default=None, metavar="FOLDER",
               help="Score every plan post-training on these input batches (.npy): top-1 agreement and output "
                    "cosine of its QDQ export to the float model, beside the gain (table, JSON, CSV, plot).")
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
 def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_names, step, mode, weighting, seed,
              plot_path, csv_path, time_limit, restrict_bits, input_shapes, no_pin, pin_bits, as_json,
-             inputs_folder) -> None:
+             inputs_folder, force) -> None:
     """Optimal plans over a sweep of budgets, one curve per gain method (with --inputs, each plan's
     post-training fidelity to the float model, measured)."""
+    from .atomic import together
     from .budget import parse_budget
     from .checkpoint import Checkpoint
     from .frontier import sweep
 
+    _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names),
+                 {"--csv": csv_path, "--plot": plot_path, "checkpoint": csv_path and csv_path + ".partial.jsonl"})
     spec_, graph, table = _setup(model, hw_name, cost_model, lut, input_shapes, no_pin, pin_bits, restrict_bits)
-    if points < 2:
-        raise MpqError("--points must be at least 2")
     metric = parse_budget(f"{metric}=0", table.metrics).metric if metric else table.metrics[0]
     methods = list(dict.fromkeys(gains_names or ("eagl",)))
-    gains_list = [_gains(n, graph, _offered(table), step, mode, weighting, seed) for n in methods]
+    gains_list = [_gains(n, graph, _offered(table), step, mode, weighting, seed, force) for n in methods]
     fractions = [round(k / (points - 1), 9) for k in range(points)]
     checkpoint = Checkpoint(csv_path + ".partial.jsonl") if csv_path else None
     with _progress(len(gains_list) * len(fractions), "frontier") as bar:
         result = sweep(table, gains_list, metric, fractions, between=_between(between), checkpoint=checkpoint,
-                       key_prefix=graph.model.sha256 + spec_.sha256 + table.model_name,
+                       key_prefix=_frontier_key(graph, spec_, table, time_limit),
                        progress=lambda done, total: bar.update(1), time_limit_s=time_limit)
+    if checkpoint:
+        _note_unused(checkpoint)
     uniform = {}
     for b in (2, 4, 8):
         choice = table.uniform(b)
@@ -538,14 +635,16 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
         plans = [{l.name: p["bits"][l.group] for l in graph.layers} for p in rows]
         for p, score in zip(rows, score_plans(graph, plans, folder_feeds(inputs_folder))):
             p["fidelity"] = score
-    if csv_path:
-        _write_frontier_csv(rows, metric, uniform, csv_path)
-        checkpoint.remove()
-    if plot_path:
-        from .plots import frontier_plot
+    with together(csv_path, plot_path) as (csv_tmp, plot_tmp):
+        if csv_path:
+            _write_frontier_csv(rows, metric, uniform, csv_tmp)
+        if plot_path:
+            from .plots import frontier_plot
 
-        frontier_plot(rows, uniform, metric, plot_path,
-                      title=f"{_file_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
+            frontier_plot(rows, uniform, metric, plot_tmp,
+                          title=f"{_file_name(graph.model.path)} on {spec_.name}: optimal plans over {metric} budgets")
+    if checkpoint:
+        checkpoint.remove()
     if as_json:
         _dump_json({"metric": metric, "points": rows, "uniform": {str(b): u for b, u in uniform.items()}})
         return
@@ -567,6 +666,24 @@ def frontier(model, hw_name, cost_model, lut, metric, between, points, gains_nam
     for path in (csv_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
+
+
+def _frontier_key(graph, spec, table, time_limit: float) -> str:
+    """What a frontier point depends on besides its gains, metric and fraction (which the sweep
+    adds): the model, the spec, and every cost of every option (so input shapes, pins, --bits,
+    the cost model and its files such as --lut all count), and the solver's time limit."""
+    from .gains.datadriven import config_key
+
+    return config_key(model=graph.model.sha256, spec=spec.sha256, cost_model=table.model_name, metrics=table.metrics,
+                      costs=[{str(b): c for b, c in options.items()} for options in table.groups],
+                      time_limit=time_limit)
+
+
+def _note_unused(checkpoint) -> None:
+    """Say on stderr when a checkpoint held results that this run did not use (other inputs)."""
+    if checkpoint.unused():
+        click.echo(f"mpq: note: ignored {checkpoint.unused()} result(s) in {checkpoint.path} made for other "
+                   "inputs", err=True)
 
 
 def _file_name(path) -> str:
@@ -625,6 +742,7 @@ def _data_free_gains_command(method: str, help_text: str):
     @input_shape_option
     @_with(hw_pin_options)
     def command(model, hw_name, bits, step, mode, weighting, seed, output, input_shapes, no_pin, pin_bits) -> None:
+        _check_paths({"MODEL": model, "--hw": hw_name}, {"-o": output})
         graph, precisions = _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits)
         result = _gains(method, graph, precisions, step, mode, weighting, seed)
         result.write(graph, output)
@@ -641,10 +759,7 @@ def _graph_and_precisions(model, hw_name, bits, input_shapes, no_pin, pin_bits):
 
         spec_ = load_spec(hw_name)
         return _load_graph_for(model, input_shapes, spec_, no_pin, pin_bits), list(spec_.precisions)
-    try:
-        precisions = sorted({int(b) for b in bits.split(",")})
-    except ValueError:
-        raise MpqError(f"--bits '{bits}': expected comma-separated bit widths, e.g. 2,4,8") from None
+    precisions = _bits_list(bits)
     return load_graph(model, _shape_option(input_shapes), **_pins(no_pin, pin_bits or 8)), precisions
 
 
@@ -677,12 +792,12 @@ def _threads() -> None:
 
 @main.command()
 @task_option
-@click.option("--bits", type=int, default=None, help="Train quantization-aware (LSQ) at these bits; pinned layers at --pin-bits.")
+@click.option("--bits", type=BIT_WIDTH, default=None, help="Train quantization-aware (LSQ) at these bits; pinned layers at --pin-bits.")
 @click.option("--init", "init_path", default=None, metavar="CKPT", help="Start from this checkpoint (default: fresh weights).")
-@click.option("--epochs", type=float, default=None, help="Epochs (default: the task's).")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the task's).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--pin-bits", type=int, default=8, show_default=True, help="Bits of the pinned first and last layers.")
+@click.option("--epochs", type=POSITIVE, default=None, help="Epochs (default: the task's).")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Learning rate (default: the task's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first and last layers.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the checkpoint here (and OUTPUT with .onnx: "
               "the float ONNX export to plan on). Finished epochs are kept in OUTPUT.partial: a rerun resumes.")
 def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None:
@@ -690,8 +805,17 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
     from pathlib import Path
 
     from . import workflow
+    from .atomic import together
     from .quant.checkpoint import load_checkpoint, save_checkpoint
+    from .userfiles import check_output
 
+    check_output("-o", output)
+    onnx_path = Path(output).with_suffix(".onnx")
+    if output.endswith(".onnx"):
+        raise MpqError(f"-o {output}: the checkpoint and its ONNX export ({onnx_path}) would be the same file; "
+                       f"name the checkpoint with another suffix, e.g. -o {Path(output).with_suffix('.pt')}")
+    _check_paths({"--task": _ref_file(task_ref), "--init": init_path},
+                 {"-o": output, "ONNX export": str(onnx_path), "resume file": output + ".partial"})
     _threads()
     task = _task(task_ref)
     model = load_checkpoint(init_path, task) if init_path else task.model()
@@ -701,10 +825,11 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
             bar.update(1)
         model = workflow.train(task, model, bits=bits, epochs=epochs, lr=lr, seed=seed, pins=(pin_bits, pin_bits),
                                progress=tick, resume=output + ".partial")
+    _check_trained(model, lr)
     test = task.evaluate(model)
-    save_checkpoint(output, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
-    onnx_path = Path(output).with_suffix(".onnx")
-    workflow.save_onnx_for_planning(task, model, onnx_path)
+    with together(output, onnx_path) as (checkpoint_tmp, onnx_tmp):
+        save_checkpoint(checkpoint_tmp, model, task, test_score=test, bits=bits, init=init_path, seed=seed)
+        workflow.save_onnx_for_planning(task, model, onnx_tmp)
     click.echo(f"{task.name}: test score {test:.2f} ({'W%dA%d' % (bits, bits) if bits else 'full precision'}"
                f"{', pinned layers %d-bit' % pin_bits if bits else ''}); wrote {output} and {onnx_path}")
 
@@ -744,10 +869,10 @@ def evaluate(task_ref, checkpoint_path, plan_path, as_json) -> None:
 @task_option
 @click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT",
               help="Start from this checkpoint (e.g. the LSQ 4-bit network).")
-@click.option("--epochs", type=float, default=None, help="Fine-tuning epochs (default: the task's).")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the task's fine-tuning rate).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--distill", type=float, default=0.0, show_default=True,
+@click.option("--epochs", type=POSITIVE, default=None, help="Fine-tuning epochs (default: the task's).")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Learning rate (default: the task's fine-tuning rate).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--distill", type=_Number(float, 0, 1), default=0.0, show_default=True,
               help="Weight of distillation from --teacher (default teacher: the starting checkpoint).")
 @click.option("--teacher", "teacher_path", default=None, metavar="CKPT", help="Teacher for --distill.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the fine-tuned checkpoint here.")
@@ -758,6 +883,8 @@ def finetune(plan_path, task_ref, checkpoint_path, epochs, lr, seed, distill, te
     from .quant.checkpoint import load_checkpoint, save_checkpoint
     from .quant.train import fit
 
+    _check_paths({"PLAN": plan_path, "--task": _ref_file(task_ref), "--checkpoint": checkpoint_path,
+                  "--teacher": teacher_path}, {"-o": output, "resume file": output + ".partial"})
     _threads()
     task = _task(task_ref)
     plan = read_plan(plan_path)
@@ -771,10 +898,34 @@ def finetune(plan_path, task_ref, checkpoint_path, epochs, lr, seed, distill, te
         fit(model, task, epochs=epochs if epochs is not None else getattr(task, "finetune_epochs", 5),
             lr=lr if lr is not None else getattr(task, "finetune_lr", 0.01), seed=seed,
             teacher=teacher if distill > 0 else None, distill=distill, progress=tick, resume=output + ".partial")
+    _check_trained(model, lr)
     test = task.evaluate(model)
     save_checkpoint(output, model, task, test_score=test, plan=plan_path, plan_sha256=_sha(plan_path),
                     init=checkpoint_path, seed=seed)
     click.echo(f"{task.name}: test score {test:.2f} after fine-tuning {plan_path}; wrote {output}")
+
+
+def _check_trained(model, lr) -> None:
+    """MpqError when training left a non-finite weight (it diverged): no NaN checkpoint is written."""
+    import torch
+
+    bad = next((name for name, t in model.state_dict().items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise MpqError(f"training diverged: {bad} is not finite (learning rate {lr if lr is not None else 'default'}); "
+                       "try a lower --lr")
+
+
+def _check_plan_of_checkpoint(checkpoint_path, plan_path, force: bool) -> None:
+    """MpqError when the checkpoint was fine-tuned for another plan than ``plan_path`` (unless ``force``)."""
+    from .quant.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(checkpoint_path).get("meta") or {}
+    recorded = meta.get("plan_sha256") if isinstance(meta, dict) else None
+    if force or not recorded or recorded == _sha(plan_path):
+        return
+    raise MpqError(f"{checkpoint_path} was fine-tuned for another plan ({meta.get('plan')}, sha256 {str(recorded)[:12]}...) "
+                   f"than {plan_path}; use that plan, fine-tune for this one, or pass --force")
 
 
 def _sha(path) -> str:
@@ -803,18 +954,20 @@ def _sha(path) -> str:
 @click.option("--calibrate", "calibrated_path", default=None, metavar="OUT.onnx",
               help="ort-overrides: also run quantize_static with the overrides on the task's data (or --inputs) "
                    "and write the quantized model here.")
+@click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
 def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, output, per_tensor, max_opset,
-           calibrated_path) -> None:
+           calibrated_path, force) -> None:
     """Hand PLAN's bits for MODEL to the tools that run it. With --task (its validation data) or
     --inputs, every export reports its fidelity: top-1 agreement and output cosine to the float
     model, and to the torch network with --checkpoint. --format qdq writes a standard QDQ
     ONNX whose Q/DQ element types (INT2, INT4, INT8, INT16) carry each layer's bits (runs in
     onnxruntime, see planner.qdq.session); --format ort-overrides writes the TensorQuantOverrides
-    that onnxruntime's quantize_static realizes."""
+    that onnxruntime's quantize_static realizes; --format aimet writes AIMET encodings (1.0.0)
+    and, beside them (OUT with .onnx), the float model they refer to."""
     import onnx
 
     from . import workflow
-    from .atomic import atomic_path, write_text
+    from .atomic import atomic_path, together, write_text
     from .plan import read_plan
     from .qdq import DISABLED_OPTIMIZERS
     from .quant.checkpoint import load_checkpoint
@@ -826,6 +979,15 @@ def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, outp
     if fmt == "ort-overrides" and checkpoint_path:
         raise MpqError("--format ort-overrides carries types only (onnxruntime calibrates the scales); "
                        "export a checkpoint's learned steps with --format qdq")
+    from pathlib import Path
+
+    float_path = Path(output).with_suffix(".onnx") if fmt == "aimet" else None
+    if float_path is not None and float_path == Path(output):
+        raise MpqError(f"-o {output}: name the encodings file .json (the float model goes to {float_path})")
+    _check_paths({"PLAN": plan_path, "MODEL": model, "--checkpoint": checkpoint_path, "--task": _ref_file(task_ref)},
+                 {"-o": output, "--calibrate": calibrated_path, "the float model": float_path and str(float_path)})
+    if checkpoint_path:
+        _check_plan_of_checkpoint(checkpoint_path, plan_path, force)
     plan = read_plan(plan_path)
     task = _task(task_ref) if task_ref else None
     feeds = workflow.folder_feeds(inputs_folder) if inputs_folder else None
@@ -836,7 +998,7 @@ def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, outp
         if calibrated_path and feeds is None and task is not None:
             feeds = list(workflow.task_feeds(task))
         overrides, notes, proto = workflow.export_ort_overrides(plan, model, feeds=feeds, quantized_path=calibrated_path,
-                                                                per_channel=not per_tensor)
+                                                                per_channel=not per_tensor, force=force)
         write_text(output, overrides_json(overrides))
         click.echo(f"wrote {output}: TensorQuantOverrides for {len(overrides)} tensors (load with "
                    "planner.ortoverrides.read_overrides; quantize_static with quant_format=QDQ, "
@@ -846,19 +1008,15 @@ def export(plan_path, model, fmt, checkpoint_path, task_ref, inputs_folder, outp
     else:
         torch_model = load_checkpoint(checkpoint_path, task) if checkpoint_path else None
         result = workflow.export_qdq(plan, model, task=task, model=torch_model, feeds=feeds,
-                                     per_channel=not per_tensor, max_opset=max_opset)
+                                     per_channel=not per_tensor, max_opset=max_opset, force=force)
         proto, notes = result.model, result.notes
     if fmt == "aimet":
-        from pathlib import Path
-
         from .aimet import encodings, encodings_json
 
-        doc, float_path = encodings(result), Path(output).with_suffix(".onnx")
-        if float_path == Path(output):
-            raise MpqError(f"-o {output}: name the encodings file .json (the float model goes to {float_path})")
-        with atomic_path(float_path) as tmp:
-            onnx.save(result.float_model, tmp)
-        write_text(output, encodings_json(doc))
+        doc = encodings(result)
+        with together(str(float_path), output) as (float_tmp, output_tmp):
+            onnx.save(result.float_model, float_tmp)
+            write_text(output_tmp, encodings_json(doc))
         click.echo(f"wrote {output}: AIMET encodings {doc['version']}, {len(doc['param_encodings'])} parameter and "
                    f"{len(doc['activation_encodings'])} activation encodings, for the float model {float_path}")
         proto = None
@@ -905,12 +1063,12 @@ data_gains_options = [
     click.option("--bits", default="2,4", show_default=True, help="Precisions to estimate gains for."),
     click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here."),
     click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
-    click.option("--pin-bits", type=int, default=None, help="Bits of pinned layers (default 8)."),
+    click.option("--pin-bits", type=BIT_WIDTH, default=None, help="Bits of pinned layers (default 8)."),
 ]
 
 
 executor_options = [
-    click.option("--workers", type=int, default=1, show_default=True, help="Parallel workers."),
+    click.option("--workers", type=_Number(int, 0), default=1, show_default=True, help="Parallel workers."),
     click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,
                  help="Where jobs run (default: processes with --workers > 1, else local)."),
     click.option("--ray-address", default=None, help="Ray cluster address (default: start a local instance)."),
@@ -919,20 +1077,35 @@ executor_options = [
 ]
 
 
-def _bits_list(text: str) -> list[int]:
+def _check_data_gains_paths(task_ref, checkpoint_path, output, resume_path=None, executor=None,
+                            ray_address=None) -> None:
+    """Before any work: paths (see _check_paths) and, for the ray executor, the cluster's address."""
+    _check_paths({"--task": _ref_file(task_ref), "--checkpoint": checkpoint_path},
+                 {"-o": output, "--resume-file": resume_path})
+    if executor == "ray" and ray_address:
+        from .ray_executor import check_address
+
+        check_address(ray_address)
+
+
+def _bits_list(text: str, option: str = "--bits") -> list[int]:
+    """Sorted distinct bit widths of a comma-separated option; each one of hw.SUPPORTED_BITS."""
+    from hw import check_bits
+
     try:
-        return sorted({int(b) for b in text.split(",")})
+        values = sorted({int(b) for b in text.split(",")})
     except ValueError:
-        raise MpqError(f"--bits '{text}': expected comma-separated bit widths, e.g. 2,4") from None
+        raise MpqError(f"{option} '{text}': expected comma-separated bit widths, e.g. 2,4") from None
+    return [check_bits(b, f"{option} {text}") for b in values]
 
 
 @gains.command("alps")
 @_with(data_gains_options)
-@click.option("--epochs", type=float, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
-@click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the task's).")
+@click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="Fine-tuning learning rate (default: the task's).")
 @click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
               help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
-@click.option("--seeds", type=int, default=3, show_default=True,
+@click.option("--seeds", type=COUNT, default=3, show_default=True,
               help="Seeds of the base and of every lowered group (gain: mean paired difference; base spread: the noise floor).")
 @_with(executor_options)
 def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs, lr, metric, seeds, workers, executor,
@@ -943,15 +1116,19 @@ def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs
     from .checkpoint import Checkpoint
     from .gains.alps import alps, job_count
 
+    precisions = _bits_list(bits)
+    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl", executor,
+                            ray_address)
+    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     executor = executor or ("processes" if workers > 1 else "local")
     start = time.perf_counter()
     with _progress(job_count(graph, seeds), f"alps {task.name}", unit="job") as bar:
-        result = alps(task, checkpoint_path, graph, mapping, _bits_list(bits), epochs=epochs, lr=lr, metric=metric,
+        result = alps(task, checkpoint_path, graph, mapping, precisions, epochs=epochs, lr=lr, metric=metric,
                       seeds=seeds, executor=executor, workers=workers, ray_address=ray_address, resume=resume,
                       progress=lambda key, value: bar.update(1))
+    _note_unused(resume)
     result.write(graph, output)
     if not resume_file:
         resume.remove()
@@ -972,18 +1149,20 @@ def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs
 
 @gains.command("hessian")
 @_with(data_gains_options)
-@click.option("--samples", type=int, default=16, show_default=True, help="Rademacher vectors per batch.")
-@click.option("--batches", type=int, default=2, show_default=True, help="Training batches.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--samples", type=COUNT, default=16, show_default=True, help="Rademacher vectors per batch.")
+@click.option("--batches", type=COUNT, default=2, show_default=True, help="Training batches.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, samples, batches, seed) -> None:
     """HAWQ: Hutchinson Hessian trace x weight quantization error, per group."""
     from .gains.hessian import hessian_gains
     from .quant.lsq import learned_steps
     from .torchmap import float_copy
 
+    precisions = _bits_list(bits)
+    _check_data_gains_paths(task_ref, checkpoint_path, output)
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    result = hessian_gains(task, float_copy(model), graph, mapping, _bits_list(bits), learned=learned_steps(model),
+    result = hessian_gains(task, float_copy(model), graph, mapping, precisions, learned=learned_steps(model),
                            samples=samples, batches=batches, seed=seed)
     result.write(graph, output)
     click.echo(f"wrote {output}: Hessian-trace gains for {len(graph.free_groups)} free groups")
@@ -999,14 +1178,18 @@ def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits,
     from .checkpoint import Checkpoint
     from .gains.sensitivity import sensitivity_gains
 
+    precisions = _bits_list(bits)
+    _check_data_gains_paths(task_ref, checkpoint_path, output, resume_file or output + ".partial.jsonl", executor,
+                            ray_address)
+    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     _threads()
     task, model, graph, mapping = _task_context(task_ref, checkpoint_path, no_pin, pin_bits)
-    resume = Checkpoint(resume_file or output + ".partial.jsonl")
     executor = executor or ("processes" if workers > 1 else "local")
     with _progress(0, f"sensitivity {task.name}", unit="job") as bar:
-        result = sensitivity_gains(task, checkpoint_path, graph, mapping, _bits_list(bits), metric=metric,
+        result = sensitivity_gains(task, checkpoint_path, graph, mapping, precisions, metric=metric,
                                    executor=executor, workers=workers, ray_address=ray_address, resume=resume,
                                    progress=lambda key, value: bar.update(1))
+    _note_unused(resume)
     result.write(graph, output)
     if not resume_file:
         resume.remove()
@@ -1032,6 +1215,8 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
     checkpoint (--task, --checkpoint) at the steps that quantization-aware training learned."""
     from .gains.eagl import eagl
 
+    _check_paths({"MODEL": model, "--hw": hw_name, "--checkpoint": checkpoint_path, "--task": _ref_file(task_ref)},
+                 {"-o": output})
     if checkpoint_path or task_ref:
         if not (checkpoint_path and task_ref):
             raise MpqError("EAGL on a checkpoint needs both --task and --checkpoint")
@@ -1060,9 +1245,9 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
 @click.option("--vary", "vary_texts", multiple=True, metavar="FIELD=V1,V2,...",
               help="A spec field by dotted path and its values (cores=64,128,256; macs_per_cycle_per_core.2=4096,8192; "
                    "memory.on_chip_bytes=1e6,4e6), or precision sets (precisions=4,8/2,4,8). Repeat: the grid of all.")
-@click.option("--samples", type=int, default=None, help="Instead of the grid, this many random points of its box.")
-@click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of --samples.")
-@click.option("--target-gain", "targets", type=float, multiple=True, metavar="F",
+@click.option("--samples", type=COUNT, default=None, help="Instead of the grid, this many random points of its box.")
+@click.option("--sample-seed", type=SEED, default=0, show_default=True, help="Seed of --samples.")
+@click.option("--target-gain", "targets", type=_Number(float), multiple=True, metavar="F",
               help="Plan the cheapest plan reaching F (e.g. 0.95) of the variant's largest total gain of a plan that "
                    "fits the chip (repeatable).")
 @click.option("--budget", "budget_texts", multiple=True, metavar="METRIC<=VALUE|METRIC=R",
@@ -1072,7 +1257,7 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT.csv|OUT.json",
               help="Write the rows as CSV or JSON (by suffix; repeatable).")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the sweep plots.")
-@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Solver time limit per budget (s).")
+@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit per budget (s).")
 @input_shape_option
 @_with(hw_pin_options)
 @_with(executor_options)
@@ -1084,7 +1269,7 @@ def sweep(model, hw_name, vary_texts, samples, sample_seed, targets, budget_text
     import time
 
     from . import sweep as sw
-    from .atomic import write_text
+    from .atomic import together, write_text
     from .checkpoint import Checkpoint
     from .graph import load_graph
 
@@ -1092,6 +1277,9 @@ def sweep(model, hw_name, vary_texts, samples, sample_seed, targets, budget_text
     bad = [o for o in outputs if not o.endswith((".csv", ".json"))]
     if bad:
         raise MpqError(f"-o {bad[0]}: write .csv or .json")
+    _check_paths(_planning_inputs(model, hw_name, cost_model, lut, gains_names),
+                 {**{f"-o {o}": o for o in outputs}, "--plot": plot_path,
+                  "--resume-file": resume_file or (outputs[0] + ".partial.jsonl" if outputs else None)})
     if len(gains_names) > 1:
         raise MpqError("mpq sweep takes one --gains")
     base, data = sw.load_base(hw_name)
@@ -1119,12 +1307,13 @@ def sweep(model, hw_name, vary_texts, samples, sample_seed, targets, budget_text
               "axes": [{"field": a.field, "values": [list(v) if isinstance(v, tuple) else v for v in a.values]}
                        for a in map(sw.parse_vary, vary_texts)],
               "samples": samples, "sample_seed": sample_seed if samples else None}
-    for out in outputs:
-        write_text(out, sw.to_csv(result) if out.endswith(".csv") else sw.to_json(result, header))
-    if plot_path:
-        from .plots import sweep_plot
+    with together(*outputs, plot_path) as temporaries:
+        for out, tmp in zip(outputs, temporaries):
+            write_text(tmp, sw.to_csv(result) if out.endswith(".csv") else sw.to_json(result, header))
+        if plot_path:
+            from .plots import sweep_plot
 
-        sweep_plot(result, plot_path, title=f"{_file_name(graph.model.path)} on variants of {base.name}")
+            sweep_plot(result, temporaries[-1], title=f"{_file_name(graph.model.path)} on variants of {base.name}")
     if checkpoint and not resume_file:
         checkpoint.remove()
     fields, _ = sw.columns(result)
@@ -1149,28 +1338,60 @@ def sweep(model, hw_name, vary_texts, samples, sample_seed, targets, budget_text
             click.echo(f"wrote {path}")
 
 
+def _one_line(text: object) -> str:
+    from .userfiles import one_line
+
+    return one_line(text)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Entry point: runs the CLI and maps errors to exit codes (2: user error, 1: bug)."""
+    """Entry point: runs the CLI and maps errors to exit codes: 2 for a user error (one line,
+    ``mpq: error: ...``), 130 for Ctrl-C (``mpq: interrupted``), 1 for a bug (a traceback and a
+    line asking for a report). Outputs are written atomically, so none of these leaves a
+    partial file."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        main.main(args=argv, prog_name="mpq", standalone_mode=False)
+        try:
+            with main.make_context("mpq", args) as ctx:
+                main.invoke(ctx)
+        except click.exceptions.Exit as e:
+            return e.exit_code
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            return 0
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            command = ctx.command_path if ctx else "mpq"
+            where = f"{command[4:]}: " if command.startswith("mpq ") else ""
+            click.echo(f"mpq: error: {where}{_one_line(e.format_message())} (see {command} --help)", err=True)
+            return 2
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
     except MpqError as e:
-        click.echo(f"mpq: error: {e}", err=True)
+        click.echo(f"mpq: error: {_one_line(e)}", err=True)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.NoArgsIsHelpError as e:
-        click.echo(e.ctx.get_help())
-        return 0
-    except click.ClickException as e:
-        command = e.ctx.command_path if getattr(e, "ctx", None) else "mpq"
-        click.echo(f"{command}: error: {e.format_message()} (see {command} --help)", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("mpq: interrupted", err=True)
+    except KeyboardInterrupt:
+        _interrupted()
         return 130
     except BrokenPipeError:
         return 0
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        click.echo("mpq: internal error (a bug in mpq, not in your input); please report it with the command "
+                   "and the traceback above", err=True)
+        return 1
     return 0
+
+
+def _interrupted() -> None:
+    """Say ``mpq: interrupted`` once on stderr, ignoring a second Ctrl-C while doing so."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write("mpq: interrupted\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

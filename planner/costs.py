@@ -7,6 +7,7 @@ precision alone.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from .errors import MpqError
@@ -115,14 +116,14 @@ def cost_table(graph: LayerGraph, spec, model) -> CostTable:
             cost = model.layer_cost(layer, bits, spec)
             if cost is None:
                 continue
-            cost = {m: float(v) for m, v in cost.items()}
+            cost = _checked_cost(cost, model, layer, bits)
             metrics = tuple(m for m in model.metrics if m in cost) + tuple(sorted(set(cost) - set(model.metrics)))
             if seen_metrics is None:
                 seen_metrics = metrics
             elif metrics != seen_metrics:
                 raise MpqError(f"cost model '{model.name}' returned metrics {list(metrics)} for layer "
                                f"'{layer.name}' but {list(seen_metrics)} before; every option needs the same metrics")
-            bad = [m for m, v in cost.items() if not (v >= 0 and v != float("inf"))]
+            bad = [m for m, v in cost.items() if not (0 <= v < float("inf"))]
             if bad:
                 raise MpqError(f"cost model '{model.name}' returned {bad[0]}={cost[bad[0]]} for layer "
                                f"'{layer.name}' at {bits} bits; costs must be finite and >= 0")
@@ -149,6 +150,23 @@ def cost_table(graph: LayerGraph, spec, model) -> CostTable:
                     for group, options in zip(graph.groups, group_costs)]
     return CostTable(metrics=seen_metrics or (), layers=layer_costs, groups=group_costs, model_name=model.name,
                      capacity=spec.weight_capacity, resident=resident)
+
+
+def _checked_cost(cost, model, layer, bits: int) -> dict[str, float]:
+    """A cost model's answer as {metric: float}; MpqError naming the model and layer when it is
+    not a mapping of metric names to real numbers."""
+    def wrong(what: str) -> MpqError:
+        return MpqError(f"cost model '{getattr(model, 'name', model)}' returned {what} for layer '{layer.name}' at "
+                        f"{bits} bits; layer_cost must return None or a dict of metric name -> number")
+
+    if not isinstance(cost, dict):
+        raise wrong(f"{type(cost).__name__} {str(cost)[:40]!r}")
+    out = {}
+    for metric, value in cost.items():
+        if not isinstance(metric, str) or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise wrong(f"{str(metric)[:40]!r}: {str(value)[:40]!r}")
+        out[metric] = float(value)
+    return out
 
 
 def _candidate_bits(graph: LayerGraph, spec, pinned: int | None) -> list[int]:

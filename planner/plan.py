@@ -108,8 +108,9 @@ class PlanFile:
     def bits_by_layer(self) -> dict[str, int]:
         return {l["name"]: l["w_bits"] for l in self.doc["layers"]}
 
-    def check_model(self, graph: LayerGraph) -> None:
-        """Raise MpqError unless the plan's layers are ``graph``'s layers (same names and weights)."""
+    def check_model(self, graph: LayerGraph, force: bool = False) -> None:
+        """Raise MpqError unless the plan's layers are ``graph``'s layers (same names and weights)
+        and, unless ``force``, the plan records ``graph``'s model sha256."""
         planned = {l["name"]: l["weight"] for l in self.doc["layers"]}
         actual = {l.name: l.weight for l in graph.layers}
         if planned != actual:
@@ -119,10 +120,13 @@ class PlanFile:
                       if extra else "its layers read other weights")
             raise MpqError(f"{self.path}: plan is for another model ({self.doc['model'].get('path')}; {detail}); "
                            f"make a plan for {graph.model.path} with mpq plan")
+        from .gains import check_model_hash
 
-    def bits_for(self, graph: LayerGraph) -> list[int]:
+        check_model_hash(self.doc, self.path, graph, "plan", force)
+
+    def bits_for(self, graph: LayerGraph, force: bool = False) -> list[int]:
         """Bits per group of ``graph`` (after checking the plan is for this model)."""
-        self.check_model(graph)
+        self.check_model(graph, force)
         by_layer = self.bits_by_layer
         out = []
         for group in graph.groups:
@@ -135,6 +139,12 @@ class PlanFile:
 
 
 def read_plan(path: str | Path) -> PlanFile:
+    """A plan file, validated against the schema; every layer's bits a supported bit width."""
+    from hw import check_bits
+
     doc = read_json(path, "plan")
     validate(doc, str(path))
+    for layer in doc["layers"]:
+        for key in ("w_bits", "a_bits"):
+            check_bits(layer[key], f"{path}: layer {layer['name']}: {key}")
     return PlanFile(str(path), doc)

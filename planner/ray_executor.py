@@ -21,6 +21,26 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 3
 #: Seconds between checks for Ctrl-C while waiting for results.
 POLL_S = 1.0
+#: Seconds to wait for a cluster's address to answer before giving up (Ray itself waits minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_address(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise MpqError unless ``address`` (``host:port`` or ``ray://host:port``; None, ``auto`` and
+    ``local`` are not checked) accepts a TCP connection within ``timeout_s`` seconds."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    text = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MpqError(f"--ray-address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise MpqError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); start one "
+                       "with ray start --head, or leave out --ray-address for a local instance") from None
 
 
 def run_ray(fn: Callable, jobs: dict[str, dict], on_result: Callable[[str, object], None], *,
@@ -47,6 +67,7 @@ def run_ray(fn: Callable, jobs: dict[str, dict], on_result: Callable[[str, objec
 
     started = not ray.is_initialized()
     if started:
+        check_address(address)
         options = {"address": address} if address else {"num_cpus": workers or os.cpu_count(),
                                                          "include_dashboard": False}
         ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)

@@ -413,9 +413,10 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     parameters.linearization_level = 2
     parameters.max_time_in_seconds = time_limit_s
     parameters.random_seed = 0
+    parameters.catch_sigint_signal = False  # Ctrl-C goes to Python: see _solve_interruptibly
     solver = helper.SolveWrapper()
     solver.set_parameters(parameters)
-    response = solver.solve(model)
+    response = _solve_interruptibly(solver, model)
     name = response.status.name
     if response.status not in (helper.CpSolverStatus.OPTIMAL, helper.CpSolverStatus.FEASIBLE):
         return None, name, -math.inf, scales
@@ -435,6 +436,39 @@ def _add_terms(row, coefficients: list[int]) -> None:
     kept = [k for k, c in enumerate(coefficients) if c]
     row.vars.extend(kept)
     row.coeffs.extend(coefficients[k] for k in kept)
+
+
+def _solve_interruptibly(solver, model):
+    """``solver.solve(model)`` (a CP-SAT ``SolveWrapper`` and a ``CpModelProto``; its response) in
+    a helper thread, so that Ctrl-C reaches this (main) thread as a KeyboardInterrupt at once: the
+    search is stopped and the interrupt re-raised. CP-SAT's own SIGINT handling must be off
+    (``catch_sigint_signal``): it would end the search as if its time were up, and leave Python's
+    handler replaced."""
+    import threading
+
+    result: dict = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can leave the thread looking finished
+
+    def work() -> None:
+        try:
+            result["response"] = solver.solve(model)
+        except BaseException as e:  # handed to the main thread
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="cp-sat", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        solver.stop_search()
+        while not done.wait(0.05):
+            pass
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["response"]
 
 
 def _cost_scale(costs, options, free, limit: float, metric: str) -> float:

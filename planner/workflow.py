@@ -51,14 +51,15 @@ def train(task, model: nn.Module, *, bits: int | None = None, epochs: float | No
 
 
 def apply_plan(task, model: nn.Module, plan) -> nn.Module:
-    """A copy of ``model`` at the plan's bits (the plan must be for this model's layers)."""
+    """A copy of ``model`` at the plan's bits (the plan must be for this model's layers; its
+    weights may differ: a plan is applied to fine-tuned checkpoints of the model it was made on)."""
     graph, mapping = task_graph(task, model)
-    plan.check_model(graph)
+    plan.check_model(graph, force=True)
     return apply_bits(model, bits_by_module(graph, mapping, plan.bits_by_layer))
 
 
 def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | None = None, feeds=None,
-               per_channel: bool = True, max_opset: int = 25):
+               per_channel: bool = True, max_opset: int = 25, force: bool = False):
     """The standard QDQ export (:class:`planner.qdq.QdqExport`) of a plan.
 
     Without a torch ``model`` it is built on ``onnx_path``: weight steps from its weights,
@@ -69,7 +70,7 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
     (batch norms included) and every learned step is the checkpoint's; ``onnx_path`` must then
     have the same layers. Batch norms and per-channel Mul / Add after convs are folded into the
     weights first (:mod:`planner.bnfold`); learned levels stay and the fold goes into per-channel
-    scales."""
+    scales. The plan must record ``onnx_path``'s sha256 unless ``force``."""
     import onnx
 
     from .bnfold import fold_affine
@@ -78,7 +79,7 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
     from .quant.lsq import learned_steps
 
     reference = load_graph(onnx_path, pin_first=None, pin_last=None)
-    plan.check_model(reference)
+    plan.check_model(reference, force)
     w_bits = plan.bits_by_layer
     a_bits = {l["name"]: l["a_bits"] for l in plan.doc["layers"]}
     with tempfile.TemporaryDirectory() as folder:
@@ -111,7 +112,7 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | Non
 
 
 def export_ort_overrides(plan, onnx_path: str | Path, *, feeds=None, quantized_path: str | Path | None = None,
-                         per_channel: bool = True):
+                         per_channel: bool = True, force: bool = False):
     """The plan as onnxruntime TensorQuantOverrides: (overrides, notes, quantized model or None).
 
     With ``quantized_path`` and ``feeds`` (tuples of input arrays), mpq also runs ``quantize_static``
@@ -125,7 +126,7 @@ def export_ort_overrides(plan, onnx_path: str | Path, *, feeds=None, quantized_p
     from .ortoverrides import ort_overrides, quantize_with_overrides
 
     graph = load_graph(onnx_path, pin_first=None, pin_last=None)
-    plan.check_model(graph)
+    plan.check_model(graph, force)
     overrides, notes = ort_overrides(graph, plan.bits_by_layer, {l["name"]: l["a_bits"] for l in plan.doc["layers"]})
     if quantized_path is None:
         return overrides, notes, None

@@ -48,3 +48,123 @@ def test_bad_input_shape_option(bad_models):
 
 def test_unknown_option_is_one_line():
     assert_user_error(mpq("inspect", "--frobnicate"), "No such option")
+
+
+def test_ctrl_c_stops_a_cpsat_solve_at_once():
+    """Ctrl-C during a CP-SAT search raises KeyboardInterrupt in the main thread within a moment
+    (CP-SAT's own handler would end the search as if its time were up and leave Python's handler
+    replaced)."""
+    import _thread
+    import random
+    import signal
+    import threading
+    import time
+
+    from ortools.sat.python import cp_model
+
+    from planner.solve import _solve_interruptibly
+
+    rng = random.Random(1)
+    model = cp_model.CpModel()
+    x = [[model.new_bool_var("") for _ in range(3)] for _ in range(1500)]
+    for options in x:
+        model.add_exactly_one(options)
+    variables = [v for options in x for v in options]
+    for _ in range(5):  # five random knapsack budgets: far from proved optimal in 0.3 s
+        weights = [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]
+        model.add(cp_model.LinearExpr.weighted_sum(variables, weights) <= 1500 * 150)
+    model.maximize(cp_model.LinearExpr.weighted_sum(variables, [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = 60
+    solver.parameters.num_workers = 2
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _solve_interruptibly(solver, model)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_file(exported, tmp_path, delay):
+    """SIGINT while the CLI imports, loads the model or solves: exit 130, 'mpq: interrupted', and
+    no file but the input (or, if the run already finished, exit 0 and its outputs)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = shutil.copy(exported("resnet18"), tmp_path / "m.onnx")
+    process = subprocess.Popen([sys.executable, "-m", "planner", "plan", model, "--hw", "northpole", "--budget",
+                                "latency=0.5", "-o", "p.json", "--csv", "p.csv"], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    if process.returncode == 0:
+        assert files == ["m.onnx", "p.csv", "p.json"]
+    else:
+        assert (process.returncode, err, files) == (130, "mpq: interrupted\n", ["m.onnx"])
+
+
+def test_an_error_importing_mpqs_own_modules_is_a_bug_not_a_user_error(monkeypatch):
+    """userfiles.load_object blames the user only for the user's code: a built-in task whose
+    module fails to import raises the original error (exit 1 with a traceback in the CLI)."""
+    import importlib
+
+    from planner import MpqError
+    from planner.tasks import load_task
+
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name == "planner.tasks.mnist":
+            raise ZeroDivisionError("bug in mpq")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ZeroDivisionError):
+        load_task("mnist")
+    with pytest.raises(MpqError, match="does not exist"):
+        load_task("planner.tasks.no_such_task:task")
+
+
+def test_a_fine_tune_resumes_only_from_its_own_start(tmp_path):
+    """The resume state of a fit that started from other weights is not used: the result equals
+    a fresh fit (before, its config held only epochs, lr, seed, ... and the other run's
+    weights were picked up)."""
+    from tiny_task import TinyMnist
+
+    from planner.quant.train import fit
+
+    task = TinyMnist()
+    resume = tmp_path / "state.partial"
+
+    def interrupt_after_first_epoch(step, total):
+        if step == total // 2 + 1:
+            raise KeyboardInterrupt
+
+    other = task.model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(other, task, epochs=2, lr=0.05, seed=0, progress=interrupt_after_first_epoch, resume=resume,
+            reestimate_bn=False)
+    assert resume.exists()
+
+    def start():
+        torch.manual_seed(1)
+        model = task.model()
+        for p in model.parameters():
+            p.data.mul_(0.5)
+        return model
+
+    resumed = fit(start(), task, epochs=2, lr=0.05, seed=0, resume=resume, reestimate_bn=False)
+    fresh = fit(start(), task, epochs=2, lr=0.05, seed=0, reestimate_bn=False)
+    for (name, a), b in zip(resumed.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -230,7 +230,8 @@ def test_a_precision_set_restricts_every_per_precision_table():
     ("cores=1.5", ["cores", "not a whole number"]),
     ("memory.on_chip_bytes=-1", ["memory.on_chip_bytes", "> 0"]),
     ("precisions=4,x", ["precisions", "not a set of bit widths"]),
-    ("precisions=1,8", ["precisions", "macs_per_cycle_per_core", "1 bits"]),
+    ("precisions=3,8", ["precisions", "macs_per_cycle_per_core", "3 bits"]),
+    ("precisions=1,8", ["precisions", "1", ">= 2"]),
     ("macs_per_cycle_per_core.3=100", ["macs_per_cycle_per_core.3", "not in precisions"]),
     ("cores", ["cores", "FIELD=V1,V2"]),
 ])

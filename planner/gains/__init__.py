@@ -14,7 +14,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import MpqError
 from ..graph import LayerGraph
-from ..userfiles import read_json
+from ..userfiles import finite, read_json
 
 SCHEMA = "mpq.gains/v1"
 
@@ -43,6 +43,11 @@ class Gains:
         }
 
     def write(self, graph: LayerGraph, path: str | Path) -> None:
+        """Write the gains file atomically; MpqError (and no file) when a gain is not finite."""
+        for group in graph.groups:
+            for bits, value in self.by_group[group.id].items():
+                finite(value, f"{self.method} gain of group {group.id} ({group.layers[0]}) at {bits} bits "
+                              "(the scores it comes from are not finite: lower --lr or check the checkpoint)")
         write_text(path, json.dumps(self.to_json(graph), indent=1, sort_keys=True) + "\n")
 
 
@@ -54,31 +59,67 @@ def relative(values: dict[int, float]) -> dict[int, float]:
     return {b: v - low for b, v in values.items()}
 
 
-def read_gains(path: str | Path, graph: LayerGraph) -> Gains:
+def check_model_hash(doc: dict, path, graph: LayerGraph, kind: str, force: bool = False) -> None:
+    """Raise MpqError when ``doc`` (a gains file or plan) records the sha256 of another model
+    than ``graph``'s, unless ``force``. Files without a recorded hash are not checked."""
+    model = doc.get("model") if isinstance(doc, dict) else None
+    recorded = model.get("sha256") if isinstance(model, dict) else None
+    if force or not recorded or not graph.model.sha256 or recorded == graph.model.sha256:
+        return
+    raise MpqError(f"{path}: {kind} for another model: made for {model.get('path') or '?'} (sha256 "
+                   f"{str(recorded)[:12]}...), not {graph.model.path} (sha256 {graph.model.sha256[:12]}...); "
+                   f"make one for this model, or pass --force to use it anyway")
+
+
+def read_gains(path: str | Path, graph: LayerGraph, force: bool = False) -> Gains:
     """Gains from a JSON file, matched to ``graph``'s groups by layer names.
 
     Accepts ``{"groups": [{"layers": [...], "gains": {"2": 0, "4": 1.3}}]}`` (what mpq writes)
     or ``{"layers": {"layer name": {"2": 0, "4": 0.4}}}`` (per-layer values, summed per group).
     Every free group of the model needs gains; a file naming layers the model lacks is for
-    another model.
+    another model, and so is one that records another model's sha256 (unless ``force``).
+    Every gain must be a finite number.
     """
     doc = read_json(path, "gains")
     if not isinstance(doc, dict) or not ({"groups", "layers"} & set(doc)):
         raise MpqError(f"{path}: a gains file needs 'groups' (as mpq writes) or 'layers' (per-layer gains)")
+    expected = "expected {'groups': [{'layers': [...], 'gains': {'4': 1.0, ...}}]}"
+
+    def values_of(gains, where: str) -> dict[int, float]:
+        if not isinstance(gains, dict):
+            raise MpqError(f"{path}: {where}: gains must be a mapping of bits to numbers; {expected}")
+        out = {}
+        for b, v in gains.items():
+            try:
+                bits = int(b)
+            except ValueError:
+                raise MpqError(f"{path}: {where}: '{b}' is not a bit width; {expected}") from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise MpqError(f"{path}: {where}: gain at {b} bits is {json.dumps(v)[:40]}, not a number")
+            out[bits] = finite(v, f"{path}: {where}: gain at {b} bits")
+        return out
+
     per_layer: dict[str, dict[int, float]] = {}
-    try:
-        if "groups" in doc:
-            for entry in doc["groups"]:
-                values = {int(b): float(v) for b, v in entry["gains"].items()}
-                first, *rest = entry["layers"]
-                per_layer[first] = values
-                for name in rest:
-                    per_layer[name] = dict.fromkeys(values, 0.0)
-        else:
-            per_layer = {name: {int(b): float(v) for b, v in values.items()} for name, values in doc["layers"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise MpqError(f"{path}: malformed gains entry ({type(e).__name__}: {e}); expected "
-                       "{'groups': [{'layers': [...], 'gains': {'4': 1.0, ...}}]}") from None
+    if "groups" in doc:
+        if not isinstance(doc["groups"], list):
+            raise MpqError(f"{path}: 'groups' must be a list; {expected}")
+        for k, entry in enumerate(doc["groups"]):
+            layers = entry.get("layers") if isinstance(entry, dict) else None
+            if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
+                raise MpqError(f"{path}: groups.{k}: needs 'layers', a non-empty list of layer names; {expected}")
+            values = values_of(entry.get("gains"), f"groups.{k}.gains")
+            first, *rest = layers
+            per_layer[first] = values
+            for name in rest:
+                per_layer[name] = dict.fromkeys(values, 0.0)
+    else:
+        if not isinstance(doc["layers"], dict):
+            raise MpqError(f"{path}: 'layers' must map layer names to gains; {expected}")
+        per_layer = {name: values_of(values, f"layers.{name}") for name, values in doc["layers"].items()}
+    for key, kind in (("params", dict), ("extra", dict), ("method", str)):
+        if key in doc and not isinstance(doc[key], kind):
+            raise MpqError(f"{path}: '{key}' must be a {'mapping' if kind is dict else 'string'}")
+    check_model_hash(doc, path, graph, "gains file", force)
     known = {l.name for l in graph.layers}
     foreign = sorted(set(per_layer) - known)
     if foreign:
@@ -100,14 +141,15 @@ def read_gains(path: str | Path, graph: LayerGraph) -> Gains:
                  extra=doc.get("extra", {}))
 
 
-def compute(name: str, graph: LayerGraph, precisions: list[int], **options) -> Gains:
-    """Run a data-free method by name, or read a gains file when ``name`` is a path."""
+def compute(name: str, graph: LayerGraph, precisions: list[int], force: bool = False, **options) -> Gains:
+    """Run a data-free method by name, or read a gains file when ``name`` is a path (``force``:
+    accept a file made for another model)."""
     from . import baselines, eagl
 
     methods = {"eagl": eagl.eagl, **baselines.METHODS}
     if name in methods:
         return methods[name](graph, precisions, **options)
     if name.endswith(".json") or Path(name).is_file():
-        return read_gains(name, graph)
+        return read_gains(name, graph, force)
     raise MpqError(f"unknown gains '{name}'; use one of {', '.join(sorted(methods))} or a gains JSON file "
                    "(mpq gains alps|hessian|sensitivity --task ... -o gains.json)")

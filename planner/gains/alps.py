@@ -60,13 +60,16 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
     (also for jobs found in ``resume``, with their stored value)."""
     from ..quant.checkpoint import file_sha256, read_checkpoint
     from ..torchmap import require_modules
+    from ..userfiles import source_sha256
 
     require_modules(graph, mapping)
     checkpoint = str(Path(checkpoint).resolve())
     base_bits = read_checkpoint(checkpoint)["bits"]
     lr = lr if lr is not None else getattr(task, "finetune_lr", 0.01)
     task_ref = getattr(task, "ref", task.name)
-    key = config_key(method="alps", task=task_ref, checkpoint=file_sha256(checkpoint), epochs=epochs, lr=lr,
+    key = config_key(method="alps", task=task_ref, task_source=source_sha256(task_ref),
+                     modules={g.id: group_modules(graph, mapping, g) for g in graph.free_groups},
+                     checkpoint=file_sha256(checkpoint), epochs=epochs, lr=lr,
                      metric=metric, precisions=sorted(precisions))
     jobs: dict[str, dict] = {}
     common = {"task_ref": task_ref, "checkpoint": checkpoint, "epochs": epochs, "lr": lr, "metric": metric}

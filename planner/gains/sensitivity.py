@@ -36,12 +36,15 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
                       ray_address: str | None = None, resume: Checkpoint | None = None, progress=None) -> Gains:
     from ..quant.checkpoint import file_sha256, read_checkpoint
     from ..torchmap import require_modules
+    from ..userfiles import source_sha256
 
     require_modules(graph, mapping)  # a layer without a module would get gain 0: refused instead
     checkpoint = str(Path(checkpoint).resolve())
     base_bits = read_checkpoint(checkpoint)["bits"]
     task_ref = getattr(task, "ref", task.name)
-    key = config_key(method="sensitivity", task=task_ref, checkpoint=file_sha256(checkpoint), metric=metric,
+    key = config_key(method="sensitivity", task=task_ref, task_source=source_sha256(task_ref),
+                     modules={g.id: group_modules(graph, mapping, g) for g in graph.free_groups},
+                     checkpoint=file_sha256(checkpoint), metric=metric,
                      precisions=sorted(precisions))
     common = {"task_ref": task_ref, "checkpoint": checkpoint, "metric": metric}
     jobs = {f"{key}:base": {**common, "bits_by_module": {}}}

@@ -53,7 +53,9 @@ def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher:
     augment = getattr(task, "augment", None)
     generator = torch.Generator().manual_seed(seed + 1)
     config = {"epochs": epochs, "lr": lr, "seed": seed, "distill": distill, "steps": steps,
-              "weight_decay": weight_decay, "keys": sorted(model.state_dict())}
+              "weight_decay": weight_decay, "keys": sorted(model.state_dict()), "start": state_sha256(model),
+              "teacher": state_sha256(teacher) if teacher is not None and distill > 0 else None,
+              "task": getattr(task, "ref", getattr(task, "name", ""))}
     step = _restore(resume, config, model, optimizer, schedule, data.generator, generator) if resume else 0
     if teacher is not None:
         teacher.eval()
@@ -86,6 +88,19 @@ def fit(model: nn.Module, task, *, epochs: float, lr: float, seed: int, teacher:
     if resume:
         Path(resume).unlink(missing_ok=True)
     return model.eval()
+
+
+def state_sha256(model: nn.Module) -> str:
+    """A hash of a model's state (names, shapes, dtypes and values): a resumed fine-tune must
+    start from the same weights, steps and bits as the run it continues."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _save(path, config, step, model, optimizer, schedule, data_generator, augment_generator) -> None:

@@ -24,7 +24,7 @@ function that returns one).
 from __future__ import annotations
 
 from ..errors import MpqError
-from ..userfiles import load_object
+from ..userfiles import call_user, load_object
 
 BUILTIN = {"mnist": "planner.tasks.mnist:task", "minilm": "planner.tasks.minilm:task"}
 REQUIRED = ("model", "train_data", "eval_data", "evaluate")
@@ -38,7 +38,7 @@ def load_task(ref: str):
                        "or path/file.py:object")
     task = load_object(ref, f"--task {ref}")
     if isinstance(task, type) or (callable(task) and not any(hasattr(task, r) for r in REQUIRED)):
-        task = task()
+        task = call_user(task, f"--task {ref}")
     missing = [r for r in REQUIRED if not callable(getattr(task, r, None))]
     if missing:
         raise MpqError(f"--task {ref}: the task lacks {', '.join(missing)}(); a task needs "
