@@ -176,7 +176,7 @@ COMMANDS = {
     "cost": lambda m, out: ["cost", m, "--hw", "northpole", "--summary"],
     "plan": lambda m, out: ["plan", m, "--hw", "northpole", "--budget", "latency=0.5", "-o", out / "plan_out.json"],
     "gains eagl": lambda m, out: ["gains", "eagl", m, "--hw", "northpole", "-o", out / "gains.json"],
-    "export": lambda m, out: ["export", out / "plan.json", m, "-o", out / "qdq.onnx"],
+    "export": lambda m, out: ["export", out / "plan.json", m, "-o", out / "qdq.onnx", "--force"],
 }
 
 
