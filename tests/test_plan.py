@@ -41,9 +41,72 @@ def test_level_counts_stream_in_chunks(monkeypatch):
     w = rng.normal(size=300_001).astype(np.float32)
     whole = grid.level_counts(w, {4: 0.3, 8: 0.02})
     monkeypatch.setattr(grid, "CHUNK", 4096)
+    monkeypatch.setattr(grid, "SORT_CHUNK", 4093)
     chunked = grid.level_counts(w, {4: 0.3, 8: 0.02})
     assert all((whole[b] == chunked[b]).all() for b in (4, 8))
     assert whole[4].sum() == w.size and len(whole[8]) == 256
+
+
+def direct_counts(w: np.ndarray, step, bits: int) -> np.ndarray:
+    """The level histogram by its definition, clip(floor(w / step + 1/2)) in float32, on the whole
+    tensor at once (np.unique), for comparison with grid.level_counts."""
+    qn = 2 ** (bits - 1)
+    y = np.asarray(w, np.float32) * np.float32(1.0 / step) if not np.ndim(step) else (
+        np.asarray(w, np.float32) / np.asarray(step, np.float32))
+    levels = np.clip(np.floor(y + np.float32(qn + 0.5)), 0, 2 ** bits - 1).astype(np.int64).reshape(-1)
+    used, count = np.unique(levels, return_counts=True)
+    out = np.zeros(2 ** bits, np.int64)
+    out[used] = count
+    return out
+
+
+def direct_entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def test_level_counts_of_real_weights_equal_a_direct_count(exported):
+    """Every precision from 2 to 16 bits, counted in one pass per tensor, equals the definition."""
+    from planner.weights import layer_weights
+
+    graph = load_graph(exported("resnet18"))
+    for layer in graph.layers[::6]:
+        w = layer_weights(graph, layer).values
+        mean = float(np.abs(w).mean())
+        steps = {b: grid.lsq_step(mean, b) for b in (2, 3, 4, 8, 16)}
+        counts = grid.level_counts(w, steps)
+        for b, step in steps.items():
+            assert (counts[b] == direct_counts(w, step, b)).all(), (layer.name, b)
+    w = layer_weights(graph, graph.layers[0]).values  # per-output-channel steps, and a heavy tail
+    per_channel = np.abs(w).mean(axis=(1, 2, 3), keepdims=True) + 1e-3
+    counts = grid.level_counts(w, {4: per_channel, 8: per_channel / 16})
+    assert (counts[4] == direct_counts(w, per_channel, 4)).all()
+    assert (counts[8] == direct_counts(w, per_channel / 16, 8)).all()
+    tail = np.random.default_rng(3).standard_t(1.5, size=200_003).astype(np.float32)
+    counts = grid.level_counts(tail, {2: 0.7, 4: 0.2, 8: 0.01, 16: 1e-4})
+    assert all((counts[b] == direct_counts(tail, s, b)).all() for b, s in {2: 0.7, 4: 0.2, 8: 0.01, 16: 1e-4}.items())
+
+
+def test_sixteen_bit_entropy_in_linear_memory(exported):
+    """A 16-bit grid: EAGL's entropies equal a direct computation, and counting 2M weights
+    allocates a few MB (the chunk buffers and 2^16 counts), not a table per level pair."""
+    import tracemalloc
+
+    from planner.weights import layer_weights
+
+    graph = load_graph(exported("resnet18"))
+    gains = compute("eagl", graph, [8, 16])
+    for layer in graph.layers:
+        w = layer_weights(graph, layer).values
+        expected = direct_entropy(direct_counts(w, grid.lsq_step(grid.mean_abs(w), 16), 16))
+        assert gains.extra["entropy_bits"][layer.name]["16"] == pytest.approx(expected, abs=1e-6)  # stored to 6 decimals
+    assert all(v[16] > 0 for v, g in zip(gains.by_group, graph.groups) if not g.pinned_bits)
+    w = np.random.default_rng(4).normal(size=2_000_000).astype(np.float32)
+    tracemalloc.start()
+    counts = grid.level_counts(w, {16: grid.lsq_step(float(np.abs(w).mean()), 16)})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert counts[16].sum() == w.size and peak < 8 * 2**20, peak
 
 
 def test_lsq_and_mse_steps():
