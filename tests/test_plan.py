@@ -128,6 +128,31 @@ def test_eagl_gains_on_a_real_graph(exported):
     assert all(v[4] < g[4] for v, g, grp in zip(difference.by_group, gains.by_group, graph.groups) if not grp.pinned_bits)
 
 
+def test_plan_end_to_end_with_a_sixteen_bit_spec(exported, tmp_path):
+    """precisions [8, 16]: `mpq plan` runs EAGL at 16 bits and gives each group the value of its
+    16-bit entropies (the sum over its layers, computed here from the weights directly)."""
+    import yaml
+
+    from planner.weights import layer_weights
+
+    spec = yaml.safe_load(open("hw/gpu_a100.yaml"))
+    spec.update(name="a100_int16", precisions=[8, 16])
+    spec["macs_per_cycle_per_core"] = {8: spec["macs_per_cycle_per_core"][8], 16: {"value": 1024, "source": "test"}}
+    spec["energy"]["per_mac_j"] = {8: spec["energy"]["per_mac_j"][8], 16: {"value": 8e-13, "source": "test"}}
+    (tmp_path / "a100_int16.yaml").write_text(yaml.safe_dump(spec))
+    model = exported("resnet18")
+    result = mpq("plan", model, "--hw", tmp_path / "a100_int16.yaml", "--budget", "latency=0.5", "-o", tmp_path / "plan.json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert {g["bits"] for g in doc["groups"]} == {8, 16}
+    graph = load_graph(model)
+    for group in doc["groups"]:
+        if group["pinned_bits"] is None:
+            expected = sum(direct_entropy(direct_counts(w, grid.lsq_step(grid.mean_abs(w), 16), 16))
+                           for w in (layer_weights(graph, graph.layer(n)).values for n in group["layers"]))
+            assert group["options"]["16"]["gain"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_eagl_weightless_layers_get_the_median(exported):
     graph = load_graph(exported("bert"))
     gains = compute("eagl", graph, [2, 4])
