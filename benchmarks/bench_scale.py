@@ -125,7 +125,9 @@ def main() -> None:
     figures.append(show(figure(f"streaming {len(rows)}-point `mpq frontier`", frontier["wall"], "s", None,
                                status=statuses[0] if len(statuses) == 1 else ", ".join(statuses),
                                groups=len(groups), peak_mib=round(frontier["peak_rss"] / 2**20))))
-    print(f"\nwrote {write_results('bench_scale', figures)}")
+    default = all(getattr(options, k) == parser.get_default(k) for k in vars(options))
+    name = "bench_scale" if default else f"bench_scale-quick-{options.blocks}x{options.hidden}x{options.ffn}"
+    print(f"\nwrote {write_results(name, figures)}")  # other sizes: not the README's figure, not committed
 
 
 if __name__ == "__main__":

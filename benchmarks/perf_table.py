@@ -3,7 +3,7 @@
     python benchmarks/perf_table.py [--check]
 
 Reads every ``benchmarks/results/*.json`` written by ``write_results`` (schema mpq.bench/v1:
-bench_plan, bench_graph, bench_scale, ...) and replaces the lines of README.md between
+bench_plan, bench_graph, bench_scale, ...; not the ``-quick`` runs at other sizes) and replaces the lines of README.md between
 ``<!-- perf-table:start -->`` and ``<!-- perf-table:end -->`` with one table row per figure
 (value, target, whether it is met, the figures it was computed from) and one line per result file
 saying on which machine and when it was measured. ``--check``: exit 1 if README.md is not what
@@ -37,7 +37,7 @@ def results() -> list[dict]:
     docs = []
     for path in sorted(RESULTS.glob("*.json")):
         doc = json.loads(path.read_text())
-        if isinstance(doc, dict) and doc.get("schema") == "mpq.bench/v1":
+        if isinstance(doc, dict) and doc.get("schema") == "mpq.bench/v1" and "-quick" not in path.stem:
             docs.append(doc)
     rank = {name: k for k, name in enumerate(ORDER)}
     return sorted(docs, key=lambda d: (rank.get(d["benchmark"], len(ORDER)), d["benchmark"]))
