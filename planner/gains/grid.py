@@ -38,7 +38,7 @@ def lsq_step(mean_absolute: float, bits: int) -> float:
 
 
 def level_counts(values: np.ndarray, steps: dict[int, float | np.ndarray]) -> dict[int, np.ndarray]:
-    """Histogram over the 2^b levels at every (bits, step) with 2 <= b <= 16, in one pass.
+    """Histogram over the 2^b levels at every (bits, step) with 1 <= b <= 16, in one pass.
 
     Level of w: clip(floor(w / step + 1/2), -Q_N, Q_P), i.e. rounding half up (it differs from
     round-half-even only for weights exactly half way between two levels), computed in float32 as
