@@ -32,13 +32,16 @@ def number(value) -> str:
     return str(value)
 
 
-def results() -> list[dict]:
-    """The result documents, bench_plan / bench_graph / bench_scale first."""
+def results(skipped: list[str] | None = None) -> list[dict]:
+    """The result documents, bench_plan / bench_graph / bench_scale first. ``skipped`` receives
+    the names of bench_*.json files in another format."""
     docs = []
     for path in sorted(RESULTS.glob("*.json")):
         doc = json.loads(path.read_text())
         if isinstance(doc, dict) and doc.get("schema") == "mpq.bench/v1" and "-quick" not in path.stem:
             docs.append(doc)
+        elif path.stem.startswith("bench_") and "-quick" not in path.stem and skipped is not None:
+            skipped.append(path.name)
     rank = {name: k for k, name in enumerate(ORDER)}
     return sorted(docs, key=lambda d: (rank.get(d["benchmark"], len(ORDER)), d["benchmark"]))
 
@@ -73,7 +76,11 @@ def main() -> None:
     text = README.read_text()
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         raise SystemExit(f"{README}: needs one '{START}' line and, after it, one '{END}' line")
-    new = text[:text.index(START)] + table(results()) + text[text.index(END) + len(END):]
+    skipped: list[str] = []
+    docs = results(skipped)
+    for name in skipped:
+        print(f"skipped {name}: not written by _common.write_results (no schema mpq.bench/v1)", file=sys.stderr)
+    new = text[:text.index(START)] + table(docs) + text[text.index(END) + len(END):]
     if options.check:
         sys.exit(0 if new == text else 1)
     if new != text:
@@ -81,7 +88,7 @@ def main() -> None:
         from planner.atomic import write_text
 
         write_text(README, new)
-    print(f"{README}: performance table from {len(results())} result file(s)")
+    print(f"{README}: performance table from {len(docs)} result file(s)")
 
 
 if __name__ == "__main__":
