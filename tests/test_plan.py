@@ -101,6 +101,8 @@ def test_sixteen_bit_entropy_in_linear_memory(exported):
         expected = direct_entropy(direct_counts(w, grid.lsq_step(grid.mean_abs(w), 16), 16))
         assert gains.extra["entropy_bits"][layer.name]["16"] == pytest.approx(expected, abs=1e-6)  # stored to 6 decimals
     assert all(v[16] > 0 for v, g in zip(gains.by_group, graph.groups) if not g.pinned_bits)
+    with pytest.raises(MpqError, match="1- to 16-bit grids"):
+        compute("eagl", graph, [8, 32])
     w = np.random.default_rng(4).normal(size=2_000_000).astype(np.float32)
     tracemalloc.start()
     counts = grid.level_counts(w, {16: grid.lsq_step(float(np.abs(w).mean()), 16)})
