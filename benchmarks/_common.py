@@ -1,7 +1,12 @@
-"""Helpers shared by the benchmark scripts: cached exports, timing, peak memory of a child."""
+"""Helpers shared by the benchmark scripts: cached exports, timing, peak memory of a child, and
+the results format every benchmark writes (``write_results``), from which
+``benchmarks/perf_table.py`` generates the README's performance table."""
 from __future__ import annotations
 
 import json
+import operator
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -11,25 +16,61 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / "cache"
 RESULTS = ROOT / "benchmarks" / "results"
+SCHEMA = "mpq.bench/v1"
 sys.path.insert(0, str(ROOT / "tests"))
+
+_COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 
 
 def exported(arch: str) -> Path:
-    """The ONNX export (TorchScript exporter) of a test architecture, built once and cached."""
+    """The ONNX export (TorchScript exporter) of a test architecture, built once and cached.
+
+    ``resnet50`` and ``bert-base`` are tests/archs.py's torch networks; ``hf-bert-base`` is
+    Hugging Face ``transformers``' BertModel at BERT-base size (random weights from its config, no
+    download) called with ``input_ids`` and an ``attention_mask`` (1 x 128, fixed shapes)."""
     import contextlib
     import io
+    import warnings
 
     import torch
 
-    import archs
-
     path = CACHE / f"{arch}.onnx"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    names = None
+    if arch == "hf-bert-base":
+        model, inputs, names = _hf_bert_base()
+    else:
+        import archs
+
         model, inputs = {"resnet50": archs.resnet50, "bert-base": archs.bert}[arch]()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            torch.onnx.export(model, inputs, str(path), dynamo=False)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path) + ".tmp", dynamo=False, input_names=names)
+    os.replace(str(path) + ".tmp", path)
     return path
+
+
+def _hf_bert_base():
+    import torch
+    from transformers import BertConfig, BertModel
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(), add_pooling_layer=False).eval()  # BERT-base: 12 x 768, 12 heads, FFN 3072
+    ids = torch.randint(0, bert.config.vocab_size, (1, 128))
+    mask = torch.ones(1, 128, dtype=torch.long)
+    mask[0, 100:] = 0
+    return LastHidden(bert), (ids, mask), ["input_ids", "attention_mask"]
 
 
 def median_time(fn, repeats: int = 5) -> float:
@@ -63,3 +104,59 @@ def child_peak_rss(code: str) -> dict:
     )
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ results
+
+def figure(name: str, value: float, unit: str, target: str | None, **details) -> dict:
+    """One measured figure: ``value`` in ``unit`` against ``target`` ("<= 5", "< 1", or None for
+    a figure reported without one); ``met`` is whether the target holds (None without one).
+    ``details`` (e.g. the two times a ratio divides, a solver status) are kept as they are;
+    a ``status`` detail other than OPTIMAL fails the target."""
+    met = None
+    if target is not None:
+        op, bound = target.split()
+        met = bool(_COMPARE[op](value, float(bound))) and details.get("status", "OPTIMAL") == "OPTIMAL"
+    return {"figure": name, "value": float(value), "unit": unit, "target": target, "met": met, **details}
+
+
+def show(entry: dict) -> dict:
+    """Print one figure with its target; returns it."""
+    value = entry["value"]
+    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    target = f"(target {entry['target']}: {'met' if entry['met'] else 'NOT met'})" if entry["target"] else ""
+    extra = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("figure", "value", "unit", "target", "met"))
+    print(f"  {entry['figure']}: {text} {entry['unit']} {target}" + (f" [{extra}]" if extra else ""))
+    return entry
+
+
+def machine() -> dict:
+    """The machine and the versions a result was measured with."""
+    from importlib import metadata
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for package in ("numpy", "onnx", "onnxruntime", "ortools", "torch", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform(),
+            "load_average_1min": round(os.getloadavg()[0], 2), **versions}
+
+
+def write_results(name: str, figures: list[dict]) -> Path:
+    """Write ``benchmarks/results/<name>.json``: the figures (see :func:`figure`) and the machine
+    (CPU model, cores, load when written, Python and package versions). Returns the path."""
+    path = RESULTS / f"{name}.json"
+    doc = {"schema": SCHEMA, "benchmark": name, "command": f"python benchmarks/{name}.py",
+           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(), "figures": figures}
+    from planner.atomic import write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path

@@ -44,9 +44,74 @@ def test_level_counts_stream_in_chunks(monkeypatch):
     w = rng.normal(size=300_001).astype(np.float32)
     whole = grid.level_counts(w, {4: 0.3, 8: 0.02})
     monkeypatch.setattr(grid, "CHUNK", 4096)
+    monkeypatch.setattr(grid, "SORT_CHUNK", 4093)
     chunked = grid.level_counts(w, {4: 0.3, 8: 0.02})
     assert all((whole[b] == chunked[b]).all() for b in (4, 8))
     assert whole[4].sum() == w.size and len(whole[8]) == 256
+
+
+def direct_counts(w: np.ndarray, step, bits: int) -> np.ndarray:
+    """The level histogram by its definition, clip(floor(w / step + 1/2)) in float32, on the whole
+    tensor at once (np.unique), for comparison with grid.level_counts."""
+    qn = 2 ** (bits - 1)
+    y = np.asarray(w, np.float32) * np.float32(1.0 / step) if not np.ndim(step) else (
+        np.asarray(w, np.float32) / np.asarray(step, np.float32))
+    levels = np.clip(np.floor(y + np.float32(qn + 0.5)), 0, 2 ** bits - 1).astype(np.int64).reshape(-1)
+    used, count = np.unique(levels, return_counts=True)
+    out = np.zeros(2 ** bits, np.int64)
+    out[used] = count
+    return out
+
+
+def direct_entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def test_level_counts_of_real_weights_equal_a_direct_count(exported):
+    """Every precision from 2 to 16 bits, counted in one pass per tensor, equals the definition."""
+    from planner.weights import layer_weights
+
+    graph = load_graph(exported("resnet18"))
+    for layer in graph.layers[::6]:
+        w = layer_weights(graph, layer).values
+        mean = float(np.abs(w).mean())
+        steps = {b: grid.lsq_step(mean, b) for b in (2, 3, 4, 8, 16)}
+        counts = grid.level_counts(w, steps)
+        for b, step in steps.items():
+            assert (counts[b] == direct_counts(w, step, b)).all(), (layer.name, b)
+    w = layer_weights(graph, graph.layers[0]).values  # per-output-channel steps, and a heavy tail
+    per_channel = np.abs(w).mean(axis=(1, 2, 3), keepdims=True) + 1e-3
+    counts = grid.level_counts(w, {4: per_channel, 8: per_channel / 16})
+    assert (counts[4] == direct_counts(w, per_channel, 4)).all()
+    assert (counts[8] == direct_counts(w, per_channel / 16, 8)).all()
+    tail = np.random.default_rng(3).standard_t(1.5, size=200_003).astype(np.float32)
+    counts = grid.level_counts(tail, {2: 0.7, 4: 0.2, 8: 0.01, 16: 1e-4})
+    assert all((counts[b] == direct_counts(tail, s, b)).all() for b, s in {2: 0.7, 4: 0.2, 8: 0.01, 16: 1e-4}.items())
+
+
+def test_sixteen_bit_entropy_in_linear_memory(exported):
+    """A 16-bit grid: EAGL's entropies equal a direct computation, and counting 2M weights
+    allocates a few MB (the chunk buffers and 2^16 counts), not a table per level pair."""
+    import tracemalloc
+
+    from planner.weights import layer_weights
+
+    graph = load_graph(exported("resnet18"))
+    gains = compute("eagl", graph, [8, 16])
+    for layer in graph.layers:
+        w = layer_weights(graph, layer).values
+        expected = direct_entropy(direct_counts(w, grid.lsq_step(grid.mean_abs(w), 16), 16))
+        assert gains.extra["entropy_bits"][layer.name]["16"] == pytest.approx(expected, abs=1e-6)  # stored to 6 decimals
+    assert all(v[16] > 0 for v, g in zip(gains.by_group, graph.groups) if not g.pinned_bits)
+    with pytest.raises(MpqError, match="1- to 16-bit grids"):
+        compute("eagl", graph, [8, 32])
+    w = np.random.default_rng(4).normal(size=2_000_000).astype(np.float32)
+    tracemalloc.start()
+    counts = grid.level_counts(w, {16: grid.lsq_step(float(np.abs(w).mean()), 16)})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert counts[16].sum() == w.size and peak < 8 * 2**20, peak
 
 
 def test_lsq_and_mse_steps():
@@ -114,6 +179,31 @@ def test_eagl_weightless_layers_get_the_median(tmp_path):
             assert values[4] == pytest.approx(len(group.layers) * median[4], rel=1e-6)
             assert values[8] == pytest.approx(len(group.layers) * median[8], rel=1e-6)
     assert checked >= 2
+
+
+def test_plan_end_to_end_with_a_sixteen_bit_spec(exported, tmp_path):
+    """precisions [8, 16]: `mpq plan` runs EAGL at 16 bits and gives each group the value of its
+    16-bit entropies (the sum over its layers, computed here from the weights directly)."""
+    import yaml
+
+    from planner.weights import layer_weights
+
+    spec = yaml.safe_load(open("hw/gpu_a100.yaml"))
+    spec.update(name="a100_int16", precisions=[8, 16])
+    spec["macs_per_cycle_per_core"] = {8: spec["macs_per_cycle_per_core"][8], 16: {"value": 1024, "source": "test"}}
+    spec["energy"]["per_mac_j"] = {8: spec["energy"]["per_mac_j"][8], 16: {"value": 8e-13, "source": "test"}}
+    (tmp_path / "a100_int16.yaml").write_text(yaml.safe_dump(spec))
+    model = exported("resnet18")
+    result = mpq("plan", model, "--hw", tmp_path / "a100_int16.yaml", "--budget", "latency=0.5", "-o", tmp_path / "plan.json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert {g["bits"] for g in doc["groups"]} == {8, 16}
+    graph = load_graph(model)
+    for group in doc["groups"]:
+        if group["pinned_bits"] is None:
+            expected = sum(direct_entropy(direct_counts(w, grid.lsq_step(grid.mean_abs(w), 16), 16))
+                           for w in (layer_weights(graph, graph.layer(n)).values for n in group["layers"]))
+            assert group["options"]["16"]["gain"] == pytest.approx(expected, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------ solver

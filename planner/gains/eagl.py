@@ -81,15 +81,17 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
     """EAGL gains for every group of ``graph`` at ``precisions``.
 
     ``learned_steps[layer][bits]`` are steps learned by quantization-aware training (e.g. an LSQ
-    checkpoint); they win over the LSQ initialisation under ``step="auto"``. ``workers``: forked
-    processes that share the layers (default: one per CPU for models of more than 64M weights,
-    else none); results do not depend on it.
+    checkpoint); they win over the LSQ initialisation under ``step="auto"``. ``workers``: threads
+    that share the layers (default: one per CPU for models of more than 4M weights, else one);
+    results do not depend on it. Precisions are 1 to 16 bits (MpqError otherwise).
     """
     if mode not in MODES:
         raise MpqError(f"unknown EAGL mode '{mode}'; choose from {', '.join(MODES)}")
     if weighting not in WEIGHTINGS:
         raise MpqError(f"unknown EAGL weighting '{weighting}'; choose from {', '.join(WEIGHTINGS)}")
     bits = sorted(set(precisions))
+    if bits and not 1 <= bits[0] <= bits[-1] <= 16:
+        raise MpqError(f"EAGL counts levels of 1- to 16-bit grids; got precisions {bits}")
     needed = bits if mode == "difference" else bits[1:] or bits  # the lowest precision's entropy is unused
     jobs = [(layer.name, needed, step, (learned_steps or {}).get(layer.name)) for layer in graph.layers
             if layer.weight is not None]
@@ -127,29 +129,20 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
     return layer_entropies(values, needed, step=step, learned=learned), how
 
 
-_FORKED_GRAPH: LayerGraph | None = None  # the graph a forked worker inherits
-
-
-def _forked_job(job):
-    return layer_entropy_job(_FORKED_GRAPH, *job)
-
-
 def _map_layers(graph: LayerGraph, jobs: list[tuple], workers: int | None) -> list:
-    import multiprocessing
+    """``layer_entropy_job`` over ``jobs`` in order, on ``workers`` threads (numpy releases the
+    GIL in the loops that count levels). Default: one per CPU for models of more than 4M
+    weights, else one."""
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
     if workers is None:
         total = sum(graph.layer(j[0]).params for j in jobs)
-        workers = (os.cpu_count() or 1) if total > 64_000_000 else 1
-    if workers <= 1 or len(jobs) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        workers = (os.cpu_count() or 1) if total > 4_000_000 else 1
+    if workers <= 1 or len(jobs) < 2:
         return [layer_entropy_job(graph, *job) for job in jobs]
-    global _FORKED_GRAPH
-    _FORKED_GRAPH = graph
-    try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            return pool.map(_forked_job, jobs, chunksize=1)
-    finally:
-        _FORKED_GRAPH = None
+    with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
+        return list(pool.map(lambda job: layer_entropy_job(graph, *job), jobs))
 
 
 def _layer_values(graph: LayerGraph, entropies, bits: list[int], mode: str, weighting: str) -> dict[str, dict[int, float]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 CHUNK = 1 << 16  # elements per chunk: 256 KB of float32, small enough to stay in cache
+SORT_CHUNK = 1 << 18  # elements per chunk of level counting: 2 MB of buffers, in L2/L3
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -37,45 +38,71 @@ def lsq_step(mean_absolute: float, bits: int) -> float:
 
 
 def level_counts(values: np.ndarray, steps: dict[int, float | np.ndarray]) -> dict[int, np.ndarray]:
-    """Histogram over the 2^b levels at every (bits, step), reading each weight once.
+    """Histogram over the 2^b levels at every (bits, step) with 1 <= b <= 16, in one pass.
 
     Level of w: clip(floor(w / step + 1/2), -Q_N, Q_P), i.e. rounding half up (it differs from
-    round-half-even only for weights exactly half way between two levels). A step may be an
-    array broadcastable against ``values`` (per-channel scales); then the tensor is processed
-    whole instead of in chunks.
+    round-half-even only for weights exactly half way between two levels), computed in float32 as
+    ``w * float32(1/step) + float32(Q_N + 1/2)``. Returns ``{bits: counts}``, counts[i] the number
+    of weights at level i - Q_N (int64, length 2^b).
+
+    One pass per tensor for all precisions: in each chunk (sized to the cache) the level indices of
+    several grids are packed into one 16-bit key (4 and 8 bits: index_4 + 16 * index_8), the keys
+    sorted (numpy sorts 16-bit integers vectorised), and every grid's counts read from the runs of
+    equal keys. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
+    broadcastable against ``values`` (per-channel scales); then the tensor is divided by it whole
+    (float32) and the quotient counted on the unit grid.
     """
-    counts = {b: np.zeros(2 ** b, dtype=np.int64) for b in steps}
     if any(np.ndim(s) for s in steps.values()):
         whole = np.asarray(values, dtype=np.float32)
-        for b, step in steps.items():
-            scaled = (whole / np.asarray(step, dtype=np.float32)).reshape(-1)
-            counts[b] += _count_levels(scaled, 1.0, b, np.empty_like(scaled), np.empty(scaled.size, np.uint8))
-        return counts
-    scratch = np.empty(min(CHUNK, values.size), np.float32)
-    index = np.empty(scratch.size, np.uint8)
-    for chunk in chunks(values):
-        for b, step in steps.items():
-            counts[b] += _count_levels(chunk, float(step), b, scratch[:chunk.size], index[:chunk.size])
+        grids = [(b, (whole / np.asarray(s, dtype=np.float32)).reshape(-1), np.float32(1.0)) for b, s in steps.items()]
+    else:
+        flat = values.reshape(-1)
+        grids = [(b, flat, np.float32(1.0 / float(s))) for b, s in steps.items()]
+    counts = {b: np.zeros(2 ** b, dtype=np.int64) for b in steps}
+    for pack in _packs(sorted(grids, key=lambda g: g[0])):
+        _count_packed(pack, counts)
     return counts
 
 
-def _count_levels(chunk: np.ndarray, step: float, bits: int, y: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Counts of the 2^b levels (b <= 8) of one flat float32 chunk, level index = level + Q_N.
-    ``y`` and ``index`` are scratch buffers of the chunk's size (reused: no page faults)."""
-    qn, _ = qrange(bits)
-    n_levels = 2 ** bits
-    np.multiply(chunk, np.float32(1.0 / step), out=y)
-    y += np.float32(qn + 0.5)
-    np.clip(y, 0, n_levels - 0.5, out=y)
-    np.copyto(index, y, casting="unsafe")  # truncation = floor for y >= 0
-    # Count pairs: two level bytes read as one uint16 (low byte first) halve bincount's work.
-    even = index.size - index.size % 2
-    pairs = np.bincount(index[:even].view(np.uint16), minlength=n_levels * 256)[: n_levels * 256]
-    table = pairs.reshape(n_levels, 256)[:, :n_levels]  # [high byte, low byte]
-    counts = table.sum(axis=0) + table.sum(axis=1)
-    if even < index.size:
-        counts[index[-1]] += 1
-    return counts
+def _packs(grids: list[tuple]) -> list[list[tuple]]:
+    """Consecutive grids whose level counts multiply to at most 2^16 (one 16-bit key each)."""
+    packs: list[list[tuple]] = []
+    for g in grids:
+        if packs and sum(b for b, *_ in packs[-1]) + g[0] <= 16:
+            packs[-1].append(g)
+        else:
+            packs.append([g])
+    return packs
+
+
+def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray]) -> None:
+    """Add to ``counts`` the levels of ``grids`` [(bits, flat values, float32 1/step)], whose
+    2^bits multiply to at most 2^16, reading the values once in chunks of SORT_CHUNK."""
+    total = grids[0][1].size
+    size = min(SORT_CHUNK, max(total, 1))
+    y, key, index = np.empty(size, np.float32), np.empty(size, np.uint16), np.empty(size, np.uint16)
+    for start in range(0, total, size):
+        n = min(size, total - start)
+        y_n, key_n, index_n = y[:n], key[:n], index[:n]
+        place = 1
+        for bits, flat, inverse in grids:
+            np.multiply(flat[start:start + n], inverse, out=y_n, dtype=np.float32)
+            y_n += np.float32(qrange(bits)[0] + 0.5)
+            np.clip(y_n, 0, 2 ** bits - 0.5, out=y_n)
+            np.copyto(key_n if place == 1 else index_n, y_n, casting="unsafe")  # truncation = floor for y >= 0
+            if place > 1:
+                index_n *= np.uint16(place)
+                key_n += index_n
+            place <<= bits
+        ordered = key_n.view(np.int16)
+        ordered.sort()  # equal keys end up adjacent (in int16 order; the order is irrelevant)
+        starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        runs = np.diff(starts, prepend=0, append=n)
+        keys = key_n[np.append(0, starts)].astype(np.int64)
+        place = 1
+        for bits, *_ in grids:
+            np.add.at(counts[bits], (keys // place) % (1 << bits), runs)
+            place <<= bits
 
 
 def entropy(counts: np.ndarray) -> float:
