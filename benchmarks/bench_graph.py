@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import platform
 import warnings
 from pathlib import Path
 
 import onnx
-import onnxruntime
 
-from _common import CACHE, RESULTS, child_peak_rss, exported, median_time
+from _common import CACHE, child_peak_rss, exported, figure, median_time, write_results
 
 from planner import load_graph
-from planner.atomic import write_text
 
 TIME_TARGET = 1.5
 MEMORY_TARGET = 2.0
@@ -71,13 +66,6 @@ def weight_bytes(path) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
-
-
 def main() -> None:
     models = {"resnet50": (exported("resnet50"), None), "bert-base": (exported("bert-base"), None),
               "bert-base-transformers": (transformers_bert(), HF_SHAPES)}
@@ -103,13 +91,14 @@ def main() -> None:
     print(f"load_graph peak memory / weights, BERT-base from transformers with an attention mask: "
           f"{hf['memory_ratio']:.2f}x ({hf['peak_bytes'] / 2**20:.0f} MB for {hf['weight_bytes'] / 2**20:.0f} MB), "
           f"target <= {MEMORY_TARGET}x: {'met' if hf['memory_ratio'] <= MEMORY_TARGET else 'NOT met'}")
-    doc = {"benchmark": "bench_graph", "machine": machine(),
-           "targets": {"time_ratio": TIME_TARGET, "memory_ratio": MEMORY_TARGET}, "models": rows,
-           "met": {name: {"time_ratio": r["time_ratio"] <= TIME_TARGET, "memory_ratio": r["memory_ratio"] <= MEMORY_TARGET}
-                   for name, r in rows.items()}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / "bench_graph.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {RESULTS / 'bench_graph.json'}")
+    figures = []
+    for name, r in rows.items():
+        figures.append(figure(f"load_graph / onnx.load + infer_shapes, {name}", r["time_ratio"], "x",
+                              f"<= {TIME_TARGET}", load_graph_s=round(r["load_graph_s"], 4),
+                              onnx_load_infer_s=round(r["onnx_load_infer_s"], 4), layers=r["layers"]))
+        figures.append(figure(f"load_graph peak memory / weights, {name}", r["memory_ratio"], "x",
+                              f"<= {MEMORY_TARGET}", peak_bytes=r["peak_bytes"], weight_bytes=r["weight_bytes"]))
+    print(f"wrote {write_results('bench_graph', figures)}")
 
 
 if __name__ == "__main__":
