@@ -77,6 +77,7 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 60
     solver.parameters.num_workers = 2
+    solver.parameters.catch_sigint_signal = False  # as planner.solve sets it for every solve
     timer = threading.Timer(0.3, _thread.interrupt_main)
     start = time.perf_counter()
     timer.start()
