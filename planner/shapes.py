@@ -141,6 +141,12 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[o
     return skeleton, stripped
 
 
+# Element types stored several to a byte (bits per element), which onnxruntime takes only as
+# initializers, not as numpy feeds.
+_PACKED_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+                TensorProto.INT2: 2, TensorProto.UINT2: 2}
+
+
 def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
     """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
 
@@ -169,8 +175,19 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
     for value in graph_inputs(model.graph):
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feeds[value.name] = np.zeros(input_shapes[value.name], dtype=dtype)
+    packed = {t.name: t for t in stripped if t.data_type in _PACKED_BITS}
     for tensor in stripped:
-        feeds[tensor.name] = np.zeros([int(d) for d in tensor.dims], dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        if tensor.name not in packed:
+            feeds[tensor.name] = np.zeros([int(d) for d in tensor.dims], dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    if packed:  # onnxruntime takes no numpy feed of 2- or 4-bit types: such weights become zero initializers
+        kept = [v for v in probe.graph.input if v.name not in packed]
+        del probe.graph.input[:]
+        probe.graph.input.extend(kept)
+        for tensor in packed.values():
+            count = int(np.prod(tensor.dims, dtype=np.int64))
+            per_byte = 8 // _PACKED_BITS[tensor.data_type]
+            probe.graph.initializer.append(helper.make_tensor(tensor.name, tensor.data_type, list(tensor.dims),
+                                                              bytes(-(-count // per_byte)), raw=True))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4

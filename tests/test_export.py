@@ -507,3 +507,30 @@ def test_frontier_scores_every_plan_against_the_float_model(mnist_net, tmp_path)
     exported = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", tmp_path / "middle.onnx")
     assert f"output cosine {middle['fidelity']['cosine']:.4f}" in exported.stdout, exported.stdout
     assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+def test_inspect_measures_shapes_of_a_model_with_large_packed_weights(tmp_path):
+    """A QDQ export whose shapes ONNX inference cannot follow is sized by one onnxruntime run of
+    its weightless skeleton; its large INT4/INT2 weights cannot be numpy feeds and must become zero
+    initializers there (`make demo`'s `mpq inspect` of the EfficientNet export failed on this)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from planner.shapes import run_for_shapes
+
+    rows, cols = 128, 64  # 8,192 elements: above the size whose values the skeleton keeps
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w4", "s"], ["w"], name="dq4"),
+        helper.make_node("DequantizeLinear", ["w2", "s"], ["v"], name="dq2"),
+        helper.make_node("Add", ["w", "v"], ["wv"]),
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Reshape", ["x", "x_shape"], ["x2"]),  # a shape computed at run time
+        helper.make_node("MatMul", ["x2", "wv"], ["y"], name="fc"),
+    ]
+    initializers = [helper.make_tensor("w4", TensorProto.INT4, [rows, cols], bytes(rows * cols // 2), raw=True),
+                    helper.make_tensor("w2", TensorProto.INT2, [rows, cols], bytes(rows * cols // 4), raw=True),
+                    numpy_helper.from_array(np.array(0.1, np.float32), "s")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rows])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)])
+    shapes = run_for_shapes(model, {"x": (3, rows)}, ["x2", "y"], str(tmp_path / "m.onnx"))
+    assert shapes == {"x2": (3, rows), "y": (3, cols)}
