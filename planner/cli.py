@@ -1386,12 +1386,17 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _interrupted() -> None:
-    """Say ``mpq: interrupted`` once on stderr, ignoring a second Ctrl-C while doing so."""
+    """Say ``mpq: interrupted`` once on stderr, ignoring a second Ctrl-C while doing so; the
+    handler is restored afterwards, so an in-process caller of :func:`run` keeps its Ctrl-C
+    (``python -m planner`` ignores it from there to its exit)."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.stderr.write("mpq: interrupted\n")
-    sys.stderr.flush()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sys.stderr.write("mpq: interrupted\n")
+        sys.stderr.flush()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -79,15 +79,17 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
     solver.parameters.num_workers = 2
     solver.parameters.catch_sigint_signal = False  # as planner.solve sets it for every solve
     timer = threading.Timer(0.3, _thread.interrupt_main)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh process has it
     start = time.perf_counter()
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             _solve_interruptibly(solver, model)
+        assert time.perf_counter() - start < 10
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         timer.cancel()
-    assert time.perf_counter() - start < 10
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
