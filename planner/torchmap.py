@@ -99,7 +99,7 @@ def layer_modules(graph: LayerGraph, model: nn.Module, example_inputs: tuple | N
     if unresolved:
         if example_inputs is None:
             raise MpqError(f"layer '{unresolved[0].name}' has no torch module of the same weight name; "
-                           "export the model with planner.from_torch so that names are kept")
+                           "export the model with planner.torchmap.from_torch so that names are kept")
         order = _execution_order(model, example_inputs, LAYER_MODULES + QUANTIZED)
         remaining = [p for p in order if p not in mapping.values() and not isinstance(modules[p], MatMul)]
         for layer, path in zip(unresolved, remaining):
@@ -131,7 +131,7 @@ def _matmul_modules(graph: LayerGraph, model: nn.Module, modules: dict[str, nn.M
     if unresolved:
         if example_inputs is None:
             raise MpqError(f"layer '{unresolved[0].name}' has no MatMul module of the same scope; export the "
-                           "model with planner.from_torch so that names are kept")
+                           "model with planner.torchmap.from_torch so that names are kept")
         remaining = [p for p in _execution_order(model, example_inputs, (MatMul,)) if p not in mapping.values()]
         if len(remaining) != len(unresolved):
             raise MpqError(f"the model runs {len(remaining)} unmapped MatMul modules for {len(unresolved)} "
