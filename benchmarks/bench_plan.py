@@ -3,7 +3,7 @@
     python benchmarks/bench_plan.py
 
 1. The solver on random multiple-choice knapsacks, 50 and 5,000 groups x 3 precisions x 3 budgets
-   (lognormal costs, budgets half way between cheapest and dearest): ``planner.solve.solve`` against
+   (lognormal costs, budgets half way between cheapest and dearest): ``planner.solve.knapsack.solve`` against
    one plain CP-SAT solve of the same model (every option, the solver's integer scaling and
    parameters, 1 worker; see ``plain_cpsat``). Targets: 50 groups <= 3x the plain solve and
    <= 20 ms; 5,000 groups proven optimal in < 2 s.
@@ -35,7 +35,7 @@ from _common import exported, figure, median_time, show, write_results
 from planner import load_graph
 from planner.gains.eagl import eagl
 from planner.solve import solve
-from planner.weights import layer_weights
+from planner.graph.weights import layer_weights
 
 PLAN = ["--hw", "northpole", "--budget", "latency=0.5"]
 
@@ -58,9 +58,9 @@ def random_instance(n: int, seed: int = 0):
 
 
 def plain_cpsat(gains, costs, budgets) -> tuple[float, str]:
-    """Build and solve once the model planner.solve gives CP-SAT, without its reductions: a
+    """Build and solve once the model planner.solve.knapsack gives CP-SAT, without its reductions: a
     boolean per option of every group, one per group, each budget and the gains scaled to integers
-    as planner.solve does (gains: the largest is 2^40 units; costs: rounding all options moves a
+    as planner.solve.knapsack does (gains: the largest is 2^40 units; costs: rounding all options moves a
     total by at most half of 1e-9 of the budget, coefficient sums below 2^60), the same parameters
     (1 worker, core-based search, linearization level 2, seed 0). Returns (seconds, status)."""
     from ortools.sat.python import cp_model
@@ -89,7 +89,7 @@ def plain_cpsat(gains, costs, budgets) -> tuple[float, str]:
 
 
 def solver_against_plain(gains, costs, budgets, repeats: int = 5) -> tuple[float, float, str, str]:
-    """Median wall time of planner.solve.solve and of the plain solve, and their statuses."""
+    """Median wall time of planner.solve.knapsack.solve and of the plain solve, and their statuses."""
     ours, plain, status, plain_status = [], [], "", ""
     for _ in range(repeats):
         solution = solve(gains, costs, budgets)
@@ -154,7 +154,7 @@ def bench_transformers_bert() -> list[dict]:
 
     from costmodels import load_cost_model
     from hw import load_spec
-    from planner.budget import parse_budget, resolve
+    from planner.solve.budget import parse_budget, resolve
     from planner.costs import cost_table
     from planner.gains import compute
 

@@ -49,7 +49,7 @@ def sequential_read(path, block: int = 64 << 20) -> float:
 
 
 def run_mpq(args: list[str]) -> dict:
-    code = ("import time, io, contextlib\nfrom planner import cli\nimport planner.gains.eagl, planner.solve, costmodels, hw\n"
+    code = ("import time, io, contextlib\nfrom planner import cli\nimport planner.gains.eagl, planner.solve.knapsack, costmodels, hw\n"
             "BASELINE()\nstart = time.perf_counter()\nout = io.StringIO()\n"
             f"with contextlib.redirect_stdout(out):\n    rc = cli.run({args!r})\n"
             "result = {'rc': rc, 'wall': time.perf_counter() - start, 'out': out.getvalue()[-4000:]}\n")

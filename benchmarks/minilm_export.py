@@ -28,10 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner import workflow  # noqa: E402
+from planner.quant import network  # noqa: E402
 from planner.graph import load_graph  # noqa: E402
-from planner.plan import read_plan  # noqa: E402
-from planner.qdq import layer_bits, session  # noqa: E402
+from planner.export.plan import read_plan  # noqa: E402
+from planner.export.qdq import layer_bits, session  # noqa: E402
 from planner.quant.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from planner.tasks import minilm  # noqa: E402
 
@@ -54,12 +54,12 @@ def main() -> None:
     model = task.model()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        onnx_path = workflow.save_onnx_for_planning(task, model, folder / "minilm.onnx")
+        onnx_path = network.save_onnx_for_planning(task, model, folder / "minilm.onnx")
         plan_path = folder / "plan.json"
         mpq("plan", onnx_path, "--hw", "northpole", "--bits", bits, "--budget", "latency=0.5", "--gains", "params",
             "-o", plan_path)
         plan = read_plan(plan_path)
-        quantized = workflow.apply_plan(task, model, plan)
+        quantized = network.apply_plan(task, model, plan)
         queries, documents = task._tokens["queries"], task._tokens["documents"]
         with torch.no_grad():
             minilm.encode(quantized, torch.cat([queries, documents]))  # LSQ steps start from the texts

@@ -7,7 +7,7 @@ LSQ-quantized in torch with steps from the texts, exported by ``mpq export --che
 first 200 queries. It measures
 
 - top-1 retrieval agreement and max embedding difference of the export in onnxruntime (as
-  :func:`planner.qdq.session` opens it, and with every graph optimization off) vs torch;
+  :func:`planner.export.qdq.session` opens it, and with every graph optimization off) vs torch;
 - the same for the float ONNX vs the float torch network (the baseline without quantizers);
 - the same for the quantized torch network run in float64 vs float32: how far float rounding
   alone moves this 4-bit network, with no export involved;
@@ -35,9 +35,9 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner import workflow  # noqa: E402
-from planner.plan import read_plan  # noqa: E402
-from planner.qdq import session  # noqa: E402
+from planner.quant import network  # noqa: E402
+from planner.export.plan import read_plan  # noqa: E402
+from planner.export.qdq import session  # noqa: E402
 from planner.quant.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from planner.quant.lsq import QMatMul  # noqa: E402
 from planner.tasks import minilm  # noqa: E402
@@ -126,10 +126,10 @@ def main() -> None:
     model = task.model()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        onnx_path = workflow.save_onnx_for_planning(task, model, folder / "minilm.onnx")
+        onnx_path = network.save_onnx_for_planning(task, model, folder / "minilm.onnx")
         mpq("plan", onnx_path, "--hw", "northpole", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "params",
             "-o", folder / "plan.json")
-        quantized = workflow.apply_plan(task, model, read_plan(folder / "plan.json"))
+        quantized = network.apply_plan(task, model, read_plan(folder / "plan.json"))
         texts = (task._tokens["queries"], task._tokens["documents"])
         with torch.no_grad():
             minilm.encode(quantized, torch.cat(texts))

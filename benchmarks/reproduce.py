@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from planner.checkpoint import Checkpoint  # noqa: E402
-from planner.executors import run_jobs  # noqa: E402
+from planner.jobs.store import JobStore  # noqa: E402
+from planner.jobs.executors import run_jobs  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "cache" / "reproduce"
 RECIPE = "bn-random"  # part of every fine-tune's key: a change of recipe reruns them
@@ -75,7 +75,7 @@ def setups(quick: bool) -> dict[str, Setup]:
 class Run:
     """One task's pipeline with its caches."""
 
-    def __init__(self, setup: Setup, store: Checkpoint, executor: str, workers: int, log, ray_address: str | None = None,
+    def __init__(self, setup: Setup, store: JobStore, executor: str, workers: int, log, ray_address: str | None = None,
                  folder: Path = CACHE):
         import torch
 
@@ -92,7 +92,7 @@ class Run:
 
     def checkpoints(self, seed: int) -> dict[str, Path]:
         """Full precision, LSQ 4-bit and LSQ 8-bit networks of one pipeline seed (cached)."""
-        from planner import workflow
+        from planner.quant import network
         from planner.quant.checkpoint import load_checkpoint, save_checkpoint
 
         folder = self.folder / f"seed{seed}"
@@ -102,18 +102,18 @@ class Run:
             start = time.perf_counter()
             model = self.task.model()
             if self.setup.task != "minilm":  # MiniLM comes trained
-                model = workflow.train(self.task, model, seed=seed)
+                model = network.train(self.task, model, seed=seed)
             save_checkpoint(paths["fp"], model, self.task, test_score=self.task.evaluate(model))
             self.store.put(f"{self.setup.task}:{seed}:time:fp", time.perf_counter() - start)
         for name, bits in (("w4", 4), ("w8", 8)):
             if not paths[name].exists():
                 self.log(f"{self.setup.task} seed {seed}: LSQ {bits}-bit network")
                 start = time.perf_counter()
-                model = workflow.train(self.task, load_checkpoint(paths["fp"], self.task), bits=bits, seed=seed,
+                model = network.train(self.task, load_checkpoint(paths["fp"], self.task), bits=bits, seed=seed,
                                        epochs=self.setup.base_epochs)
                 save_checkpoint(paths[name], model, self.task, test_score=self.task.evaluate(model))
                 if name == "w4":
-                    workflow.save_onnx_for_planning(self.task, model, folder / "w4.onnx")
+                    network.save_onnx_for_planning(self.task, model, folder / "w4.onnx")
                 self.store.put(f"{self.setup.task}:{seed}:time:{name}", time.perf_counter() - start)
         return paths
 
@@ -124,11 +124,11 @@ class Run:
 
     def graph(self, seed: int, paths: dict[str, Path]):
         """(LayerGraph, layer -> module map) of the seed's 4-bit network, exported once per seed."""
-        from planner import workflow
+        from planner.quant import network
         from planner.quant.checkpoint import load_checkpoint
 
         if seed not in self._graphs:
-            self._graphs[seed] = workflow.task_graph(self.task, load_checkpoint(paths["w4"], self.task))
+            self._graphs[seed] = network.task_graph(self.task, load_checkpoint(paths["w4"], self.task))
         return self._graphs[seed]
 
     # -------------------------------------------------------------- gains
@@ -142,7 +142,7 @@ class Run:
         from planner.gains.sensitivity import sensitivity_gains
         from planner.quant.checkpoint import load_checkpoint
         from planner.quant.lsq import learned_steps
-        from planner.torchmap import float_copy
+        from planner.quant.torchmap import float_copy
 
         graph, mapping = self.graph(seed, paths)
         out = self.folder / f"seed{seed}" / f"gains-{method}.json"
@@ -158,7 +158,7 @@ class Run:
                        if "weight_step" in steps.get(p, {})}
             result = eagl(graph, bits, learned_steps=learned)
         elif method in ("alps", "alps-accuracy"):
-            resume = Checkpoint(self.folder / f"seed{seed}" / f"{method}.jsonl")
+            resume = JobStore(self.folder / f"seed{seed}" / f"{method}.jsonl")
             result = alps(self.task, paths["w4"], graph, mapping, bits, epochs=self.setup.alps_epochs,
                           metric="accuracy" if method == "alps-accuracy" else "kl", seeds=self.setup.alps_seeds,
                           **self.parallel, resume=resume,
@@ -167,7 +167,7 @@ class Run:
             result = hessian_gains(self.task, float_copy(base), graph, mapping, bits, learned=learned_steps(base), seed=seed)
         elif method == "sensitivity":
             result = sensitivity_gains(self.task, paths["w4"], graph, mapping, bits, metric="kl", **self.parallel,
-                                       resume=Checkpoint(self.folder / f"seed{seed}" / "sensitivity.jsonl"))
+                                       resume=JobStore(self.folder / f"seed{seed}" / "sensitivity.jsonl"))
         elif method == "params":
             result = baselines.params(graph, bits)
         elif method.startswith("random-"):
@@ -182,9 +182,9 @@ class Run:
 
     def plans(self, seed: int, paths: dict[str, Path]) -> list[dict]:
         """Every (method, r) plan: bits per module, relative latency, solver time."""
-        from planner.budget import endpoints
+        from planner.solve.budget import endpoints
         from planner.solve import solve
-        from planner.torchmap import bits_by_module
+        from planner.quant.torchmap import bits_by_module
 
         rows = []
         for method in self.setup.methods:
@@ -224,7 +224,7 @@ class Run:
             self.log(f"  [{done[0]}/{len(todo)}] {key.split(':', 2)[2][:60]} -> test {value['test']:.2f} "
                      f"(ETA {eta / 60:.1f} min)")
 
-        from planner.workflow import finetune_job
+        from planner.quant.network import finetune_job
 
         run_jobs(finetune_job, todo, finished, **self.parallel)
 
@@ -524,7 +524,7 @@ def main() -> None:
     chosen = setups(options.quick)
     tasks = list(chosen) if options.task == "all" else [options.task]
     cache = CACHE / ("quick" if options.quick else "full")
-    store = Checkpoint(cache / "store.jsonl")
+    store = JobStore(cache / "store.jsonl")
     started = time.perf_counter()
 
     def log(message: str) -> None:

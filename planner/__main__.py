@@ -6,7 +6,7 @@ import sys
 def main() -> None:
     """Run the CLI and exit with its code."""
     try:
-        from .cli import run
+        from planner.cli import run
     except KeyboardInterrupt:
         sys.stderr.write("mpq: interrupted\n")
         sys.exit(130)

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import MpqError
+from planner.errors import MpqError
 
 #: Packages that ship with mpq: an error importing them is mpq's bug, not the user's.
 OWN_PACKAGES = ("planner", "costmodels", "hw")

@@ -1,7 +1,7 @@
 """The promise for every bad input, command by command: exit code 2, exactly one line on stderr
 starting ``mpq: error:``, no traceback, no new file, and every input file byte-identical.
 
-Each case runs the CLI in this process (``planner.cli.run``) inside a fresh copy of a folder of
+Each case runs the CLI in this process (``planner.cli.commands.run``) inside a fresh copy of a folder of
 inputs: a real network (the MNIST task's ResNet) exported to ONNX, plans, gains files and a
 checkpoint made by mpq itself, and files broken in the ways users break them.
 """
@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from conftest import export
-from planner.cli import run
+from planner.cli.commands import run
 from planner.quant.checkpoint import save_checkpoint
 from planner.tasks.mnist import SmallResNet
 
@@ -524,11 +525,15 @@ def workdir(inputs, tmp_path, monkeypatch) -> Path:
     return work
 
 
+#: A progress line of long work when stderr is not a terminal (planner.cli.options.Progress): not an error.
+PROGRESS_LINE = re.compile(r"^[\w .:/-]+: \d+(/\d+)? \w+, \d+ s$")
+
+
 def assert_promise(work: Path, args: list) -> None:
     before = snapshot(work)
     task_file = (HERE / "tiny_task.py").read_bytes()
     code, out, err = cli(*args)
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not PROGRESS_LINE.match(line)]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("mpq: error:"), (code, err, out)
     assert "Traceback" not in err + out
     assert snapshot(work) == before, "files changed"
@@ -555,13 +560,13 @@ def test_forced_use_of_another_models_gains_works(workdir):
 def test_stale_frontier_checkpoint_is_not_reused(workdir, monkeypatch):
     """A frontier checkpoint left by a run at another input shape is ignored (with a note): the
     frontier printed equals the one computed without any checkpoint."""
-    from planner.checkpoint import Checkpoint
+    from planner.jobs.store import JobStore
 
     with monkeypatch.context() as m:
-        m.setattr(Checkpoint, "remove", lambda self: None)  # as if killed before the end
+        m.setattr(JobStore, "remove", lambda self: None)  # as if killed before the end
         code, _, err = cli(*DYN_FRONTIER, "--csv", "f.out", "--input-shape", "input=1x1x8x8")
         assert code == 0, err
-    assert len(Checkpoint("f.out.partial.jsonl").done) == 2
+    assert len(JobStore("f.out.partial.jsonl").done) == 2
     code, out, err = cli(*DYN_FRONTIER, "--csv", "f.out", "--json", "--input-shape", "input=1x1x64x64")
     assert code == 0, err
     assert "ignored 2 result(s)" in err

@@ -20,7 +20,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_user_error, export, mpq
-from planner.cli import run
+from planner.cli.commands import run
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
 
     from ortools.sat.python import cp_model
 
-    from planner.solve import _solve_interruptibly
+    from planner.solve.knapsack import _solve_interruptibly
 
     rng = random.Random(1)
     model = cp_model.CpModel()
@@ -77,7 +77,7 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 60
     solver.parameters.num_workers = 2
-    solver.parameters.catch_sigint_signal = False  # as planner.solve sets it for every solve
+    solver.parameters.catch_sigint_signal = False  # as planner.solve.knapsack sets it for every solve
     timer = threading.Timer(0.3, _thread.interrupt_main)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh process has it
     start = time.perf_counter()

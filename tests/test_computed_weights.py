@@ -14,8 +14,8 @@ from archs import count_macs_params
 from conftest import mpq
 from planner import load_graph
 from planner.gains.eagl import eagl
-from planner.qdq import qdq_model
-from planner.weights import layer_weights
+from planner.export.qdq import qdq_model
+from planner.graph.weights import layer_weights
 
 HOWS = ["constantofshape", "expand", "tile", "mul", "reshape_of_expand"]
 

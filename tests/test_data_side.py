@@ -16,7 +16,7 @@ import torch
 from conftest import assert_user_error, mpq
 from planner import load_graph
 from planner.quant.lsq import LsqQuantizer, apply_bits, bits_of
-from planner.torchmap import from_torch
+from planner.quant.torchmap import from_torch
 
 TINY = str(Path(__file__).with_name("tiny_task.py")) + ":task"
 
@@ -154,18 +154,18 @@ def test_alps_gains_and_resume_after_kill(trained, tmp_path):
 
 
 def test_alps_is_deterministic_across_workers(trained, tmp_path):
-    from planner import workflow
-    from planner.checkpoint import Checkpoint
+    from planner.quant import network
+    from planner.jobs.store import JobStore
     from planner.gains.alps import alps
     from planner.quant.checkpoint import load_checkpoint
     from planner.tasks import load_task
 
     task = load_task(TINY)
-    graph, mapping = workflow.task_graph(task, load_checkpoint(trained / "w4.pt", task))
+    graph, mapping = network.task_graph(task, load_checkpoint(trained / "w4.pt", task))
     runs = []
     for workers, name in ((1, "a"), (2, "b")):
         gains = alps(task, trained / "w4.pt", graph, mapping, [2, 4], epochs=0.25, seeds=1, metric="kl",
-                     executor="processes", workers=workers, resume=Checkpoint(tmp_path / f"{name}.jsonl"))
+                     executor="processes", workers=workers, resume=JobStore(tmp_path / f"{name}.jsonl"))
         runs.append(gains.by_group)
     assert runs[0] == runs[1]
 
@@ -194,7 +194,7 @@ def test_plan_finetune_export_agree_in_onnxruntime(trained, tmp_path):
     x, _ = task.test_data().tensors
     with torch.no_grad():
         reference = model(x).numpy()
-    from planner.qdq import session  # onnxruntime 1.32 needs two optimizers off for UINT2 / UINT4 activations
+    from planner.export.qdq import session  # onnxruntime 1.32 needs two optimizers off for UINT2 / UINT4 activations
 
     logits = session(str(tmp_path / "ft.qdq.onnx")).run(None, {"input": x.numpy()})[0]
     agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
@@ -302,17 +302,17 @@ def lsq_initial_step(x: torch.Tensor, bits: int, signed: bool) -> float:
 def attention(tmp_path_factory):
     """The row-attention network trained in full precision, then LSQ 4-bit (pins at 8), saved as a
     checkpoint with its planning ONNX."""
-    from planner import workflow
+    from planner.quant import network
     from planner.quant.checkpoint import save_checkpoint
     from planner.tasks import load_task
 
     folder = tmp_path_factory.mktemp("attention")
     task = load_task(ATTENTION)
-    fp = workflow.train(task, task.model())
-    w4 = workflow.train(task, fp, bits=4)
+    fp = network.train(task, task.model())
+    w4 = network.train(task, fp, bits=4)
     save_checkpoint(folder / "w4.pt", w4, task)
-    workflow.save_onnx_for_planning(task, w4, folder / "w4.onnx")
-    graph, mapping = workflow.task_graph(task, w4)
+    network.save_onnx_for_planning(task, w4, folder / "w4.onnx")
+    graph, mapping = network.task_graph(task, w4)
     return {"task": task, "fp": fp, "w4": w4, "folder": folder, "graph": graph, "mapping": mapping}
 
 
@@ -335,7 +335,7 @@ def test_attention_layers_map_in_execution_order_without_scope_names(attention, 
     """The dynamo exporter names nodes without module scopes: the weightless MatMuls map to the
     MatMul modules in the order they run, the weighted layers by shape and order."""
     from conftest import export
-    from planner.torchmap import layer_modules
+    from planner.quant.torchmap import layer_modules
 
     model = attention["fp"]
     x = torch.stack([attention["task"].train_data()[0][0]])
@@ -384,7 +384,7 @@ def test_planned_attention_bits_change_the_network(attention):
     10-fold and the top-1 answers stay). A model with a bare torch.matmul is refused rather than run
     in float."""
     from planner.errors import MpqError
-    from planner.torchmap import bits_by_module
+    from planner.quant.torchmap import bits_by_module
 
     task, graph, mapping, fp = attention["task"], attention["graph"], attention["mapping"], attention["fp"]
     x = torch.stack([task.eval_data()[k][0] for k in range(100)])
@@ -465,7 +465,7 @@ def test_checkpoint_carries_learned_steps_of_both_inputs(attention):
 
 def test_float_copy_drops_quantizers_on_a_copy(attention):
     from planner.quant.lsq import MatMul
-    from planner.torchmap import float_copy
+    from planner.quant.torchmap import float_copy
 
     w4 = attention["w4"]
     plain = float_copy(w4)
@@ -477,22 +477,22 @@ def test_float_copy_drops_quantizers_on_a_copy(attention):
 def test_attention_groups_have_measured_gains(attention, tmp_path):
     """ALPS, sensitivity and the Hessian measure the attention groups (lowering their MatMul
     modules) instead of giving them gain 0."""
-    from planner.checkpoint import Checkpoint
+    from planner.jobs.store import JobStore
     from planner.gains.alps import alps
     from planner.gains.hessian import hessian_gains
     from planner.gains.sensitivity import sensitivity_gains
     from planner.quant.checkpoint import load_checkpoint
     from planner.quant.lsq import learned_steps
     from planner.quant.train import score
-    from planner.torchmap import float_copy
+    from planner.quant.torchmap import float_copy
 
     task, graph, mapping = attention["task"], attention["graph"], attention["mapping"]
     checkpoint = attention["folder"] / "w4.pt"
     groups = attention_groups(graph)
     sensitivity = sensitivity_gains(task, checkpoint, graph, mapping, [2, 4], metric="kl",
-                                    resume=Checkpoint(tmp_path / "s.jsonl"))
+                                    resume=JobStore(tmp_path / "s.jsonl"))
     alps_gains = alps(task, checkpoint, graph, mapping, [2, 4], epochs=0.25, seeds=1, metric="kl",
-                      resume=Checkpoint(tmp_path / "a.jsonl"))
+                      resume=JobStore(tmp_path / "a.jsonl"))
     base = load_checkpoint(checkpoint, task)
     hessian = hessian_gains(task, float_copy(base), graph, mapping, [2, 4], learned=learned_steps(base), samples=4)
     for name, group in groups.items():

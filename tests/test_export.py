@@ -16,8 +16,8 @@ from torch import nn
 
 from conftest import export, mpq
 from planner import load_graph
-from planner.qdq import layer_bits, qdq_model, session
-from planner.qdq import calibrate
+from planner.export.qdq import layer_bits, qdq_model, session
+from planner.export.qdq import calibrate
 
 
 class Attention(nn.Module):
@@ -149,7 +149,7 @@ def mnist_net(tmp_path_factory):
     """The MNIST task's ResNet (narrow) with non-trivial batch-norm statistics, exported as mpq
     exports task models (batch norms kept as BatchNormalization nodes)."""
     from planner.tasks.mnist import SmallResNet
-    from planner.torchmap import export_onnx
+    from planner.quant.torchmap import export_onnx
 
     torch.manual_seed(0)
     model = SmallResNet(widths=(4, 8, 8)).eval()
@@ -198,8 +198,9 @@ def test_batch_norms_are_folded_and_the_weights_stay_on_the_grid(mnist_net, tmp_
 def test_checkpoint_export_keeps_the_learned_levels_through_folded_batch_norms(tmp_path):
     """An LSQ network (2/4/8 bits, batch norms with negative scales too) exported from its
     checkpoint: the QDQ model in onnxruntime computes what torch computes."""
-    from planner import workflow
-    from planner.plan import read_plan
+    from planner.export import handoff
+    from planner.quant import network
+    from planner.export.plan import read_plan
     from planner.quant.checkpoint import save_checkpoint
     from planner.tasks import load_task
 
@@ -210,11 +211,11 @@ def test_checkpoint_export_keeps_the_learned_levels_through_folded_batch_norms(t
             m.weight.uniform_(-1.5, 1.5)
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 2.0)
-    onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "float.onnx")
+    onnx_path = network.save_onnx_for_planning(task, model, tmp_path / "float.onnx")
     plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "2,4,8", "--budget", "latency=0.3", "--gains", "qerror")
     plan = read_plan(plan_path)
     assert {l["w_bits"] for l in plan.doc["layers"]} >= {2, 8}
-    quantized = workflow.apply_plan(task, model, plan).eval()
+    quantized = network.apply_plan(task, model, plan).eval()
     x = torch.stack([task.test_data()[k][0] for k in range(200)])
     with torch.no_grad():
         quantized(x[:100])  # LSQ steps start from the first batch
@@ -222,7 +223,7 @@ def test_checkpoint_export_keeps_the_learned_levels_through_folded_batch_norms(t
     save_checkpoint(tmp_path / "q.pt", quantized, task)
     from planner.quant.checkpoint import load_checkpoint
 
-    result = workflow.export_qdq(plan, onnx_path, task=task, model=load_checkpoint(tmp_path / "q.pt", task))
+    result = handoff.export_qdq(plan, onnx_path, task=task, model=load_checkpoint(tmp_path / "q.pt", task))
     assert "BatchNormalization" not in {n.op_type for n in result.model.graph.node}
     logits = session(result.model).run(None, {"input": x.numpy()})[0]
     difference = np.abs(logits - reference).max() / np.abs(reference).max()
@@ -254,7 +255,7 @@ def test_ort_overrides_are_realized_by_quantize_static(exported, tmp_path):
     layer the planned weight and activation types (2-bit as 4-bit: onnxruntime has no 2-bit)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    from planner.ortoverrides import read_overrides
+    from planner.export.ortoverrides import read_overrides
 
     model = exported("resnet18")
     plan = _plan(model, tmp_path, "mixed", "--bits", "2,4,8", "--budget", "latency=0.15", "--gains", "qerror")
@@ -352,19 +353,19 @@ def test_minilm_export_agrees_with_the_torch_network(tmp_path):
     batch; attention MatMuls with a step and sign per input): the QDQ export read back by mpq
     inspect has the plan's bits on every layer, both inputs of each attention MatMul have their
     own scale, and in onnxruntime it retrieves what the torch network retrieves."""
-    from planner import workflow
-    from planner.plan import read_plan
+    from planner.quant import network
+    from planner.export.plan import read_plan
     from planner.quant.checkpoint import load_checkpoint, save_checkpoint
     from planner.tasks import minilm
 
     torch.set_num_threads(1)
     task = minilm.MiniLMTask(sizes={"test": 24, "val": 2, "train": 2})
     model = task.model()
-    onnx_path = workflow.save_onnx_for_planning(task, model, tmp_path / "minilm.onnx")
+    onnx_path = network.save_onnx_for_planning(task, model, tmp_path / "minilm.onnx")
     plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "params")
     plan = read_plan(plan_path)
     assert {l["w_bits"] for l in plan.doc["layers"]} == {4, 8}
-    quantized = workflow.apply_plan(task, model, plan)
+    quantized = network.apply_plan(task, model, plan)
     queries, documents = task._tokens["queries"], task._tokens["documents"]
     minilm.encode(quantized, torch.cat([queries, documents]))  # LSQ steps start from the longest texts
     save_checkpoint(tmp_path / "q.pt", quantized, task)
@@ -515,7 +516,7 @@ def test_inspect_measures_shapes_of_a_model_with_large_packed_weights(tmp_path):
     initializers there (`make demo`'s `mpq inspect` of the EfficientNet export failed on this)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from planner.shapes import run_for_shapes
+    from planner.graph.shapes import run_for_shapes
 
     rows, cols = 128, 64  # 8,192 elements: above the size whose values the skeleton keeps
     nodes = [

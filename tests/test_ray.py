@@ -102,7 +102,7 @@ def test_killed_worker_job_is_rerun_once(trained, local_gains, tmp_path):
 def test_job_errors_come_back_as_themselves(tmp_path):
     """A job that raises is not retried; its own error (here MpqError) reaches the caller."""
     script = ("from planner.errors import MpqError\n"
-              "from planner.executors import run_jobs\n"
+              "from planner.jobs.executors import run_jobs\n"
               "from planner.tasks import load_task\n"
               "try:\n"
               "    run_jobs(load_task, {'a': {'ref': 'no-such-task'}}, print, executor='ray', workers=1)\n"
@@ -116,7 +116,7 @@ def test_job_errors_come_back_as_themselves(tmp_path):
 
 def test_missing_ray_is_a_user_error(monkeypatch):
     from planner.errors import MpqError
-    from planner.ray_executor import run_ray
+    from planner.jobs.ray_executor import run_ray
 
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # run_ray sets it; keep this process unchanged
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if not installed

@@ -163,7 +163,7 @@ def test_counts_match_an_independent_walk(real_models, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plan_on_real_models(real_models, name, tmp_path):
-    from planner.cli import run
+    from planner.cli.commands import run
 
     path, shapes, _ = real_models[name]
     out = tmp_path / "plan.json"

@@ -22,7 +22,7 @@ from planner import load_graph
 from planner.costs import cost_table
 from planner.gains import compute
 from planner.solve import solve
-from planner.sweep import apply, load_base, pareto_frontier, parse_vary, variants
+from planner.solve.sweep import apply, load_base, pareto_frontier, parse_vary, variants
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_killed_sweep_recomputes_only_unfinished_variants(exported, tmp_path):
     assert again.returncode == 0, again.stderr
     progress = [line for line in again.stderr.splitlines() if line.startswith("sweep [")]
     assert len(progress) == 16
-    assert sum("from checkpoint" in line for line in progress) == done
+    assert sum("from the job store" in line for line in progress) == done
     assert sum("computed" in line for line in progress) == 16 - done
     assert (tmp_path / "cut.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 

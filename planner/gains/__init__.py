@@ -1,8 +1,8 @@
 """Gain estimators: ``gains[group][bits]``, the value of running a group at ``bits``.
 
-Every method is a function ``(graph, precisions, **options) -> Gains`` registered by name in
-:data:`METHODS` (data-free ones) or computed from a task and written to a gains file
-(ALPS, Hessian, sensitivity). Gains are relative to a group's lowest precision, which has
+Every method, data-free (EAGL, the baselines) or data-driven (ALPS, sensitivity, Hessian), is
+registered by name in :data:`planner.gains.registry.METHODS` behind one signature,
+``estimate(name, source, precisions, **options)``. Gains are relative to a group's lowest precision, which has
 gain 0; only differences within a group matter to the solver.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import write_text
-from ..errors import MpqError
-from ..graph import LayerGraph
-from ..userfiles import finite, read_json
+from planner.atomic import write_text
+from planner.errors import MpqError
+from planner.graph import LayerGraph
+from planner.userfiles import finite, read_json
 
 SCHEMA = "mpq.gains/v1"
 
@@ -142,14 +142,9 @@ def read_gains(path: str | Path, graph: LayerGraph, force: bool = False) -> Gain
 
 
 def compute(name: str, graph: LayerGraph, precisions: list[int], force: bool = False, **options) -> Gains:
-    """Run a data-free method by name, or read a gains file when ``name`` is a path (``force``:
-    accept a file made for another model)."""
-    from . import baselines, eagl
+    """Data-free gains of method ``name`` on ``graph``, or the gains file at path ``name``
+    (``force``: accept a file made for another model): :func:`planner.gains.registry.estimate`
+    on the graph alone. Raises MpqError for an unknown name or a method that needs a task."""
+    from planner.gains.registry import Source, estimate
 
-    methods = {"eagl": eagl.eagl, **baselines.METHODS}
-    if name in methods:
-        return methods[name](graph, precisions, **options)
-    if name.endswith(".json") or Path(name).is_file():
-        return read_gains(name, graph, force)
-    raise MpqError(f"unknown gains '{name}'; use one of {', '.join(sorted(methods))} or a gains JSON file "
-                   "(mpq gains alps|hessian|sensitivity --task ... -o gains.json)")
+    return estimate(name, Source(graph=graph), precisions, force=force, **options)

@@ -27,11 +27,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
-from ..executors import run_jobs
-from ..graph import LayerGraph
-from . import Gains
-from .datadriven import config_key, group_bits, group_modules, lower
+from planner.jobs.store import JobStore
+from planner.graph import LayerGraph
+from planner.gains import Gains
+from planner.gains.datadriven import config_key, group_bits, group_gains, group_modules, lower, measure
 
 
 def alps_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epochs: float, lr: float, seed: int,
@@ -39,10 +38,10 @@ def alps_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epo
     """One ALPS measurement: the checkpoint with some modules at other bits, fine-tuned, scored."""
     import torch
 
-    from ..quant.checkpoint import load_checkpoint
-    from ..quant.lsq import apply_bits
-    from ..quant.train import fit, score
-    from ..tasks import load_task
+    from planner.quant.checkpoint import load_checkpoint
+    from planner.quant.lsq import apply_bits
+    from planner.quant.train import fit, score
+    from planner.tasks import load_task
 
     torch.set_num_threads(1)
     task = load_task(task_ref)
@@ -55,12 +54,21 @@ def alps_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epo
 def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str], precisions: list[int], *,
          epochs: float = 1.0, lr: float | None = None, metric: str = "loss", seeds: int = 3,
          executor: str = "local", workers: int = 1, ray_address: str | None = None,
-         resume: Checkpoint | None = None, progress=None) -> Gains:
-    """ALPS gains of every free group. ``progress(key, value)`` is called as each job finishes
-    (also for jobs found in ``resume``, with their stored value)."""
-    from ..quant.checkpoint import file_sha256, read_checkpoint
-    from ..torchmap import require_modules
-    from ..userfiles import source_sha256
+         resume: JobStore | None = None, progress=None) -> Gains:
+    """ALPS gains of every free group of ``graph`` (the network at ``checkpoint``, layers mapped to
+    its modules by ``mapping``): each group dropped one step below the bits the checkpoint runs it
+    at, fine-tuned ``epochs`` (at ``lr``, default the task's fine-tuning rate) and scored by
+    ``metric`` on the validation split; the same over ``seeds`` seeds for the base network.
+
+    Returns Gains whose high option is the mean paired difference (base minus lowered, same
+    seed); ``extra`` holds the scores, the base's spread (``noise_floor``) and each group's paired
+    spread. Jobs run on ``executor`` (local, processes or ray with ``workers``); ``resume`` (a
+    JobStore, or None for none) keeps finished jobs so a rerun resumes. ``progress(key, value)``
+    is called as each job finishes (also for jobs found in ``resume``). Raises MpqError when a
+    planned layer has no torch module."""
+    from planner.quant.checkpoint import file_sha256, read_checkpoint
+    from planner.quant.torchmap import require_modules
+    from planner.userfiles import source_sha256
 
     require_modules(graph, mapping)
     checkpoint = str(Path(checkpoint).resolve())
@@ -85,36 +93,17 @@ def alps(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str
         for seed in range(seeds):
             jobs[f"{key}:group:{group.id}:{seed}"] = {
                 **common, "seed": seed, "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), low)}
-    results: dict[str, float] = {}
-    resume = resume or Checkpoint(Path(checkpoint).with_suffix(".alps.jsonl"))
-    for k in list(jobs):
-        if k in resume:
-            results[k] = resume.get(k)
-            jobs.pop(k)
-            if progress:
-                progress(k, results[k])
-
-    def finished(k: str, value: float) -> None:
-        resume.put(k, value)
-        results[k] = value
-        if progress:
-            progress(k, value)
-
-    run_jobs(alps_job, jobs, finished, executor=executor, workers=workers, ray_address=ray_address)
+    results = measure(alps_job, jobs, resume=resume, progress=progress, executor=executor, workers=workers,
+                      ray_address=ray_address)
     base_scores = [results[f"{key}:base:{s}"] for s in range(seeds)]
     base = statistics.fmean(base_scores)
-    by_group, scores, spread = [], {}, {}
-    for group in graph.groups:
-        if group.pinned_bits is not None:
-            by_group.append({group.pinned_bits: 0.0})
-        elif group.id in steps:
-            low, high = steps[group.id]
-            scores[str(group.id)] = [results[f"{key}:group:{group.id}:{s}"] for s in range(seeds)]
-            differences = [b - g for b, g in zip(base_scores, scores[str(group.id)])]
-            spread[str(group.id)] = statistics.stdev(differences) if seeds > 1 else None
-            by_group.append({low: 0.0, high: statistics.fmean(differences)})
-        else:
-            by_group.append(dict.fromkeys(sorted(precisions), 0.0))
+    measured, scores, spread = {}, {}, {}
+    for group_id, (low, high) in steps.items():
+        scores[str(group_id)] = [results[f"{key}:group:{group_id}:{s}"] for s in range(seeds)]
+        differences = [b - g for b, g in zip(base_scores, scores[str(group_id)])]
+        spread[str(group_id)] = statistics.stdev(differences) if seeds > 1 else None
+        measured[group_id] = {low: 0.0, high: statistics.fmean(differences)}
+    by_group = group_gains(graph, precisions, measured)
     extra = {"unmeasured_groups": [g.id for g in graph.free_groups if g.id not in steps],
              "base_scores": base_scores, "base_score": base,
              "noise_floor": statistics.stdev(base_scores) if len(base_scores) > 1 else None,

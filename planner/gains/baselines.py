@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import LayerGraph
-from ..weights import layer_weights
-from . import Gains, grid
+from planner.graph import LayerGraph
+from planner.graph.weights import layer_weights
+from planner.gains import Gains, grid
 
 
 def _per_group(graph: LayerGraph, bits: list[int], value) -> list[dict[int, float]]:
@@ -45,7 +45,7 @@ def params(graph: LayerGraph, precisions: list[int]) -> Gains:
 
 
 def qerror(graph: LayerGraph, precisions: list[int], *, step: str = "lsq") -> Gains:
-    from .eagl import grid_steps
+    from planner.gains.eagl import grid_steps
 
     bits = sorted(set(precisions))
     errors: dict[str, dict[int, float]] = {}

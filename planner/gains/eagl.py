@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MpqError
-from ..graph import LayerGraph
-from ..weights import layer_weights
-from . import Gains, grid
+from planner.errors import MpqError
+from planner.graph import LayerGraph
+from planner.graph.weights import layer_weights
+from planner.gains import Gains, grid
 
 STEP_CHOICES = ("auto", "lsq", "mse")
 MODES = ("entropy", "difference")

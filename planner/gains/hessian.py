@@ -23,10 +23,10 @@ import statistics
 
 import torch
 
-from ..graph import LayerGraph
-from ..quant.lsq import MatMul
-from . import Gains, grid
-from .datadriven import group_modules
+from planner.graph import LayerGraph
+from planner.quant.lsq import MatMul
+from planner.gains import Gains, grid
+from planner.gains.datadriven import group_modules
 
 
 def hutchinson_traces(model, task, modules: list[str], *, samples: int = 16, batches: int = 2, seed: int = 0) -> dict[str, float]:
@@ -40,7 +40,7 @@ def hutchinson(model, task, weighted: list[str], matmuls: list[str], *, samples:
     vectors each: (Tr(H) w.r.t. each ``weighted`` module's weight, averaged over batches;
     for each ``matmuls`` module, per batch, [(Tr(H_a) / n_a, a) for each of its two inputs a]).
     """
-    from ..quant.train import loader, task_loss
+    from planner.quant.train import loader, task_loss
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -98,7 +98,7 @@ def hessian_gains(task, model, graph: LayerGraph, mapping: dict[str, str], preci
     """``model``: the float network; ``learned``: module path -> {"bits", "weight_step",
     "input_steps", "inputs_signed"} from a quantized checkpoint (see ``learned_steps``). Every
     layer of a free group needs a module (MpqError otherwise)."""
-    from ..torchmap import require_modules
+    from planner.quant.torchmap import require_modules
 
     require_modules(graph, mapping)
     bits = sorted(set(precisions))

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
-from ..executors import run_jobs
-from ..graph import LayerGraph
-from . import Gains
-from .datadriven import config_key, group_bits, group_modules
+from planner.jobs.store import JobStore
+from planner.graph import LayerGraph
+from planner.gains import Gains
+from planner.gains.datadriven import config_key, group_bits, group_gains, group_modules, measure
 
 
 def sensitivity_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], metric: str) -> float:
     """Score of the checkpoint with some modules at other bits (no fine-tuning)."""
     import torch
 
-    from ..quant.checkpoint import load_checkpoint
-    from ..quant.lsq import apply_bits
-    from ..quant.train import score
-    from ..tasks import load_task
+    from planner.quant.checkpoint import load_checkpoint
+    from planner.quant.lsq import apply_bits
+    from planner.quant.train import score
+    from planner.tasks import load_task
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -33,10 +32,17 @@ def sensitivity_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, in
 
 def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: dict[str, str], precisions: list[int],
                       *, metric: str = "loss", executor: str = "local", workers: int = 1,
-                      ray_address: str | None = None, resume: Checkpoint | None = None, progress=None) -> Gains:
-    from ..quant.checkpoint import file_sha256, read_checkpoint
-    from ..torchmap import require_modules
-    from ..userfiles import source_sha256
+                      ray_address: str | None = None, resume: JobStore | None = None, progress=None) -> Gains:
+    """Sensitivity gains of every free group of ``graph`` (the network at ``checkpoint``, layers
+    mapped to its modules by ``mapping``): the group alone lowered to each precision below the
+    checkpoint's, scored by ``metric`` on the validation split with no fine-tuning; a precision's
+    gain is its score minus the lowest precision's.
+
+    Jobs, ``resume`` and ``progress`` as in :func:`planner.gains.alps.alps`. Raises MpqError when
+    a planned layer has no torch module."""
+    from planner.quant.checkpoint import file_sha256, read_checkpoint
+    from planner.quant.torchmap import require_modules
+    from planner.userfiles import source_sha256
 
     require_modules(graph, mapping)  # a layer without a module would get gain 0: refused instead
     checkpoint = str(Path(checkpoint).resolve())
@@ -56,30 +62,17 @@ def sensitivity_gains(task, checkpoint: str | Path, graph: LayerGraph, mapping: 
         for b in candidates:
             jobs[f"{key}:group:{group.id}:{b}"] = {**common,
                                                    "bits_by_module": dict.fromkeys(group_modules(graph, mapping, group), b)}
-    resume = resume or Checkpoint(Path(checkpoint).with_suffix(".sensitivity.jsonl"))
-    results = {k: resume.get(k) for k in jobs if k in resume}
-
-    def finished(k: str, value: float) -> None:
-        resume.put(k, value)
-        results[k] = value
-        if progress:
-            progress(k, value)
-
-    run_jobs(sensitivity_job, {k: v for k, v in jobs.items() if k not in results}, finished, executor=executor,
-             workers=workers, ray_address=ray_address)
+    results = measure(sensitivity_job, jobs, resume=resume, progress=progress, executor=executor, workers=workers,
+                      ray_address=ray_address)
     base_score = results[f"{key}:base"]
-    by_group, scores = [], {}
-    for group in graph.groups:
-        if group.pinned_bits is not None:
-            by_group.append({group.pinned_bits: 0.0})
-            continue
-        high, candidates = plan[group.id]
+    measured, scores = {}, {}
+    for group_id, (high, candidates) in plan.items():
         if not candidates:
-            by_group.append(dict.fromkeys(sorted(precisions), 0.0))
             continue
         values = {high: base_score} if high else {}
-        values.update({b: results[f"{key}:group:{group.id}:{b}"] for b in candidates})
+        values.update({b: results[f"{key}:group:{group_id}:{b}"] for b in candidates})
         low = min(values)
-        by_group.append({b: v - values[low] for b, v in sorted(values.items())})
-        scores[str(group.id)] = {str(b): v for b, v in values.items()}
+        measured[group_id] = {b: v - values[low] for b, v in sorted(values.items())}
+        scores[str(group_id)] = {str(b): v for b, v in values.items()}
+    by_group = group_gains(graph, precisions, measured)
     return Gains("sensitivity", {"metric": metric}, by_group, {"base_score": base_score, "scores": scores})

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
-from ..errors import MpqError
-from .lsq import apply_bits, bits_of
+from planner.atomic import atomic_path
+from planner.errors import MpqError
+from planner.quant.lsq import apply_bits, bits_of
 
 FORMAT = "mpq.checkpoint/v1"
 

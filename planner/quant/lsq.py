@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MpqError
+from planner.errors import MpqError
 
 
 def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:

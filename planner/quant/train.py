@@ -104,7 +104,7 @@ def state_sha256(model: nn.Module) -> str:
 
 
 def _save(path, config, step, model, optimizer, schedule, data_generator, augment_generator) -> None:
-    from ..atomic import atomic_path
+    from planner.atomic import atomic_path
 
     state = {"config": config, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "data_rng": data_generator.get_state(),

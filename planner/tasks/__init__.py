@@ -23,8 +23,8 @@ function that returns one).
 """
 from __future__ import annotations
 
-from ..errors import MpqError
-from ..userfiles import call_user, load_object
+from planner.errors import MpqError
+from planner.userfiles import call_user, load_object
 
 BUILTIN = {"mnist": "planner.tasks.mnist:task", "minilm": "planner.tasks.minilm:task"}
 REQUIRED = ("model", "train_data", "eval_data", "evaluate")

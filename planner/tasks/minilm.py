@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..errors import MpqError
-from ..quant.lsq import MatMul
+from planner.errors import MpqError
+from planner.quant.lsq import MatMul
 
 SEQ_LEN = 128
 HIDDEN, HEADS, LAYERS, INTERMEDIATE = 384, 12, 6, 1536

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..errors import MpqError
+from planner.errors import MpqError
 
 MEAN, STD = 0.1307, 0.3081
 

@@ -1,0 +1,407 @@
+"""ONNX model -> LayerGraph: the layers, their costs' raw counts, precision groups and pins.
+
+A *layer* is a node that multiplies an activation by a weight (or by another activation):
+Conv, ConvTranspose, Gemm, MatMul and their integer / QLinear forms. A *group* is a set of
+layers that read the same activation (after walking back through precision-transparent ops)
+and so must run at one precision. *First* layers read a graph input with no other layer
+upstream; *last* layers reach a graph output through non-layer ops and have no other layer
+downstream (a transformer's residual stream reaches the output from every block, so "reaches
+an output" alone would pin every block). Groups holding a first or last layer are pinned
+(8-bit by default).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import networkx as nx
+import onnx
+
+from planner.errors import MpqError
+from planner.graph.onnxfile import TensorStore, read_model
+from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_shapes
+
+# op_type -> (index of the activation operand, index of the weight operand) for layers with
+# one weight; MatMul-like ops may have the weight on either side.
+LAYER_OPS: dict[str, tuple[int, int]] = {
+    "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
+    "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
+}
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+
+# Ops whose output carries its (first) input's values at the same precision: a quantizer
+# placed on either side is the same quantizer. Groups are found by walking back through them.
+TRANSPARENT_OPS = frozenset({
+    "Identity", "Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze",
+    "Unsqueeze", "Pad", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear",
+})
+
+# Ops between a stored weight and the layer that uses it; the stored tensor is the weight. They
+# keep the element count, so the stored tensor's count is the consumed weight's.
+_WEIGHT_CHAIN_OPS = frozenset({
+    "Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+    "DequantizeLinear",
+})
+
+# Ops whose outputs describe a tensor's shape, not its values: no data flows through them.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+@dataclass
+class Layer:
+    """One layer: an ONNX node multiplying by a weight or by a second activation.
+
+    ``weight`` is the stored constant (initializer or Constant output) behind the weight operand
+    where only layout ops, casts and DequantizeLinear lie between them; where the weight is
+    computed by other ops on constants (ConstantOfShape, Expand, Tile, W * s, ...) it is the
+    weight operand itself, whose values are evaluated on demand (``LayerGraph.tensors``); None
+    for activation x activation MatMuls. ``weight_shape`` is the shape of ``weight`` and
+    ``params`` its element count, which is the consumed weight's (biases are not quantized and
+    not counted). ``macs`` are per inference at the resolved input shapes.
+    ``input`` is the activation the layer quantizes; ``in_elems`` counts all its activation
+    operands' elements. ``weight_scale`` names the DequantizeLinear scale in front of the weight
+    where the model carries one.
+    """
+
+    name: str
+    op_type: str
+    weight: str | None
+    weight_shape: list[int] | None
+    params: int
+    macs: int
+    input: str
+    in_elems: int
+    out_elems: int
+    output: str
+    activation_inputs: list[str] = field(default_factory=list)
+    weight_operand: str | None = None
+    weight_scale: str | None = None
+    group: int = -1
+    pinned_bits: int | None = None
+    first: bool = False
+    last: bool = False
+
+
+@dataclass
+class Group:
+    """Layers that read one activation (``source``) and so share one precision."""
+
+    id: int
+    layers: list[str]
+    source: str
+    pinned_bits: int | None = None
+
+
+@dataclass
+class ModelInfo:
+    path: str | None
+    sha256: str
+    opset: int
+    producer: str
+    input_shapes: dict[str, list[int]]
+
+
+@dataclass
+class LayerGraph:
+    """The layers of a model (in topological order), their data-flow graph and their groups.
+
+    ``graph`` is a networkx DiGraph over layer names (node attribute ``layer``); an edge u -> v
+    means v reads data produced by u through non-layer ops only. ``tensors`` reads weights.
+    """
+
+    layers: list[Layer]
+    groups: list[Group]
+    graph: nx.DiGraph
+    model: ModelInfo
+    tensors: TensorStore = field(repr=False)
+    producers: dict[str, onnx.NodeProto] = field(repr=False, default_factory=dict)
+    metadata: dict[str, str] = field(repr=False, default_factory=dict)
+
+    def layer(self, name: str) -> Layer:
+        return self.graph.nodes[name]["layer"]
+
+    def group_of(self, layer_name: str) -> Group:
+        return self.groups[self.layer(layer_name).group]
+
+    @property
+    def free_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.pinned_bits is None]
+
+    def totals(self) -> dict[str, int]:
+        return {"layers": len(self.layers), "groups": len(self.groups),
+                "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
+                "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}
+
+    def to_json(self) -> dict:
+        """The ``mpq inspect --json`` document of DESIGN.md."""
+        layer_keys = ["name", "op_type", "weight", "weight_shape", "params", "macs", "input",
+                      "in_elems", "out_elems", "group", "pinned_bits", "first", "last"]
+        return {
+            "model": asdict(self.model),
+            "layers": [{k: getattr(l, k) for k in layer_keys} for l in self.layers],
+            "groups": [asdict(g) for g in self.groups],
+            "totals": self.totals(),
+        }
+
+
+def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str, Shape] | None = None,
+               *, pin_first: int | None = 8, pin_last: int | None = 8) -> LayerGraph:
+    """Read an ONNX model into a :class:`LayerGraph`.
+
+    ``model`` is a path (external data is read relative to it, through memory maps) or a
+    ModelProto. ``input_shapes`` fixes symbolic input dimensions ({name: shape}); symbolic batch
+    (first) dimensions default to 1. ``pin_first`` / ``pin_last`` are the bits of the groups
+    holding first / last layers (None: not pinned). Raises MpqError on any user-fixable problem.
+    """
+    proto, base_dir, digest = read_model(model)
+    where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+    graph = proto.graph
+    tensors = TensorStore(graph, base_dir, where)
+    fixed_inputs = fix_input_shapes(graph, input_shapes, where)
+    elem_types: dict[str, int] = {}
+    shapes = infer_shapes(proto, fixed_inputs, where, elem_types)
+    nodes = _topological(graph.node, set(tensors.tensors) | {i.name for i in graph.input}, where)
+    constant = _constant_tensors(nodes, tensors)
+    producers = {o: n for n in nodes for o in n.output}
+    tensors.add_computed(producers, constant, {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
+                         list(proto.opset_import))
+
+    found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
+    if not found:
+        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
+                       "activation); nothing to plan")
+    needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
+    if needed:
+        shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
+    layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
+
+    info = ModelInfo(path=None if isinstance(model, onnx.ModelProto) else str(model), sha256=digest,
+                     opset=_default_opset(proto), producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+                     input_shapes={k: list(v) for k, v in fixed_inputs.items()})
+    dag = _layer_dag(nodes, layers, graph)
+    groups = _group(layers, producers)
+    _pin(layers, groups, dag, nodes, graph, pin_first, pin_last)
+    return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors, producers=producers,
+                      metadata={p.key: p.value for p in proto.metadata_props})
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]:
+    """Nodes in a topological order (the file's order when it already is one)."""
+    produced = set(available) | {""}
+    ordered, pending = [], list(nodes)
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(i in produced for i in node.input) and not _outer_inputs(node) - produced:
+                ordered.append(node)
+                produced.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            missing = next(i for i in remaining[0].input if i not in produced)
+            raise MpqError(f"{where}: node '{remaining[0].name or remaining[0].op_type}' reads "
+                           f"'{missing}', which nothing produces; the graph is broken")
+        pending = remaining
+    return ordered
+
+
+def _outer_inputs(node: onnx.NodeProto) -> set[str]:
+    """Tensors of the enclosing graph that a control-flow node's subgraphs read."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            local = {t.name for t in sub.initializer} | {i.name for i in sub.input}
+            local |= {o for n in sub.node for o in n.output}
+            for n in sub.node:
+                names |= {i for i in n.input if i and i not in local} | (_outer_inputs(n) - local)
+    return names
+
+
+def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[str]:
+    """Tensors whose value does not depend on any graph input."""
+    constant = set(tensors.tensors)
+    for node in nodes:
+        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"):
+            continue
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant" or (inputs and all(i in constant for i in inputs) and not _outer_inputs(node)):
+            constant.update(node.output)
+    return constant
+
+
+def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
+    """True for a layer op with at least one operand that is not constant. Raises MpqError
+    for a layer op that lacks one of its two operands."""
+    if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
+        return False
+    a, w = LAYER_OPS[node.op_type]
+    if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
+        raise MpqError(f"{where}: {node.op_type} node '{node.name or node.op_type}' has {len(node.input)} "
+                       f"input(s) but needs an input and a weight; the model is broken, export it again")
+    operands = [node.input[a], node.input[w]]
+    return not all(x in constant for x in operands)  # a product of constants is folded, not run
+
+
+def _operands(node: onnx.NodeProto, constant: set[str]) -> tuple[list[str], str | None]:
+    """(activation operands, weight operand or None) of a layer node."""
+    a, w = LAYER_OPS[node.op_type]
+    first, second = node.input[a], node.input[w]
+    if second in constant:
+        return [first], second
+    if first in constant and node.op_type in _MATMUL_LIKE:
+        return [second], first
+    return [first, second], None
+
+
+def _weight_root(operand: str, tensors: TensorStore, producers: dict) -> tuple[str, str | None]:
+    """The tensor that stands for a weight operand, and the DequantizeLinear scale on the way.
+
+    Walks back through layout ops, casts and DequantizeLinear to a stored tensor, which is the
+    weight (its scale the DequantizeLinear's, if one was passed). Where another op computes the
+    weight from constants (Expand, Tile, ConstantOfShape, W * s, ...), the operand itself is the
+    weight and has no scale: its evaluated values are what the layer multiplies by.
+    """
+    name, scale = operand, None
+    while not tensors.is_stored(name):
+        node = producers[name]
+        if node.op_type not in _WEIGHT_CHAIN_OPS:
+            return operand, None
+        if node.op_type == "DequantizeLinear":
+            scale = node.input[1]
+        name = node.input[0]
+    return name, scale
+
+
+def _make_layer(node, activations: list[str], weight_operand: str | None, shapes: dict,
+                tensors: TensorStore, producers: dict, where: str) -> Layer:
+    name = node.name or f"{node.op_type}:{node.output[0]}"
+
+    def shape_of(t: str) -> Shape:
+        s = shapes.get(t)
+        if s is None and t in tensors:
+            s = tensors.shape(t)
+        if s is None:
+            raise MpqError(f"{where}: cannot resolve the shape of '{t}' at layer '{name}'; "
+                           "pass --input-shape for the model's inputs")
+        return s
+
+    weight, weight_shape, scale, params = None, None, None, 0
+    if weight_operand is not None:
+        weight, scale = _weight_root(weight_operand, tensors, producers)
+        weight_shape = list(tensors.shape(weight))
+        params = tensors.size(weight)
+        consumed = shapes.get(weight_operand)
+        if consumed is not None and math.prod(consumed) != params:
+            raise MpqError(f"{where}: layer '{name}' consumes a weight of shape {list(consumed)}, made from "
+                           f"'{weight}' of shape {weight_shape} ({params} elements) by ops that keep the count; "
+                           "the model is broken, export it again")
+    a, w = LAYER_OPS[node.op_type]
+    out_shape = shape_of(node.output[0])
+    return Layer(name=name, op_type=node.op_type, weight=weight, weight_shape=weight_shape, params=params,
+                 macs=_macs(node, shape_of(node.input[a]), shape_of(node.input[w]), out_shape),
+                 input=activations[0], in_elems=sum(math.prod(shape_of(t)) for t in activations),
+                 out_elems=math.prod(out_shape), output=node.output[0], activation_inputs=list(activations),
+                 weight_operand=weight_operand, weight_scale=scale)
+
+
+def _macs(node, left: Shape, right: Shape, out: Shape) -> int:
+    """Multiply-accumulates of one inference, from the shapes of the two operands and the output."""
+    op = node.op_type
+    if op in ("Conv", "ConvInteger", "QLinearConv"):  # W: (M, C/g, k...)
+        return math.prod(out) * math.prod(right[1:])
+    if op == "ConvTranspose":  # W: (C, M/g, k...): every input element meets M/g * k... weights
+        return math.prod(left) * math.prod(right[1:])
+    if op == "Gemm":
+        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+        return math.prod(out) * (left[0] if trans_a else left[-1])
+    return math.prod(out) * (left[-1] if left else 1)  # MatMul: (..., M, K) @ (..., K, N)
+
+
+def _layer_dag(nodes, layers: list[Layer], graph: onnx.GraphProto) -> nx.DiGraph:
+    """Edges u -> v where v reads data produced by u through non-layer ops only."""
+    by_output = {l.output: l for l in layers}
+    by_node_output: dict[str, Layer] = {}
+    upstream: dict[str, frozenset[str]] = {}
+    for node in nodes:
+        layer = by_output.get(node.output[0]) if node.output else None
+        if layer is not None:
+            for o in node.output:
+                upstream[o] = frozenset([layer.name])
+            by_node_output[node.output[0]] = layer
+        elif node.op_type in _SHAPE_OPS:
+            continue
+        else:
+            merged = frozenset().union(*(upstream.get(i, frozenset()) for i in node.input if i))
+            for o in node.output:
+                upstream[o] = merged
+    dag = nx.DiGraph()
+    for layer in layers:
+        dag.add_node(layer.name, layer=layer)
+    for layer in layers:
+        for t in layer.activation_inputs:
+            for u in sorted(upstream.get(t, ())):
+                dag.add_edge(u, layer.name)
+    return dag
+
+
+def _source(tensor: str, producers: dict) -> str:
+    """Walk back from an activation through precision-transparent ops to its source tensor."""
+    while tensor in producers and producers[tensor].op_type in TRANSPARENT_OPS:
+        tensor = producers[tensor].input[0]
+    return tensor
+
+
+def _group(layers: list[Layer], producers: dict) -> list[Group]:
+    """Union-find over the source tensors the layers read; groups numbered in layer order."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for layer in layers:
+        for t in layer.activation_inputs:
+            parent[find(layer.name)] = find("tensor:" + _source(t, producers))
+    groups: dict[str, Group] = {}
+    for layer in layers:
+        root = find(layer.name)
+        if root not in groups:
+            groups[root] = Group(id=len(groups), layers=[], source=_source(layer.input, producers))
+        groups[root].layers.append(layer.name)
+        layer.group = groups[root].id
+    return list(groups.values())
+
+
+def _pin(layers, groups, dag: nx.DiGraph, nodes, graph: onnx.GraphProto,
+         pin_first: int | None, pin_last: int | None) -> None:
+    """Mark first and last layers and pin their groups (the larger pin wins if both apply)."""
+    reaches_output = _reaches_output(nodes, layers, graph)
+    for layer in layers:
+        layer.first = dag.in_degree(layer.name) == 0
+        layer.last = dag.out_degree(layer.name) == 0 and layer.output in reaches_output
+    for group in groups:
+        members = [dag.nodes[n]["layer"] for n in group.layers]
+        pins = [b for b, hit in ((pin_first, any(l.first for l in members)),
+                                 (pin_last, any(l.last for l in members))) if hit and b is not None]
+        group.pinned_bits = max(pins) if pins else None
+        for layer in members:
+            layer.pinned_bits = group.pinned_bits
+
+
+def _reaches_output(nodes, layers: list[Layer], graph: onnx.GraphProto) -> set[str]:
+    """Tensors from which a graph output is reached through non-layer, non-shape ops."""
+    layer_outputs = {l.output for l in layers}
+    reach = {o.name for o in graph.output}
+    for node in reversed(nodes):
+        if node.op_type in _SHAPE_OPS or (node.output and node.output[0] in layer_outputs):
+            continue
+        if any(o in reach for o in node.output):
+            reach.update(i for i in node.input if i)
+    return reach

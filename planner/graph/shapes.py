@@ -1,0 +1,202 @@
+"""Static shapes of every tensor: graph inputs fixed, then ONNX shape inference.
+
+Batch dimensions (the first dimension of a graph input) that are symbolic default to 1; any
+other symbolic input dimension must be given in ``input_shapes``. Inference runs on a skeleton
+of the model in which large weights are replaced by typed graph inputs, so no weight bytes are
+copied or serialized and models beyond protobuf's 2 GB limit work. Tensors that ONNX inference
+leaves without a static shape (shapes computed at run time by old exporters) can be filled in
+by running the model once in onnxruntime (:func:`run_for_shapes`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from planner.errors import MpqError
+
+# Initializers up to this many elements stay in the skeleton: shape inference reads their
+# values (Reshape targets, Slice bounds, ...). Larger ones become typed inputs.
+_KEEP_ELEMENTS = 4096
+
+Shape = tuple[int, ...]
+
+
+def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs of the graph (old IR versions also list initializers as inputs)."""
+    initializers = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in initializers]
+
+
+def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | None,
+                     where: str) -> dict[str, Shape]:
+    """Resolve every graph input's shape: given shapes win, a symbolic first dimension is 1,
+    any other symbolic dimension is an error that names the input and the dimension. A
+    dimension is symbolic where it has a ``dim_param``, no value, or a value <= 0 (Paddle's
+    exporter writes -1 for unknown dimensions)."""
+    given = dict(input_shapes or {})
+    inputs = graph_inputs(graph)
+    names = [i.name for i in inputs]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise MpqError(f"{where}: --input-shape names '{unknown[0]}', which is not a graph input; "
+                       f"the inputs are: {', '.join(names)}")
+    resolved: dict[str, Shape] = {}
+    for value in inputs:
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise MpqError(f"{where}: input '{value.name}' is not a tensor (sequence or map inputs "
+                           "are not supported)")
+        dims = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
+        if value.name in given:
+            shape = tuple(int(d) for d in given[value.name])
+            if dims is not None and len(dims) != len(shape):
+                raise MpqError(f"{where}: --input-shape {value.name} has {len(shape)} dimensions, "
+                               f"the input has {len(dims)}")
+            for d, want in zip(dims or [], shape):
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != want:
+                    raise MpqError(f"{where}: --input-shape {value.name}={'x'.join(map(str, shape))} "
+                                   f"conflicts with the model's fixed dimension {d.dim_value}")
+            if any(s <= 0 for s in shape):
+                raise MpqError(f"{where}: --input-shape {value.name} needs positive dimensions")
+            resolved[value.name] = shape
+            continue
+        if dims is None:
+            raise MpqError(f"{where}: input '{value.name}' has no shape in the model; pass "
+                           f"--input-shape {value.name}=1x...")
+        shape = []
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif axis == 0:
+                shape.append(1)
+            else:
+                label = f"'{d.dim_param}'" if d.dim_param else "unnamed"
+                example = "x".join(str(int(x.dim_value)) if x.HasField("dim_value") and x.dim_value > 0
+                                   else ("1" if i == 0 else "N") for i, x in enumerate(dims))
+                raise MpqError(f"{where}: input '{value.name}' dimension {axis} ({label}) is symbolic; "
+                               f"pass --input-shape {value.name}={example} with N set")
+        resolved[value.name] = tuple(shape)
+    return resolved
+
+
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: str,
+                 elem_types: dict[str, int] | None = None) -> dict[str, Shape | None]:
+    """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest).
+    Where ``elem_types`` is given, it is filled with every inferred tensor's ONNX element type."""
+    skeleton, _ = _skeleton(model, input_shapes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:  # the model is inconsistent
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MpqError(f"{where}: ONNX shape inference failed ({message}); check the model with "
+                       "onnx.checker or pass --input-shape") from None
+    shapes: dict[str, Shape | None] = {}
+    ig = inferred.graph
+    for value in list(ig.input) + list(ig.value_info) + list(ig.output):
+        shapes[value.name] = _static_shape(value)
+        if elem_types is not None and value.type.HasField("tensor_type"):
+            elem_types[value.name] = value.type.tensor_type.elem_type
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+    return shapes
+
+
+def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in value.type.tensor_type.shape.dim:
+        if not d.HasField("dim_value") or d.dim_value < 0:
+            return None
+        dims.append(int(d.dim_value))
+    return tuple(dims)
+
+
+def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
+    """The model with its inputs fixed to ``input_shapes`` and without its large weights.
+
+    Initializers of more than ``_KEEP_ELEMENTS`` elements, and external ones, become typed graph
+    inputs (returned, so that a caller can feed them); their bytes are neither copied nor read.
+    """
+    graph = model.graph
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = max(model.ir_version, 4)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g = skeleton.graph
+    g.node.extend(graph.node)
+    g.output.extend(graph.output)
+    for value in graph_inputs(graph):
+        elem = value.type.tensor_type.elem_type
+        g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
+    stripped = []
+    for tensor in graph.initializer:
+        size = int(np.prod(tensor.dims, dtype=np.int64))
+        if size <= _KEEP_ELEMENTS and tensor.data_location != TensorProto.EXTERNAL:
+            g.initializer.append(tensor)
+        else:
+            g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+            stripped.append(tensor)
+    return skeleton, stripped
+
+
+# Element types stored several to a byte (bits per element), which onnxruntime takes only as
+# initializers, not as numpy feeds.
+_PACKED_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+                TensorProto.INT2: 2, TensorProto.UINT2: 2}
+
+
+def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
+    """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
+
+    For graphs whose shapes are computed at run time in ways ONNX inference cannot follow. The
+    model runs as the skeleton of :func:`infer_shapes`: its large weights are fed as zeros
+    (``np.zeros``, pages the kernel maps on demand and shares while they are only read), so
+    neither the weights' bytes nor external data are loaded and no second copy of the model is
+    made. Shapes are taken not to depend on the values of weights of more than
+    ``_KEEP_ELEMENTS`` elements (the smaller ones keep their values). Raises MpqError where
+    onnxruntime cannot load or run the model.
+    """
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    # What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
+    # can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one.
+    model_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
+                    ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
+                    ort_errors.NoSuchFile)
+    probe, stripped = _skeleton(model, input_shapes)
+    known_outputs = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known_outputs:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    feeds = {}
+    for value in graph_inputs(model.graph):
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feeds[value.name] = np.zeros(input_shapes[value.name], dtype=dtype)
+    packed = {t.name: t for t in stripped if t.data_type in _PACKED_BITS}
+    for tensor in stripped:
+        if tensor.name not in packed:
+            feeds[tensor.name] = np.zeros([int(d) for d in tensor.dims], dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    if packed:  # onnxruntime takes no numpy feed of 2- or 4-bit types: such weights become zero initializers
+        kept = [v for v in probe.graph.input if v.name not in packed]
+        del probe.graph.input[:]
+        probe.graph.input.extend(kept)
+        for tensor in packed.values():
+            count = int(np.prod(tensor.dims, dtype=np.int64))
+            per_byte = 8 // _PACKED_BITS[tensor.data_type]
+            probe.graph.initializer.append(helper.make_tensor(tensor.name, tensor.data_type, list(tensor.dims),
+                                                              bytes(-(-count // per_byte)), raw=True))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(names, feeds)
+    except model_errors as e:
+        message = str(e).strip().splitlines()[0]
+        raise MpqError(f"{where}: the shapes of {len(names)} tensors (e.g. '{names[0]}') could not be "
+                       f"inferred, and running the model to measure them failed ({message}); "
+                       "pass --input-shape for every input") from None
+    return {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(names, values)}

@@ -1,0 +1,587 @@
+"""The multiple-choice knapsack: one precision per group, budgets on any metrics, maximum gain.
+
+    maximise    sum_g sum_b gain[g][b] * x[g][b]
+    subject to  sum_b x[g][b] = 1                                   for every group g
+                sum_g sum_b cost[g][b][m] * x[g][b] <= budget[m]    for every budgeted metric m
+                x[g][b] in {0, 1}   (pinned groups offer their pin only)
+
+Solved exactly by OR-Tools CP-SAT on integers. A plan meets a budget B when its total is at
+most B + tol with tol = 1e-9 |B| (room for floating-point sums in another order). Costs are
+rounded to a grid fine enough that the integer problem lies between "total <= B" and
+"total <= B + tol": every plan meeting B exactly is a candidate and every plan CP-SAT returns
+meets B + tol. Gains are rounded to 2^-40 of the largest gain; ``gain_error_bound`` says by how
+much the integer optimum's total gain can fall short of the real optimum's.
+
+Before CP-SAT, an exact reduction keeps the model small: options dominated by another option of
+their group are dropped, and, with the Lagrangian bound of the LP relaxation (OR-Tools GLOP) and
+a feasible plan, options that provably cannot be part of a better plan are fixed out
+(reduced-cost fixing). The paper's case (two precisions, one budget)
+can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``), after the same dominance
+reduction, which makes every item's weight and profit positive whatever the order of the costs
+and the signs of the gains.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.errors import MpqError
+
+Costs = list[dict[int, dict[str, float]]]   # costs[group][bits][metric]
+GainTable = list[dict[int, float]]           # gains[group][bits]
+
+_GAIN_GRID = 2.0 ** 40   # integer units of the largest gain magnitude
+_TOLERANCE = 1e-9        # relative room of a budget for floating-point rounding
+_MAX_COEFFICIENT_SUM = 2.0 ** 60  # keep CP-SAT's linear sums far from int64 overflow
+
+
+@dataclass
+class Solution:
+    """A solve's result. ``bits[g]`` is the chosen precision of group g."""
+
+    bits: list[int]
+    status: str
+    objective: float
+    bound: float
+    wall_time_s: float
+    method: str
+    totals: dict[str, float]
+    gain_error_bound: float = 0.0
+    budget_slack_bound: dict[str, float] = field(default_factory=dict)
+    fixed_groups: int = 0
+
+    @property
+    def gap(self) -> float:
+        return max(0.0, self.bound - self.objective) / max(abs(self.bound), 1e-300) if self.bound else 0.0
+
+    def to_json(self, timings: bool = False) -> dict:
+        doc = {"status": self.status, "objective": _round(self.objective), "bound": _round(self.bound),
+               "relative_gap": _round(self.gap), "method": self.method,
+               "gain_error_bound": _round(self.gain_error_bound),
+               "budget_slack_bound": {m: _round(v) for m, v in sorted(self.budget_slack_bound.items())},
+               "groups_fixed_by_presolve": self.fixed_groups}
+        if timings:
+            doc["wall_time_s"] = round(self.wall_time_s, 4)
+        return doc
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.12g}")
+
+
+def _scale(grid: float, largest: float) -> float:
+    """Integer units per real unit so that ``largest`` becomes ``grid`` (1 for negligible values)."""
+    return grid / largest if largest > 1e-200 else 1.0
+
+
+def _slack(limit: float) -> float:
+    """The largest total that meets budget ``limit``: sums of the same costs in another order
+    must not turn a plan that meets it exactly into one that does not."""
+    return limit + abs(limit) * _TOLERANCE
+
+
+def totals(costs: Costs, bits: list[int]) -> dict[str, float]:
+    metrics = next(iter(costs[0].values())).keys() if costs else []
+    return {m: float(math.fsum(costs[g][b][m] for g, b in enumerate(bits))) for m in metrics}
+
+
+def cheapest(costs: Costs, metric: str) -> float:
+    return float(math.fsum(min(c[metric] for c in options.values()) for options in costs))
+
+
+def dearest(costs: Costs, metric: str) -> float:
+    return float(math.fsum(max(c[metric] for c in options.values()) for options in costs))
+
+
+def check_feasible(costs: Costs, budgets: dict[str, float]) -> None:
+    """Raise MpqError naming the cheapest reachable value if one budget alone is out of reach."""
+    from planner.units import si, unit
+
+    for metric, limit in budgets.items():
+        low = cheapest(costs, metric)
+        if low > _slack(limit):
+            raise MpqError(f"budget {metric}<={si(limit, unit(metric))} is infeasible: the cheapest plan reaches "
+                           f"{metric}={si(low, unit(metric))} ({low:.6g}; every free group at its cheapest precision, "
+                           "pinned groups at their pins); raise the budget")
+
+
+def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: str = "cpsat",
+          time_limit_s: float = 60.0, workers: int = 1) -> Solution:
+    """Maximise total gain under ``budgets`` ({metric: limit}); see the module docstring.
+
+    ``gains[g]`` must give a value for every option in ``costs[g]``. Every gain, cost and limit
+    must be a finite number. A limit above the dearest plan's total constrains nothing: it is
+    solved as that total (every plan meets it), so huge limits (1e300) cannot overflow the
+    integer model. Raises MpqError when an input is not finite or the budgets cannot be met.
+    """
+    start = time.perf_counter()
+    _check_finite(gains, costs, budgets)
+    check_feasible(costs, budgets)
+    budgets = {m: min(limit, dearest(costs, m)) for m, limit in budgets.items()}
+    metrics = sorted(budgets)
+    if method == "knapsack":
+        solution = _knapsack(gains, costs, budgets, time_limit_s)
+        if solution is None:
+            solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
+            solution.method = "cp-sat (the knapsack's integer weights were too coarse for this budget)"
+    elif method == "cpsat":
+        solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
+    else:
+        raise MpqError(f"unknown solver method '{method}'; use cpsat or knapsack")
+    solution.wall_time_s = time.perf_counter() - start
+    return solution
+
+
+def _check_finite(gains: GainTable, costs: Costs, budgets: dict[str, float]) -> None:
+    """Raise MpqError naming the first gain, cost or limit that is missing or not a finite number."""
+    for metric, limit in budgets.items():
+        if not math.isfinite(limit):
+            raise MpqError(f"budget {metric}<={limit} is not a finite number; give a finite limit")
+    for g, options in enumerate(costs):
+        for b, cost in options.items():
+            if b not in gains[g]:
+                raise MpqError(f"group {g} has no gain for {b} bits, which the cost model offers; "
+                               "give gains for every precision")
+            if not math.isfinite(gains[g][b]):
+                raise MpqError(f"the gain of group {g} at {b} bits is {gains[g][b]}; gains must be finite numbers")
+            bad = [m for m in budgets if not math.isfinite(cost[m])]
+            if bad:
+                raise MpqError(f"the {bad[0]} cost of group {g} at {b} bits is {cost[bad[0]]}; costs must be finite")
+    for metric in budgets:
+        if not math.isfinite(dearest(costs, metric)):
+            raise MpqError(f"the {metric} costs add up beyond floating point (over 1e308); rescale that metric")
+
+
+# --------------------------------------------------------------------------------------------
+# Exact reduction: dominance, Lagrangian bound, reduced-cost fixing
+
+
+def _undominated(gains: GainTable, costs: Costs, metrics: list[str]) -> list[list[int]]:
+    """Per group, the options no other option beats (no dearer on any budgeted metric and no
+    less gain); among equals the higher precision stays."""
+    kept = []
+    for g, options in enumerate(costs):
+        bits = sorted(options, reverse=True)
+        keep = []
+        for b in bits:
+            dominated = any(
+                o != b and gains[g][o] >= gains[g][b] and all(options[o][m] <= options[b][m] for m in metrics)
+                and (gains[g][o] > gains[g][b] or any(options[o][m] < options[b][m] for m in metrics) or o > b)
+                for o in bits)
+            if not dominated:
+                keep.append(b)
+        kept.append(sorted(keep))
+    return kept
+
+
+def _lagrangian(gains, costs, options, budgets, metrics) -> tuple[np.ndarray, float]:
+    """Multipliers of the budgets from the LP relaxation (GLOP) and the Lagrangian upper bound
+    they give; the bound is valid for any multipliers >= 0, whatever the LP's accuracy."""
+    from ortools.linear_solver import pywraplp
+
+    lp = pywraplp.Solver.CreateSolver("GLOP")
+    x = {(g, b): lp.NumVar(0, 1, "") for g, opts in enumerate(options) for b in opts}
+    for g, opts in enumerate(options):  # coefficients set one by one: no Python expression trees
+        one = lp.Constraint(1, 1)
+        for b in opts:
+            one.SetCoefficient(x[g, b], 1)
+    rows, scales = [], []
+    for m in metrics:
+        scale = _scale(1.0, dearest(costs, m))
+        scales.append(scale)
+        row = lp.Constraint(-lp.infinity(), budgets[m] * scale)
+        for (g, b), var in x.items():
+            row.SetCoefficient(var, costs[g][b][m] * scale)
+        rows.append(row)
+    objective = lp.Objective()
+    for (g, b), var in x.items():
+        objective.SetCoefficient(var, gains[g][b])
+    objective.SetMaximization()
+    status = lp.Solve()
+    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        if status == pywraplp.Solver.INFEASIBLE:
+            raise MpqError("the budgets cannot all be met at once (each alone can); loosen one of them")
+        return np.zeros(len(metrics)), math.inf
+    multipliers = np.array([abs(r.dual_value()) * s for r, s in zip(rows, scales)])
+    multipliers[~np.isfinite(multipliers)] = 0.0  # any multipliers >= 0 give a valid bound
+    return multipliers, _lagrangian_bound(gains, costs, options, budgets, metrics, multipliers)
+
+
+def _lagrangian_value(gains, costs, g, b, metrics, lam) -> float:
+    return gains[g][b] - sum(l * costs[g][b][m] for l, m in zip(lam, metrics))
+
+
+def _lagrangian_bound(gains, costs, options, budgets, metrics, lam) -> float:
+    best = math.fsum(max(_lagrangian_value(gains, costs, g, b, metrics, lam) for b in opts) for g, opts in enumerate(options))
+    return best + math.fsum(l * budgets[m] for l, m in zip(lam, metrics))
+
+
+def greedy(gains: GainTable, costs: Costs, budgets: dict[str, float], options: list[list[int]] | None = None) -> list[int] | None:
+    """AIMET-style greedy: start every group at its most valuable option and repeatedly make the
+    move that loses the least gain per unit of (budget-normalised) cost saved, until every budget
+    holds; then spend what is left on the moves that gain most per unit of cost. None if no move
+    can meet the budgets. O(moves x log(options)) with a heap."""
+    import heapq
+
+    options = options or [sorted(c) for c in costs]
+    metrics = sorted(budgets)
+    bits = [max(opts, key=lambda b: (gains[g][b], b)) for g, opts in enumerate(options)]
+    total = totals(costs, bits) if costs else {}
+    version = [0] * len(options)
+
+    def violated() -> tuple[str, ...]:
+        return tuple(m for m in metrics if total[m] > _slack(budgets[m]))
+
+    def move(g: int, b: int) -> None:
+        for m in total:
+            total[m] += costs[g][b][m] - costs[g][bits[g]][m]
+        bits[g] = b
+        version[g] += 1
+
+    def lowering_moves(g: int, over: tuple[str, ...]):
+        here = costs[g][bits[g]]
+        for b in options[g]:
+            saved = sum((here[m] - costs[g][b][m]) / max(abs(budgets[m]), 1e-300) for m in over)
+            if saved > 0:
+                yield ((gains[g][bits[g]] - gains[g][b]) / saved, g, b, version[g])
+
+    def keeps_others(g: int, b: int, over: tuple[str, ...]) -> bool:
+        return all(total[m] + costs[g][b][m] - costs[g][bits[g]][m] <= _slack(budgets[m]) for m in metrics if m not in over)
+
+    # Each move lowers the violated budgets' normalised sum and breaks no budget that holds,
+    # so the loop ends: the set of violated budgets only shrinks, the sum only falls.
+    over = violated()
+    while over:
+        heap = [item for g in range(len(options)) for item in lowering_moves(g, over)]
+        heapq.heapify(heap)
+        while heap and violated() == over:
+            _, g, b, seen = heapq.heappop(heap)
+            if seen != version[g] or not keeps_others(g, b, over):
+                continue
+            move(g, b)
+            for item in lowering_moves(g, over):
+                heapq.heappush(heap, item)
+        if violated() == over:  # no move left that saves on the violated budgets
+            return None
+        over = violated()
+
+    def raising_moves(g: int):
+        here = gains[g][bits[g]]
+        for b in options[g]:
+            extra = gains[g][b] - here
+            if extra > 0:
+                spent = sum(max(0.0, costs[g][b][m] - costs[g][bits[g]][m]) / budgets[m] for m in metrics if budgets[m] > 0)
+                yield (-extra / max(spent, 1e-300), g, b, version[g])
+
+    heap = [item for g in range(len(options)) for item in raising_moves(g)]
+    heapq.heapify(heap)
+    while heap:
+        _, g, b, seen = heapq.heappop(heap)
+        if seen != version[g]:
+            continue
+        if any(total[m] + costs[g][b][m] - costs[g][bits[g]][m] > _slack(budgets[m]) for m in metrics):
+            continue
+        move(g, b)
+        for item in raising_moves(g):
+            heapq.heappush(heap, item)
+    return bits
+
+
+def _objective(gains: GainTable, bits: list[int]) -> float:
+    return float(math.fsum(gains[g][b] for g, b in enumerate(bits)))
+
+
+# --------------------------------------------------------------------------------------------
+# CP-SAT
+
+
+def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
+    """Exact solve by rounds: CP-SAT on the options whose Lagrangian reduced cost is within a
+    margin, the margin widened tenfold until it covers the gap between the Lagrangian bound and
+    the best plan found. A plan better than the incumbent can only use options whose reduced cost
+    is below that gap, so the last round's optimum is the global one.
+
+    The rounds between are skipped when they cannot matter: after a round that did not improve
+    the incumbent, the covering round is solved at once, and if it finds no better plan, neither
+    would the rounds before it (their options are a subset of its options, the incumbent and hint
+    the same), so the result is the one the full sequence gives. When it does find a better plan
+    the sequence goes on round by round, so ties and figures stay those of the full sequence,
+    and jumps again once a round reaches that plan's objective (the optimum)."""
+    deadline = time.perf_counter() + time_limit_s
+    options = _undominated(gains, costs, metrics)
+    if metrics:
+        lam, upper = _lagrangian(gains, costs, options, budgets, metrics)
+    else:
+        lam, upper = np.zeros(0), math.fsum(max(gains[g][b] for b in opts) for g, opts in enumerate(options))
+    reduced = [{b: _lagrangian_value(gains, costs, g, b, metrics, lam) for b in opts} for g, opts in enumerate(options)]
+    reduced = [{b: max(r.values()) - v for b, v in r.items()} for r in reduced]
+    incumbent = greedy(gains, costs, budgets, options)
+    lower = _objective(gains, incumbent) if incumbent else -math.inf
+    if not math.isfinite(upper) or incumbent is None:
+        upper, margin = math.inf, math.inf  # no usable bound: one round over every option
+    else:
+        margin = max((upper - lower) / 1000, 1e-12 * (abs(upper) + 1.0))
+
+    def solve_round(margin):
+        allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
+                   for g, opts in enumerate(options)]
+        complete = all(len(a) == len(o) for a, o in zip(allowed, options))
+        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
+                                                max(0.1, deadline - time.perf_counter()), workers)
+
+    def widen(margin):
+        if margin * 10 >= upper - lower:
+            return max(margin * 10, upper - lower + 1e-12 * (abs(upper) + 1.0))
+        return margin * 10
+
+    best_known = None
+    while True:
+        allowed, complete, bits, status, round_bound, scales = solve_round(margin)
+        improved = bits is not None and (incumbent is None or _objective(gains, bits) > lower)
+        if improved:
+            incumbent, lower = bits, _objective(gains, bits)
+        # A better plan than the incumbent uses only options with reduced cost below upper - lower.
+        covers = complete or margin >= upper - lower + 1e-12 * (abs(upper) + 1.0)
+        if status != "OPTIMAL" or time.perf_counter() >= deadline:
+            if incumbent is None:
+                raise MpqError(f"no plan found within {time_limit_s:g} s (solver status {status}); raise --time-limit")
+            bound = min(upper, round_bound) if covers else upper
+            return _solution(gains, costs, incumbent, "FEASIBLE", max(bound, lower), allowed, scales, metrics)
+        if covers:
+            return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
+        margin = widen(margin)
+        jump = margin
+        while jump < upper - lower + 1e-12 * (abs(upper) + 1.0):
+            jump = widen(jump)
+        # Jump where the covering round is likely (the incumbent held) or sure (it reached the
+        # optimum an earlier covering round found) to find nothing better.
+        if jump > margin and (lower >= best_known if best_known is not None else not improved):
+            allowed, _, bits, status, _, scales = solve_round(jump)
+            if status == "OPTIMAL" and time.perf_counter() < deadline:
+                if bits is None or _objective(gains, bits) <= lower:
+                    return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
+                best_known = _objective(gains, bits)  # the optimum: go on round by round until reached
+
+
+def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):
+    """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales).
+
+    The model is written straight into CP-SAT's protocol buffer (one Boolean per free option,
+    exactly one per group, one row per budget, the gain objective, the hint), as
+    ``cp_model.CpModel`` would write it but without its per-variable Python objects and without
+    importing pandas, which that module pulls in: on small instances both cost more than the solve.
+    """
+    from ortools.sat.python import cp_model_helper as helper
+
+    n = len(costs)
+    free = [g for g in range(n) if len(options[g]) > 1]
+    fixed = [g for g in range(n) if len(options[g]) == 1]
+    gain_scale = _scale(_GAIN_GRID, max((abs(gains[g][b]) for g in free for b in options[g]), default=0.0))
+    base = {m: math.fsum(costs[g][options[g][0]][m] for g in fixed) for m in metrics}
+    cost_scale = {m: _cost_scale(costs, options, free, budgets[m], m) for m in metrics}
+    scales = (gain_scale, cost_scale, len(free), len(fixed))
+    if any(base[m] > _slack(budgets[m]) for m in metrics):
+        return None, "INFEASIBLE", -math.inf, scales
+    keys = [(g, b) for g in free for b in options[g]]  # variable k is option keys[k]
+    model = helper.CpModelProto()
+    for g, b in keys:
+        var = model.variables.add()
+        var.name = f"g{g}_b{b}"
+        var.domain.extend((0, 1))
+    k = 0
+    for g in free:
+        model.constraints.add().exactly_one.literals.extend(range(k, k + len(options[g])))
+        k += len(options[g])
+    for m in metrics:
+        half_tolerance = abs(budgets[m]) * _TOLERANCE / 2
+        capacity = math.floor((budgets[m] + half_tolerance - base[m]) * cost_scale[m])
+        row = model.constraints.add().linear
+        _add_terms(row, [round(costs[g][b][m] * cost_scale[m]) for g, b in keys])
+        row.domain.extend((-2 ** 63, capacity))
+    _add_terms(model.objective, [-round(gains[g][b] * gain_scale) for g, b in keys])  # CP-SAT minimises
+    model.objective.scaling_factor = -1
+    if hint is not None and keys:
+        model.solution_hint.vars.extend(range(len(keys)))
+        model.solution_hint.values.extend(int(hint[g] == b) for g, b in keys)
+    parameters = helper.SatParameters()
+    parameters.num_workers = workers
+    parameters.optimize_with_core = True  # proves the bound fast on near-symmetric instances (LLM blocks)
+    parameters.linearization_level = 2
+    parameters.max_time_in_seconds = time_limit_s
+    parameters.random_seed = 0
+    parameters.catch_sigint_signal = False  # Ctrl-C goes to Python: see _solve_interruptibly
+    solver = helper.SolveWrapper()
+    solver.set_parameters(parameters)
+    response = _solve_interruptibly(solver, model)
+    name = response.status.name
+    if response.status not in (helper.CpSolverStatus.OPTIMAL, helper.CpSolverStatus.FEASIBLE):
+        return None, name, -math.inf, scales
+    chosen = {keys[k] for k, value in enumerate(response.solution) if value}
+    bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if (g, b) in chosen)
+            for g in range(n)]
+    spent = totals(costs, bits)
+    if any(spent[m] > _slack(budgets[m]) for m in metrics):  # only where the grid had to be coarsened
+        return None, "ROUNDING", -math.inf, scales
+    fixed_gain = math.fsum(gains[g][options[g][0]] for g in fixed)
+    bound = fixed_gain + response.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
+    return bits, name, bound, scales
+
+
+def _add_terms(row, coefficients: list[int]) -> None:
+    """Append the non-zero coefficients (variable k has coefficient ``coefficients[k]``)."""
+    kept = [k for k, c in enumerate(coefficients) if c]
+    row.vars.extend(kept)
+    row.coeffs.extend(coefficients[k] for k in kept)
+
+
+def _solve_interruptibly(solver, model):
+    """``solver.solve(model)`` (a CP-SAT ``SolveWrapper`` and a ``CpModelProto``; its response) in
+    a helper thread, so that Ctrl-C reaches this (main) thread as a KeyboardInterrupt at once: the
+    search is stopped and the interrupt re-raised. CP-SAT's own SIGINT handling must be off
+    (``catch_sigint_signal``): it would end the search as if its time were up, and leave Python's
+    handler replaced."""
+    import threading
+
+    result: dict = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can leave the thread looking finished
+
+    def work() -> None:
+        try:
+            result["response"] = solver.solve(model)
+        except BaseException as e:  # handed to the main thread
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="cp-sat", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        solver.stop_search()
+        while not done.wait(0.05):
+            pass
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["response"]
+
+
+def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
+    """Integer units per unit of ``metric``: fine enough that rounding every free option to the
+    nearest unit moves a plan's total by at most half the budget's tolerance."""
+    tolerance = abs(limit) * _TOLERANCE
+    reference = sum(max(costs[g][b][metric] for b in options[g]) for g in free)
+    if reference <= 1e-300:
+        return 1.0
+    scale = len(free) / tolerance if tolerance > 1e-300 else _MAX_COEFFICIENT_SUM / reference
+    total = sum(costs[g][b][metric] for g in free for b in options[g]) * scale
+    return scale if total <= _MAX_COEFFICIENT_SUM else _MAX_COEFFICIENT_SUM / total * scale
+
+
+def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> Solution:
+    gain_scale, cost_scale, free, fixed = scales
+    objective = _objective(gains, bits)
+    return Solution(bits=bits, status=status, objective=objective, bound=max(bound, objective), wall_time_s=0.0,
+                    method="cp-sat", totals=totals(costs, bits), gain_error_bound=free / gain_scale,
+                    budget_slack_bound={m: max(0.5 * free / cost_scale[m], 0.0) for m in metrics}, fixed_groups=fixed)
+
+
+# --------------------------------------------------------------------------------------------
+# OR-Tools 0-1 knapsack (two options per group, one budget)
+
+
+def _knapsack(gains, costs, budgets, time_limit_s: float) -> Solution | None:
+    """The paper's case as a 0-1 knapsack: every group starts at its cheaper option and an item
+    is the move to its dearer one (weight: the extra cost, profit: the extra gain).
+
+    The transformation is exact for any input: options dominated by another option of their
+    group are dropped first (as for CP-SAT), so a group keeps either one option (fixed) or two
+    whose costs and gains are both strictly ordered the same way, where every weight and profit
+    is positive. A higher precision that costs no more than a lower one, or has less gain, thus
+    never reaches the knapsack solver. The status is the solver's own (OPTIMAL when it proved
+    optimality, FEASIBLE when the time limit stopped it, with the LP bound of the knapsack).
+    None when the integer weights, coarsened to stay within int64, let a plan over the budget
+    through."""
+    from ortools.algorithms.python import knapsack_solver
+
+    if len(budgets) != 1:
+        raise MpqError("the knapsack method takes exactly one budget; use cpsat for several")
+    (metric, limit), = budgets.items()
+    if any(len(c) > 2 for c in costs):
+        raise MpqError("the knapsack method takes at most two precisions per group; use cpsat")
+    options = _undominated(gains, costs, [metric])
+    low = [min(opts, key=lambda b: costs[g][b][metric]) for g, opts in enumerate(options)]
+    items = [g for g, opts in enumerate(options) if len(opts) == 2]
+    high = {g: next(b for b in options[g] if b != low[g]) for g in items}
+    base = math.fsum(costs[g][low[g]][metric] for g in range(len(costs)))
+    weight = {g: costs[g][high[g]][metric] - costs[g][low[g]][metric] for g in items}
+    profit = {g: gains[g][high[g]] - gains[g][low[g]] for g in items}
+    scale_c = _cost_scale([{0: {metric: weight[g]}} for g in items], [[0]] * len(items), list(range(len(items))),
+                          limit, metric) if items else 1.0
+    scale_g = _scale(_GAIN_GRID, max(profit.values(), default=0.0))
+    chosen, optimal = set(), True
+    if items:
+        solver = knapsack_solver.KnapsackSolver(
+            knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "mpq")
+        solver.set_time_limit(time_limit_s)
+        capacity = math.floor((limit + abs(limit) * _TOLERANCE / 2 - base) * scale_c)
+        solver.init([round(profit[g] * scale_g) for g in items], [[round(weight[g] * scale_c) for g in items]],
+                    [max(0, capacity)])
+        solver.solve()
+        optimal = solver.is_solution_optimal()
+        chosen = {g for k, g in enumerate(items) if solver.best_solution_contains(k)}
+    bits = [high[g] if g in chosen else low[g] for g in range(len(costs))]
+    objective = _objective(gains, bits)
+    spent = totals(costs, bits)
+    if spent[metric] > _slack(limit):  # only where the weights had to be coarsened to fit int64
+        return None
+    bound = objective
+    if not optimal:  # Dantzig's bound: items by profit per weight, the last one fractionally
+        room, bound = limit - base, _objective(gains, low)
+        for g in sorted(items, key=lambda g: -profit[g] / weight[g]):
+            take = min(1.0, max(0.0, room) / weight[g])
+            bound, room = bound + take * profit[g], room - take * weight[g]
+        bound = max(bound + len(items) / scale_g, objective)
+    return Solution(bits=bits, status="OPTIMAL" if optimal else "FEASIBLE", objective=objective, bound=bound,
+                    wall_time_s=0.0, method="knapsack", totals=spent, gain_error_bound=len(items) / scale_g,
+                    budget_slack_bound={metric: 0.5 * len(items) / scale_c},
+                    fixed_groups=len(costs) - len(items))
+
+
+# --------------------------------------------------------------------------------------------
+# Why each group got its bits
+
+
+def explain(gains: GainTable, costs: Costs, budgets: dict[str, float], bits: list[int], top: int = 10) -> list[dict]:
+    """For the most contested free groups: the chosen option against its runner-up.
+
+    The LP relaxation prices each budgeted metric (``price[m]``: gain per unit of m at the
+    margin). An option's net value is gain - sum_m price[m] * cost[m]; a group keeps the option
+    with the best net value unless the budgets bind elsewhere. Groups whose runner-up comes
+    closest in net value are the most contested.
+    """
+    metrics = sorted(budgets)
+    options = [sorted(c) for c in costs]
+    lam = _lagrangian(gains, costs, options, budgets, metrics)[0] if metrics else np.zeros(0)
+    rows = []
+    for g, opts in enumerate(options):
+        if len(opts) < 2:
+            continue
+        net = {b: _lagrangian_value(gains, costs, g, b, metrics, lam) for b in opts}
+        chosen = bits[g]
+        runner = max((b for b in opts if b != chosen), key=lambda b: (net[b], b))
+        delta_cost = {m: costs[g][chosen][m] - costs[g][runner][m] for m in metrics}
+        rows.append({
+            "group": g, "bits": chosen, "runner_up": runner,
+            "gain": gains[g][chosen], "gain_runner_up": gains[g][runner],
+            "delta_gain": gains[g][chosen] - gains[g][runner], "delta_cost": delta_cost,
+            "gain_per_cost": {m: (gains[g][chosen] - gains[g][runner]) / d if d else None for m, d in delta_cost.items()},
+            "price": {m: float(l) for m, l in zip(metrics, lam)},
+            "margin": net[chosen] - net[runner],
+        })
+    rows.sort(key=lambda r: (abs(r["margin"]), r["group"]))
+    return rows[:top]
