@@ -283,6 +283,21 @@ class TensorStore:
             raise MpqError(f"{self.where}: tensor '{name}' cannot be read ({_first_line(e)}); "
                            "the model is damaged, export it again") from None
 
+    def stream(self, name: str) -> "FileTensor | None":
+        """The stored tensor ``name`` as a :class:`FileTensor` (read in chunks from its file, never
+        memory-mapped) where it is external data of one element per item; None otherwise (use
+        :meth:`array`). A front-to-back pass over a streamed tensor costs a copy of each chunk
+        into a buffer that stays in the cache; over a fresh memory map, a page fault per few pages."""
+        tensor = self.tensors.get(name)
+        if tensor is None or tensor.data_location != TensorProto.EXTERNAL:
+            return None
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        shape = tuple(int(d) for d in tensor.dims)
+        if dtype.itemsize * 8 != _bits(tensor.data_type) or not shape or 0 in shape:
+            return None
+        path, offset, _ = self._external(tensor)
+        return FileTensor(path, offset, dtype, shape)
+
     def _type(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         if name not in self._types:
             value = self._evaluate(name)
@@ -383,6 +398,44 @@ class TensorStore:
         if not shape or 0 in shape:
             return np.zeros(shape, dtype)
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+class FileTensor:
+    """A tensor stored in a file (``shape`` items of ``dtype`` from byte ``offset``), read in
+    chunks by :meth:`chunks` or whole by ``numpy.asarray``. Holds no data and no open file."""
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...]):
+        self.path, self.offset, self.dtype, self.shape = Path(path), int(offset), np.dtype(dtype), tuple(shape)
+        self.size = int(np.prod(shape, dtype=np.int64))
+        self.ndim = len(shape)
+
+    def chunks(self, size: int):
+        """Flat float32 chunks of at most ``size`` elements, in order. Each chunk is a view of one
+        reused buffer: it is valid until the next one is produced (copy it to keep it).
+        Raises MpqError where the file ends early."""
+        items = max(1, min(size, self.size))
+        raw = np.empty(items, self.dtype)
+        converted = raw if self.dtype == np.float32 else np.empty(items, np.float32)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset)
+            for start in range(0, self.size, items):
+                n = min(items, self.size - start)
+                view = memoryview(raw[:n]).cast("B")
+                got = f.readinto(view)
+                while got and got < len(view):  # a short read: read the rest
+                    more = f.readinto(view[got:])
+                    got += more or 0
+                    if not more:
+                        break
+                if got != len(view):
+                    raise MpqError(f"{self.path}: ends inside a tensor's data; copy the file again")
+                if converted is not raw:
+                    np.copyto(converted[:n], raw[:n], casting="unsafe")
+                yield converted[:n]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset).reshape(self.shape)
+        return values if dtype is None else values.astype(dtype, copy=False)
 
 
 def _bits(data_type: int) -> int:

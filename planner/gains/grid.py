@@ -16,20 +16,39 @@ def qrange(bits: int) -> tuple[int, int]:
     return 2 ** (bits - 1), 2 ** (bits - 1) - 1 if bits > 1 else 0
 
 
-def chunks(values: np.ndarray, size: int | None = None):
-    """Flat float32 chunks of ``values`` (a view where the data already is float32)."""
+def chunks(values, size: int | None = None):
+    """Flat float32 chunks of ``values`` in order (views where the data already is float32).
+    ``values`` is an array or a source with a ``chunks(size)`` method (e.g.
+    :class:`planner.onnxfile.FileTensor`), whose chunks may share one buffer: use each chunk
+    before asking for the next."""
     size = size or CHUNK
-    flat = values.reshape(-1)
+    if hasattr(values, "chunks"):
+        yield from values.chunks(size)
+        return
+    flat = np.asarray(values).reshape(-1)
     for start in range(0, flat.size, size):
         yield np.asarray(flat[start:start + size], dtype=np.float32)
 
 
-def mean_abs(values: np.ndarray) -> float:
-    total, buffer = 0.0, None
+def mean_abs(values) -> float:
+    """mean(|w|) of an array or chunk source (see :func:`chunks`): per chunk of CHUNK weights a
+    float32 (pairwise) sum of |w|, the chunks' sums added in order in float64. The whole chunks of
+    a float32 array are summed 4 at a time (the same sums, fewer calls)."""
+    count, total, buffer = values.size, 0.0, None
+    flat = None if hasattr(values, "chunks") else np.asarray(values).reshape(-1)
+    if flat is not None and flat.dtype == np.float32 and flat.size >= CHUNK:
+        whole = flat.size // CHUNK
+        table = flat[:whole * CHUNK].reshape(whole, CHUNK)
+        block = np.empty((min(4, whole), CHUNK), np.float32)  # 1 MB of |w|, in L2
+        for start in range(0, whole, len(block)):
+            rows = table[start:start + len(block)]
+            for row_sum in np.add.reduce(np.abs(rows, out=block[:len(rows)]), axis=1).tolist():
+                total += row_sum
+        values = flat[whole * CHUNK:]
     for chunk in chunks(values):
         buffer = np.empty_like(chunk) if buffer is None or buffer.shape != chunk.shape else buffer
         total += float(np.abs(chunk, out=buffer).sum())  # float32 pairwise sum per chunk
-    return total / max(values.size, 1)
+    return total / max(count, 1)
 
 
 def lsq_step(mean_absolute: float, bits: int) -> float:
@@ -37,8 +56,9 @@ def lsq_step(mean_absolute: float, bits: int) -> float:
     return 2 * mean_absolute / np.sqrt(max(qrange(bits)[1], 1))
 
 
-def level_counts(values: np.ndarray, steps: dict[int, float | np.ndarray]) -> dict[int, np.ndarray]:
+def level_counts(values, steps: dict[int, float | np.ndarray]) -> dict[int, np.ndarray]:
     """Histogram over the 2^b levels at every (bits, step) with 1 <= b <= 16, in one pass.
+    ``values``: an array or a chunk source (see :func:`chunks`).
 
     Level of w: clip(floor(w / step + 1/2), -Q_N, Q_P), i.e. rounding half up (it differs from
     round-half-even only for weights exactly half way between two levels), computed in float32 as
@@ -56,8 +76,7 @@ def level_counts(values: np.ndarray, steps: dict[int, float | np.ndarray]) -> di
         whole = np.asarray(values, dtype=np.float32)
         grids = [(b, (whole / np.asarray(s, dtype=np.float32)).reshape(-1), np.float32(1.0)) for b, s in steps.items()]
     else:
-        flat = values.reshape(-1)
-        grids = [(b, flat, np.float32(1.0 / float(s))) for b, s in steps.items()]
+        grids = [(b, values, np.float32(1.0 / float(s))) for b, s in steps.items()]
     counts = {b: np.zeros(2 ** b, dtype=np.int64) for b in steps}
     for pack in _packs(sorted(grids, key=lambda g: g[0])):
         _count_packed(pack, counts)
@@ -76,19 +95,27 @@ def _packs(grids: list[tuple]) -> list[list[tuple]]:
 
 
 def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray]) -> None:
-    """Add to ``counts`` the levels of ``grids`` [(bits, flat values, float32 1/step)], whose
-    2^bits multiply to at most 2^16, reading the values once in chunks of SORT_CHUNK."""
+    """Add to ``counts`` the levels of ``grids`` [(bits, values, float32 1/step)], whose 2^bits
+    multiply to at most 2^16, reading each distinct ``values`` once in chunks of SORT_CHUNK.
+
+    Each chunk's packed keys are sorted and the length of every run of equal keys is added to a
+    histogram of the keys (2^(sum of bits) counts); each grid's counts are that histogram summed
+    over the other grids' digits, once per tensor."""
     total = grids[0][1].size
     size = min(SORT_CHUNK, max(total, 1))
+    sources = list({id(values): values for _, values, _ in grids}.values())
+    slot = [next(k for k, v in enumerate(sources) if v is values) for _, values, _ in grids]
+    by_key = np.zeros(1 << sum(bits for bits, *_ in grids), dtype=np.int64)
     y, key, index = np.empty(size, np.float32), np.empty(size, np.uint16), np.empty(size, np.uint16)
-    for start in range(0, total, size):
-        n = min(size, total - start)
+    differs = np.empty(size, np.bool_)
+    for chunk in zip(*(chunks(values, size) for values in sources)):
+        n = chunk[0].size
         y_n, key_n, index_n = y[:n], key[:n], index[:n]
         place = 1
-        for bits, flat, inverse in grids:
-            np.multiply(flat[start:start + n], inverse, out=y_n, dtype=np.float32)
+        for (bits, _, inverse), k in zip(grids, slot):
+            np.multiply(chunk[k], inverse, out=y_n, dtype=np.float32)
             y_n += np.float32(qrange(bits)[0] + 0.5)
-            np.clip(y_n, 0, 2 ** bits - 0.5, out=y_n)
+            np.clip(y_n, np.float32(0), np.float32(2 ** bits - 0.5), out=y_n)
             np.copyto(key_n if place == 1 else index_n, y_n, casting="unsafe")  # truncation = floor for y >= 0
             if place > 1:
                 index_n *= np.uint16(place)
@@ -96,13 +123,12 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray]) -> None:
             place <<= bits
         ordered = key_n.view(np.int16)
         ordered.sort()  # equal keys end up adjacent (in int16 order; the order is irrelevant)
-        starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        runs = np.diff(starts, prepend=0, append=n)
-        keys = key_n[np.append(0, starts)].astype(np.int64)
-        place = 1
-        for bits, *_ in grids:
-            np.add.at(counts[bits], (keys // place) % (1 << bits), runs)
-            place <<= bits
+        edges = np.flatnonzero(np.not_equal(ordered[1:], ordered[:-1], out=differs[:n - 1]))
+        edges = np.concatenate(([0], edges + 1, [n]))
+        by_key[key_n[edges[:-1]]] += np.diff(edges)  # the keys at run starts are distinct
+    digits = by_key.reshape([1 << bits for bits, *_ in reversed(grids)])  # the last grid is the leading axis
+    for axis, (bits, *_) in enumerate(reversed(grids)):
+        counts[bits] += digits.sum(axis=tuple(a for a in range(len(grids)) if a != axis))
 
 
 def entropy(counts: np.ndarray) -> float:
