@@ -16,11 +16,12 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import networkx as nx
+import numpy as np
 import onnx
 
 from .errors import MpqError
 from .onnxfile import TensorStore, read_model
-from .shapes import Shape, fix_input_shapes, infer_shapes, run_for_shapes
+from .shapes import _KEEP_ELEMENTS, Shape, fix_input_shapes, infer_shapes, run_for_shapes
 
 # op_type -> (index of the activation operand, index of the weight operand) for layers with
 # one weight; MatMul-like ops may have the weight on either side.
@@ -93,13 +94,37 @@ class Group:
     pinned_bits: int | None = None
 
 
+class _WhenRead:
+    """A dataclass field that may be given a zero-argument function instead of its value: the
+    first read calls it and keeps what it returns (the model's sha256, hashed on a background
+    thread while the graph is built and planned)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError(self.slot)  # no default value for the dataclass field
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class ModelInfo:
     path: str | None
-    sha256: str
+    sha256: str = _WhenRead()  # the hex digest; read it to wait for it
     opset: int
     producer: str
     input_shapes: dict[str, list[int]]
+
+    def __getstate__(self) -> dict:
+        """Pickled and copied with the digest itself (never the function that waits for it)."""
+        return {**self.__dict__, "_sha256": self.sha256}
 
 
 @dataclass
@@ -154,7 +179,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     (first) dimensions default to 1. ``pin_first`` / ``pin_last`` are the bits of the groups
     holding first / last layers (None: not pinned). Raises MpqError on any user-fixable problem.
     """
-    proto, base_dir, digest = read_model(model)
+    proto, base_dir, digest = read_model(model, lazy_digest=True)
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     graph = proto.graph
     tensors = TensorStore(graph, base_dir, where)
@@ -172,6 +197,14 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
         raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
+    if needed:  # first fold the small constants that decide the missing shapes, then measure the rest
+        folded = _fold_shape_constants(nodes, shapes, tensors, constant)
+        if folded:
+            shapes = infer_shapes(proto, fixed_inputs, where, elem_types, values=folded)
+            tensors.add_computed(producers, constant,
+                                 {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
+                                 list(proto.opset_import))
+            needed = [t for t in needed if shapes.get(t) is None]
     if needed:
         shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
     layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
@@ -184,6 +217,31 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     _pin(layers, groups, dag, nodes, graph, pin_first, pin_last)
     return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors, producers=producers,
                       metadata={p.key: p.value for p in proto.metadata_props})
+
+
+def _fold_shape_constants(nodes, shapes: dict, tensors: TensorStore, constant: set[str]) -> dict[str, np.ndarray]:
+    """Values of the computed integer constants of at most ``_KEEP_ELEMENTS`` elements that feed
+    a node whose outputs ONNX inference left without a static shape (an Expand's target shape made
+    by Where/ConstantOfShape, as transformers' exports have): with them, inference resolves what
+    would otherwise need a run of the whole model. Constants the reference evaluator cannot
+    compute are left out (the run measures those shapes)."""
+    folded: dict[str, np.ndarray] = {}
+    for node in nodes:
+        if all(shapes.get(o) is not None for o in node.output if o):
+            continue
+        for name in node.input:
+            if not name or name in folded or name not in constant or tensors.is_stored(name) or name not in tensors:
+                continue
+            shape = shapes.get(name)
+            if shape is None or int(np.prod(shape, dtype=np.int64)) > _KEEP_ELEMENTS:
+                continue
+            if not np.issubdtype(np.dtype(tensors.dtype(name)), np.integer):
+                continue
+            try:
+                folded[name] = np.asarray(tensors.array(name))
+            except MpqError:
+                continue
+    return folded
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,15 @@ from .errors import MpqError
 _HASH_CHUNK = 1 << 22
 
 
-def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None, str]:
+def read_model(model: str | os.PathLike | onnx.ModelProto, *,
+               lazy_digest: bool = False) -> tuple[onnx.ModelProto, Path | None, str | Callable[[], str]]:
     """Parse ``model`` (a path or a ModelProto) without loading external data.
 
     Returns the ModelProto, the folder that external data paths are relative to (None for a
     ModelProto given in memory) and the sha256 of the serialized model (the ``.onnx`` file's
-    bytes; external data files are not hashed). Initializers of a file whose ``raw_data`` is
+    bytes; external data files are not hashed). With ``lazy_digest`` the file is hashed on a
+    background thread while the caller goes on, and the digest comes as a function that waits
+    for it (raising MpqError where the file could not be read to the end). Initializers of a file whose ``raw_data`` is
     longer than ``_LEAVE_IN_FILE`` bytes come back as external data pointing into the file itself,
     so parsing costs the memory of the graph, not of the weights. Raises MpqError for a missing, unreadable or
     non-ONNX file.
@@ -43,7 +47,7 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     if path.is_dir():
         raise MpqError(f"{path}: is a folder; give the path of an .onnx model file")
     try:
-        digest = _sha256(path)
+        digest = _sha256_in_background(path) if lazy_digest else _sha256(path)
         data = _lean_bytes(path)
         if data is None:
             data = path.read_bytes()
@@ -67,6 +71,38 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sha256_in_background(path: Path) -> Callable[[], str]:
+    """Start hashing ``path`` on a daemon thread (hashlib releases the GIL while it hashes);
+    returns a function that waits for the hex digest. Raises OSError where the file cannot be
+    opened; the function raises MpqError where reading it failed later."""
+    import threading
+
+    handle = open(path, "rb")
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        digest = hashlib.sha256()
+        try:
+            with handle:
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+            result["digest"] = digest.hexdigest()
+        except OSError as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=work, name="mpq-sha256", daemon=True)
+    thread.start()
+
+    def wait() -> str:
+        thread.join()
+        if "error" in result:
+            error = result["error"]
+            raise MpqError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})")
+        return str(result["digest"])
+
+    return wait
 
 
 # Initializers whose raw_data is longer than this stay in the file and are parsed as external
