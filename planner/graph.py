@@ -21,7 +21,7 @@ import onnx
 
 from .errors import MpqError
 from .onnxfile import TensorStore, read_model
-from .shapes import _KEEP_ELEMENTS, Shape, fix_input_shapes, infer_shapes, run_for_shapes
+from .shapes import Shape, fix_input_shapes, infer_shapes, run_for_shapes
 
 # op_type -> (index of the activation operand, index of the weight operand) for layers with
 # one weight; MatMul-like ops may have the weight on either side.
@@ -198,7 +198,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     if needed:  # first fold the small constants that decide the missing shapes, then measure the rest
-        folded = _fold_shape_constants(nodes, shapes, tensors, constant)
+        folded = _fold_shape_constants(nodes, shapes, tensors, constant, producers)
         if folded:
             shapes = infer_shapes(proto, fixed_inputs, where, elem_types, values=folded)
             tensors.add_computed(producers, constant,
@@ -219,11 +219,19 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
                       metadata={p.key: p.value for p in proto.metadata_props})
 
 
-def _fold_shape_constants(nodes, shapes: dict, tensors: TensorStore, constant: set[str]) -> dict[str, np.ndarray]:
-    """Values of the computed integer constants of at most ``_KEEP_ELEMENTS`` elements that feed
-    a node whose outputs ONNX inference left without a static shape (an Expand's target shape made
+# Shape operands (Reshape/Expand/Tile shapes, Slice bounds, Pad pads, ...) are scalars or vectors of
+# at most this many elements.
+_SHAPE_ELEMENTS = 64
+
+
+def _fold_shape_constants(nodes, shapes: dict, tensors: TensorStore, constant: set[str],
+                          producers: dict) -> dict[str, np.ndarray]:
+    """Values of the computed integer constants shaped like shape operands (scalars and vectors of
+    at most ``_SHAPE_ELEMENTS`` elements) that feed a node whose outputs ONNX inference left without
+    a static shape (an Expand's target shape made
     by Where/ConstantOfShape, as transformers' exports have): with them, inference resolves what
-    would otherwise need a run of the whole model. Constants the reference evaluator cannot
+    would otherwise need a run of the whole model. They are computed with numpy where their ops
+    allow (:func:`_numpy_value`), else by ONNX's reference evaluator; constants neither can
     compute are left out (the run measures those shapes)."""
     folded: dict[str, np.ndarray] = {}
     for node in nodes:
@@ -233,15 +241,58 @@ def _fold_shape_constants(nodes, shapes: dict, tensors: TensorStore, constant: s
             if not name or name in folded or name not in constant or tensors.is_stored(name) or name not in tensors:
                 continue
             shape = shapes.get(name)
-            if shape is None or int(np.prod(shape, dtype=np.int64)) > _KEEP_ELEMENTS:
+            if shape is None or len(shape) > 1 or int(np.prod(shape, dtype=np.int64)) > _SHAPE_ELEMENTS:
                 continue
             if not np.issubdtype(np.dtype(tensors.dtype(name)), np.integer):
                 continue
+            value = _numpy_value(name, producers, tensors, {})
             try:
-                folded[name] = np.asarray(tensors.array(name))
+                folded[name] = value if value is not None else np.asarray(tensors.array(name))
             except MpqError:
                 continue
     return folded
+
+
+# The ops that build shape tensors from constants in exporters' graphs, evaluated with numpy
+# (ONNX semantics for opset 13 and later); a constant computed by any other op goes to ONNX's
+# reference evaluator (TensorStore.array).
+_NUMPY_OPS = {
+    "Add": lambda a, b: np.add(a, b), "Sub": lambda a, b: np.subtract(a, b), "Mul": lambda a, b: np.multiply(a, b),
+    "Equal": lambda a, b: np.equal(a, b), "Where": lambda c, a, b: np.where(c, a, b), "Identity": lambda a: a,
+}
+
+
+def _numpy_value(name: str, producers: dict, tensors: TensorStore, cache: dict) -> np.ndarray | None:
+    """The value of the constant ``name`` computed with numpy from stored tensors through Constant,
+    ConstantOfShape, Cast, Concat, Unsqueeze and the ops in ``_NUMPY_OPS``; None where another op
+    (or an opset before 13) is on the way."""
+    if name in cache:
+        return cache[name]
+    if tensors.is_stored(name):
+        return np.asarray(tensors.array(name))
+    node = producers.get(name)
+    if node is None or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    inputs = [_numpy_value(i, producers, tensors, cache) for i in node.input if i]
+    if any(v is None for v in inputs) or len(inputs) != len(node.input):
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in _NUMPY_OPS:
+        value = _NUMPY_OPS[node.op_type](*inputs)
+    elif node.op_type == "ConstantOfShape" and len(inputs) == 1:
+        fill = onnx.numpy_helper.to_array(attrs["value"]).reshape(-1) if "value" in attrs else np.zeros(1, np.float32)
+        value = np.full([int(d) for d in inputs[0]], fill[0], dtype=fill.dtype)
+    elif node.op_type == "Cast" and len(inputs) == 1 and "saturate" not in attrs:
+        value = inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    elif node.op_type == "Concat" and inputs:
+        value = np.concatenate(inputs, axis=attrs["axis"])
+    elif node.op_type == "Unsqueeze" and len(inputs) == 2:  # opset 13+: the axes are an input
+        rank = inputs[0].ndim + inputs[1].size
+        value = np.expand_dims(inputs[0], tuple(sorted(int(a) % rank for a in inputs[1].reshape(-1))))
+    else:
+        return None
+    cache[name] = np.asarray(value)
+    return cache[name]
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
