@@ -117,8 +117,7 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
 def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str,
                       learned: dict[int, float] | None) -> tuple[dict[int, float] | None, str | None]:
     """Entropies of one layer's weights and how its step was chosen."""
-    layer = graph.layer(name)
-    view = layer_weights(graph, layer)
+    view = layer_weights(graph, graph.layer(name), stream=step != "mse")  # read once, front to back
     if view is None:
         return None, None
     if view.scale is not None and step == "auto" and not learned:
@@ -126,8 +125,6 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
         return (layer_entropies(values, needed, step=step, model_step=np.asarray(1.0), model_bits=view.model_bits),
                 f"model scale ({view.model_bits}-bit grid)")
     values = view.values if view.scale is None else view.values * view.scale
-    if view.scale is None and step != "mse":  # read front to back: from its file where it is in one
-        values = graph.tensors.stream(layer.weight) or values
     how = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
     return layer_entropies(values, needed, step=step, learned=learned), how
 
