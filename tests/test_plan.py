@@ -116,6 +116,25 @@ def test_weights_streamed_from_the_file_equal_onnx_load(exported, monkeypatch):
     assert all(np.array_equal(from_file[b], from_array[b]) for b in steps)
 
 
+def test_level_counts_skip_clipping_only_where_the_peak_fits():
+    """Given max |w| (grid.abs_stats), a grid on which +-peak land inside the levels is counted
+    without clipping: the counts equal the definition whether the peak fits, sits exactly on the
+    top level's edge, or overflows (then the grid is clipped)."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_t(3, size=300_007) * 0.02).astype(np.float32)
+    mean, peak = grid.abs_stats(w)
+    assert mean == grid.mean_abs(w) and peak == float(np.abs(w).max())
+    qn8 = 2 ** 7
+    exact_top = float(peak / np.float32(qn8 - 1))  # step where peak lands on level 127's upper edge or near it
+    for steps in ({4: 0.3 * peak, 8: 2 * peak / 250}, {8: exact_top}, {2: peak / 10, 8: peak / 300}):
+        counts = grid.level_counts(w, steps, peak=peak)
+        for b, step in steps.items():
+            assert (counts[b] == direct_counts(w, step, b)).all(), (steps, b)
+    nan = w.copy()
+    nan[7] = np.nan
+    assert np.isnan(grid.abs_stats(nan)[1])
+
+
 def test_sixteen_bit_entropy_in_linear_memory(exported):
     """A 16-bit grid: EAGL's entropies equal a direct computation, and counting 2M weights
     allocates a few MB (the chunk buffers and 2^16 counts), not a table per level pair."""
