@@ -524,7 +524,7 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between, gains_names, st
     plans.validate(doc)
     with together(output, csv_path) as (plan_tmp, csv_tmp):
         if output:
-            plans.write_plan(doc, plan_tmp)
+            plans.write_plan(doc, plan_tmp, validated=True)  # validated just above
         if csv_path:
             plans.write_bitmap(doc, csv_tmp)
     if as_json:

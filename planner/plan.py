@@ -77,9 +77,10 @@ def plan_json(doc: dict) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-def write_plan(doc: dict, path: str | Path) -> None:
-    """Validate and write atomically."""
-    validate(doc)
+def write_plan(doc: dict, path: str | Path, *, validated: bool = False) -> None:
+    """Validate (unless the caller just did: ``validated``) and write atomically."""
+    if not validated:
+        validate(doc)
     write_text(path, plan_json(doc))
 
 
