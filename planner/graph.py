@@ -197,14 +197,19 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
         raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
-    if needed:  # first fold the small constants that decide the missing shapes, then measure the rest
-        folded = _fold_shape_constants(nodes, shapes, tensors, constant, producers)
-        if folded:
-            shapes = infer_shapes(proto, fixed_inputs, where, elem_types, values=folded)
-            tensors.add_computed(producers, constant,
-                                 {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
-                                 list(proto.opset_import))
-            needed = [t for t in needed if shapes.get(t) is None]
+    folded: dict[str, np.ndarray] = {}
+    for _ in range(8):  # first fold the shape operands that decide the missing shapes (each fold may
+        if not needed:  # resolve shapes that decide further operands), then measure the rest
+            break
+        more = _fold_shape_constants(nodes, shapes, elem_types, tensors, constant, producers)
+        if not more.keys() - folded.keys():
+            break
+        folded.update(more)
+        shapes = infer_shapes(proto, fixed_inputs, where, elem_types, values=folded)
+        tensors.add_computed(producers, constant,
+                             {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
+                             list(proto.opset_import))
+        needed = [t for t in needed if shapes.get(t) is None]
     if needed:
         shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
     layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
@@ -224,71 +229,105 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
 _SHAPE_ELEMENTS = 64
 
 
-def _fold_shape_constants(nodes, shapes: dict, tensors: TensorStore, constant: set[str],
+def _fold_shape_constants(nodes, shapes: dict, elem_types: dict, tensors: TensorStore, constant: set[str],
                           producers: dict) -> dict[str, np.ndarray]:
-    """Values of the computed integer constants shaped like shape operands (scalars and vectors of
-    at most ``_SHAPE_ELEMENTS`` elements) that feed a node whose outputs ONNX inference left without
-    a static shape (an Expand's target shape made
-    by Where/ConstantOfShape, as transformers' exports have): with them, inference resolves what
-    would otherwise need a run of the whole model. They are computed with numpy where their ops
-    allow (:func:`_numpy_value`), else by ONNX's reference evaluator; constants neither can
-    compute are left out (the run measures those shapes)."""
+    """Values of the integer shape operands (scalars and vectors of at most ``_SHAPE_ELEMENTS``
+    elements) that feed a node whose outputs ONNX inference left without a static shape and that
+    follow from constants and the static shapes of other tensors: an Expand's target made by
+    Where/ConstantOfShape, a Slice bound made from Shape(input_ids), as transformers' exports have.
+    With them inference resolves what would otherwise need a run of the whole model. They are
+    computed with numpy where their ops allow (:func:`_numpy_value`), else, for constants, by
+    ONNX's reference evaluator; the others are left out (the run measures those shapes)."""
     folded: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray | None] = {}
     for node in nodes:
         if all(shapes.get(o) is not None for o in node.output if o):
             continue
         for name in node.input:
-            if not name or name in folded or name not in constant or tensors.is_stored(name) or name not in tensors:
+            if not name or name in folded or tensors.is_stored(name):
                 continue
-            shape = shapes.get(name)
+            shape, elem = shapes.get(name), elem_types.get(name, 0)
             if shape is None or len(shape) > 1 or int(np.prod(shape, dtype=np.int64)) > _SHAPE_ELEMENTS:
                 continue
-            if not np.issubdtype(np.dtype(tensors.dtype(name)), np.integer):
+            if not elem or not np.issubdtype(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)), np.integer):
                 continue
-            value = _numpy_value(name, producers, tensors, {})
-            try:
-                folded[name] = value if value is not None else np.asarray(tensors.array(name))
-            except MpqError:
-                continue
+            value = _numpy_value(name, producers, tensors, shapes, cache)
+            if value is None and name in constant and name in tensors:
+                try:
+                    value = np.asarray(tensors.array(name))
+                except MpqError:
+                    continue
+            if value is not None and value.shape == tuple(shape):
+                folded[name] = value
     return folded
 
 
-# The ops that build shape tensors from constants in exporters' graphs, evaluated with numpy
-# (ONNX semantics for opset 13 and later); a constant computed by any other op goes to ONNX's
-# reference evaluator (TensorStore.array).
+# The elementwise ops that build shape operands in exporters' graphs, evaluated with numpy; see
+# _numpy_value for the others.
 _NUMPY_OPS = {
     "Add": lambda a, b: np.add(a, b), "Sub": lambda a, b: np.subtract(a, b), "Mul": lambda a, b: np.multiply(a, b),
     "Equal": lambda a, b: np.equal(a, b), "Where": lambda c, a, b: np.where(c, a, b), "Identity": lambda a: a,
 }
 
 
-def _numpy_value(name: str, producers: dict, tensors: TensorStore, cache: dict) -> np.ndarray | None:
-    """The value of the constant ``name`` computed with numpy from stored tensors through Constant,
-    ConstantOfShape, Cast, Concat, Unsqueeze and the ops in ``_NUMPY_OPS``; None where another op
-    (or an opset before 13) is on the way."""
+def _numpy_value(name: str, producers: dict, tensors: TensorStore, shapes: dict, cache: dict) -> np.ndarray | None:
+    """The value of ``name`` computed with numpy (ONNX semantics, opset 13 and later) from stored
+    tensors of at most 4096 elements and from the static ``shapes`` of others, through Shape,
+    Constant, ConstantOfShape, Cast, Concat, Gather, Reshape, Slice (positive steps), Squeeze, Unsqueeze and
+    the ops in ``_NUMPY_OPS``; None where anything else is on the way (cached in ``cache``)."""
     if name in cache:
         return cache[name]
+    cache[name] = None  # also guards against cycles
     if tensors.is_stored(name):
-        return np.asarray(tensors.array(name))
+        if tensors.size(name) > 4096:
+            return None
+        cache[name] = np.asarray(tensors.array(name))
+        return cache[name]
     node = producers.get(name)
     if node is None or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
         return None
-    inputs = [_numpy_value(i, producers, tensors, cache) for i in node.input if i]
-    if any(v is None for v in inputs) or len(inputs) != len(node.input):
-        return None
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type in _NUMPY_OPS:
-        value = _NUMPY_OPS[node.op_type](*inputs)
-    elif node.op_type == "ConstantOfShape" and len(inputs) == 1:
+    if node.op_type == "Shape":  # needs the input's shape only
+        known = shapes.get(node.input[0])
+        if known is None:
+            return None
+        cache[name] = np.array(known[attrs.get("start", 0):attrs.get("end", len(known))], dtype=np.int64)
+        return cache[name]
+    inputs = [_numpy_value(i, producers, tensors, shapes, cache) if i else None for i in node.input]
+    if any(v is None for v in inputs):
+        return None
+    op = node.op_type
+    if op in _NUMPY_OPS:
+        value = _NUMPY_OPS[op](*inputs)
+    elif op == "ConstantOfShape" and len(inputs) == 1:
         fill = onnx.numpy_helper.to_array(attrs["value"]).reshape(-1) if "value" in attrs else np.zeros(1, np.float32)
         value = np.full([int(d) for d in inputs[0]], fill[0], dtype=fill.dtype)
-    elif node.op_type == "Cast" and len(inputs) == 1 and "saturate" not in attrs:
+    elif op == "Cast" and len(inputs) == 1 and "saturate" not in attrs:
         value = inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
-    elif node.op_type == "Concat" and inputs:
+    elif op == "Concat" and inputs:
         value = np.concatenate(inputs, axis=attrs["axis"])
-    elif node.op_type == "Unsqueeze" and len(inputs) == 2:  # opset 13+: the axes are an input
+    elif op == "Gather" and len(inputs) == 2:
+        value = np.take(inputs[0], inputs[1], axis=attrs.get("axis", 0))
+    elif op == "Unsqueeze" and len(inputs) == 2:  # opset 13+: the axes are an input
         rank = inputs[0].ndim + inputs[1].size
         value = np.expand_dims(inputs[0], tuple(sorted(int(a) % rank for a in inputs[1].reshape(-1))))
+    elif op == "Squeeze" and len(inputs) == 2:  # opset 13+
+        value = np.squeeze(inputs[0], tuple(int(a) % inputs[0].ndim for a in inputs[1].reshape(-1)))
+    elif op == "Reshape" and len(inputs) == 2:  # 0 copies the input's dimension unless allowzero
+        target = [int(d) for d in inputs[1].reshape(-1)]
+        if not attrs.get("allowzero", 0):
+            target = [inputs[0].shape[k] if d == 0 else d for k, d in enumerate(target)]
+        value = np.reshape(inputs[0], target)
+    elif op == "Slice" and 3 <= len(inputs) <= 5:  # opset 10+: bounds are inputs
+        data = inputs[0]
+        axes = inputs[3].reshape(-1) if len(inputs) > 3 else np.arange(len(inputs[1].reshape(-1)))
+        steps = inputs[4].reshape(-1) if len(inputs) > 4 else np.ones(len(axes), np.int64)
+        if (steps <= 0).any():  # negative steps clamp differently from Python slices
+            return None
+        index = [slice(None)] * data.ndim
+        for start, stop, axis, step in zip(inputs[1].reshape(-1), inputs[2].reshape(-1), axes, steps):
+            index[int(axis) % data.ndim] = slice(int(start), int(stop), int(step))
+        value = data[tuple(index)]
     else:
         return None
     cache[name] = np.asarray(value)

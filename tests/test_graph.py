@@ -261,11 +261,13 @@ def test_a_model_reached_through_a_symbolic_link(exported, tmp_path):
     assert np.array_equal(graph.tensors.array(first), load_graph(exported("resnet18")).tensors.array(first))
 
 
-def test_transformers_bert_shapes_need_no_onnxruntime_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_transformers_bert_shapes_need_no_onnxruntime_run(tmp_path, monkeypatch, dynamic):
     """transformers' BERT with an attention mask builds the Expand shapes of its embeddings and
-    mask from Where/ConstantOfShape on constants, which ONNX inference alone does not follow:
-    mpq folds those small constants and infers every layer's shape without running the model
-    (onnxruntime's run is made to fail here). The MACs equal the architecture's arithmetic."""
+    mask from Where/ConstantOfShape on constants and, exported with dynamic axes, its Slice bounds
+    from Shape(input_ids): ONNX inference alone follows neither. mpq folds those shape operands
+    and infers every layer's shape without running the model (onnxruntime's run is made to fail
+    here). The MACs equal the architecture's arithmetic."""
     import onnxruntime
     import torch
     from transformers import BertConfig, BertModel
@@ -287,15 +289,17 @@ def test_transformers_bert_shapes_need_no_onnxruntime_run(tmp_path, monkeypatch)
     seq = 16
     mask = torch.ones(1, seq, dtype=torch.long)
     mask[0, 12:] = 0
+    names = ["input_ids", "attention_mask"]
+    axes = {"dynamic_axes": {n: {0: "batch", 1: "seq"} for n in names}, "opset_version": 17} if dynamic else {}
     with torch.no_grad():
         path = export(LastHidden(bert), (torch.randint(0, 100, (1, seq)), mask), tmp_path / "bert.onnx", "torchscript",
-                      input_names=["input_ids", "attention_mask"])
+                      input_names=names, **axes)
 
     def no_run(*args, **kwargs):
         raise AssertionError("the model was run to measure shapes")
 
     monkeypatch.setattr(onnxruntime.InferenceSession, "run", no_run)
-    graph = load_graph(path)
+    graph = load_graph(path, {n: (1, seq) for n in names})
     hidden, ffn, heads = 32, 64, 4
     dense, attention = seq * hidden * hidden, heads * seq * seq * (hidden // heads)
     expected = {"attention/self/query/MatMul": dense, "attention/self/key/MatMul": dense,
