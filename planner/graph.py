@@ -251,7 +251,10 @@ def _fold_shape_constants(nodes, shapes: dict, elem_types: dict, tensors: Tensor
                 continue
             if not elem or not np.issubdtype(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)), np.integer):
                 continue
-            value = _numpy_value(name, producers, tensors, shapes, cache)
+            try:
+                value = _numpy_value(name, producers, tensors, shapes, cache)
+            except (ValueError, IndexError, TypeError, KeyError):  # operands numpy refuses: measured instead
+                value = None
             if value is None and name in constant and name in tensors:
                 try:
                     value = np.asarray(tensors.array(name))
