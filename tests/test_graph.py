@@ -259,3 +259,68 @@ def test_a_model_reached_through_a_symbolic_link(exported, tmp_path):
     assert graph.to_json()["layers"] == load_graph(exported("resnet18")).to_json()["layers"]
     first = graph.layers[0].weight
     assert np.array_equal(graph.tensors.array(first), load_graph(exported("resnet18")).tensors.array(first))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_transformers_bert_shapes_need_no_onnxruntime_run(tmp_path, monkeypatch, dynamic):
+    """transformers' BERT with an attention mask builds the Expand shapes of its embeddings and
+    mask from Where/ConstantOfShape on constants and, exported with dynamic axes, its Slice bounds
+    from Shape(input_ids): ONNX inference alone follows neither. mpq folds those shape operands
+    and infers every layer's shape without running the model (onnxruntime's run is made to fail
+    here). The MACs equal the architecture's arithmetic."""
+    import onnxruntime
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from conftest import export
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    bert = BertModel(config, add_pooling_layer=False).eval()
+    seq = 16
+    mask = torch.ones(1, seq, dtype=torch.long)
+    mask[0, 12:] = 0
+    names = ["input_ids", "attention_mask"]
+    axes = {"dynamic_axes": {n: {0: "batch", 1: "seq"} for n in names}, "opset_version": 17} if dynamic else {}
+    with torch.no_grad():
+        path = export(LastHidden(bert), (torch.randint(0, 100, (1, seq)), mask), tmp_path / "bert.onnx", "torchscript",
+                      input_names=names, **axes)
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the model was run to measure shapes")
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", no_run)
+    graph = load_graph(path, {n: (1, seq) for n in names})
+    hidden, ffn, heads = 32, 64, 4
+    dense, attention = seq * hidden * hidden, heads * seq * seq * (hidden // heads)
+    expected = {"attention/self/query/MatMul": dense, "attention/self/key/MatMul": dense,
+                "attention/self/value/MatMul": dense, "attention/self/MatMul": attention,  # Q K^T
+                "attention/self/MatMul_1": attention, "attention/output/dense/MatMul": dense,  # P V
+                "intermediate/dense/MatMul": seq * hidden * ffn, "output/dense/MatMul": seq * ffn * hidden}
+    names = [l.name.split("/", 4)[-1] for l in graph.layers]  # /inner/encoder/layer.N/<name>
+    assert names == list(expected) * 2
+    assert [l.macs for l in graph.layers] == list(expected.values()) * 2
+
+
+def test_model_digest_hashed_in_the_background_is_the_file_sha256(exported):
+    """load_graph hashes the file on a background thread: the digest, read later, pickled or
+    copied, is hashlib's sha256 of the file's bytes."""
+    import copy
+    import hashlib
+    import pickle
+
+    path = exported("resnet18")
+    graph = load_graph(path)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert pickle.loads(pickle.dumps(graph.model)).sha256 == expected
+    assert graph.model.sha256 == copy.deepcopy(graph.model).sha256 == expected
+    assert graph.to_json()["model"]["sha256"] == expected

@@ -90,6 +90,51 @@ def test_level_counts_of_real_weights_equal_a_direct_count(exported):
     assert all((counts[b] == direct_counts(tail, s, b)).all() for b, s in {2: 0.7, 4: 0.2, 8: 0.01, 16: 1e-4}.items())
 
 
+def test_weights_streamed_from_the_file_equal_onnx_load(exported, monkeypatch):
+    """A large initializer is read from the .onnx file in chunks (planner.onnxfile.FileTensor):
+    the chunks, the whole read and mean |w| equal onnx.load's array and the definition of
+    mean_abs (float32 sum per CHUNK weights, chunks added in float64), at chunk sizes that do and
+    do not divide the tensor; level counts from the stream equal those of the array."""
+    path = exported("resnet18")
+    graph = load_graph(path)
+    weights = onnx_weights(path)
+    layer = max((l for l in graph.layers if l.weight), key=lambda l: l.params)
+    stream = graph.tensors.stream(layer.weight)
+    expected = weights[layer.weight]
+    assert stream is not None and stream.size == expected.size
+    for size in (4096, 4093, 1 << 20):
+        monkeypatch.setattr(grid, "CHUNK", size)
+        assert np.array_equal(np.concatenate([c.copy() for c in grid.chunks(stream)]), expected.reshape(-1))
+        flat = expected.reshape(-1)
+        definition = 0.0
+        for start in range(0, flat.size, size):
+            definition += float(np.abs(flat[start:start + size]).sum(dtype=np.float32))
+        assert grid.mean_abs(stream) == grid.mean_abs(expected) == definition / flat.size
+    assert np.array_equal(np.asarray(stream), expected)
+    steps = {2: 0.05, 4: 0.01, 8: 0.001}
+    from_file, from_array = grid.level_counts(stream, steps), grid.level_counts(expected, steps)
+    assert all(np.array_equal(from_file[b], from_array[b]) for b in steps)
+
+
+def test_level_counts_skip_clipping_only_where_the_peak_fits():
+    """Given max |w| (grid.abs_stats), a grid on which +-peak land inside the levels is counted
+    without clipping: the counts equal the definition whether the peak fits, sits exactly on the
+    top level's edge, or overflows (then the grid is clipped)."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_t(3, size=300_007) * 0.02).astype(np.float32)
+    mean, peak = grid.abs_stats(w)
+    assert mean == grid.mean_abs(w) and peak == float(np.abs(w).max())
+    qn8 = 2 ** 7
+    exact_top = float(peak / np.float32(qn8 - 1))  # step where peak lands on level 127's upper edge or near it
+    for steps in ({4: 0.3 * peak, 8: 2 * peak / 250}, {8: exact_top}, {2: peak / 10, 8: peak / 300}):
+        counts = grid.level_counts(w, steps, peak=peak)
+        for b, step in steps.items():
+            assert (counts[b] == direct_counts(w, step, b)).all(), (steps, b)
+    nan = w.copy()
+    nan[7] = np.nan
+    assert np.isnan(grid.abs_stats(nan)[1])
+
+
 def test_sixteen_bit_entropy_in_linear_memory(exported):
     """A 16-bit grid: EAGL's entropies equal a direct computation, and counting 2M weights
     allocates a few MB (the chunk buffers and 2^16 counts), not a table per level pair."""

@@ -58,7 +58,7 @@ def plan(model, hw_name, cost_model, lut, budget_texts, between_text, gains_name
                            gains=gains_names[0] if gains_names else "eagl",
                            gain_options=gain_options(step, mode, weighting, seed), method=method,
                            time_limit_s=time_limit, timings=timings, force=force)
-    write_plan_files(result.doc, output, csv_path)
+    write_plan_files(result.doc, output, csv_path, validated=True)  # pipeline.plan validated it
     if as_json:
         click.echo(plan_json(result.doc), nl=False)
         return

@@ -73,20 +73,23 @@ def plan_json(doc: dict) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-def write_plan(doc: dict, path: str | Path) -> None:
-    """Validate and write atomically."""
-    validate(doc)
+def write_plan(doc: dict, path: str | Path, *, validated: bool = False) -> None:
+    """Validate (unless the caller just did: ``validated``) and write atomically."""
+    if not validated:
+        validate(doc)
     write_text(path, plan_json(doc))
 
 
-def write_plan_files(doc: dict, plan_path: str | Path | None, bitmap_path: str | Path | None) -> None:
+def write_plan_files(doc: dict, plan_path: str | Path | None, bitmap_path: str | Path | None, *,
+                     validated: bool = False) -> None:
     """Write the plan JSON to ``plan_path`` and the bit map CSV to ``bitmap_path`` (either may be
-    None), atomically and together: both or neither."""
+    None), atomically and together: both or neither. The plan is validated first unless the caller
+    just did (``validated``, as :func:`planner.pipeline.plan` does)."""
     from planner.atomic import together
 
     with together(plan_path and str(plan_path), bitmap_path and str(bitmap_path)) as (plan_tmp, bitmap_tmp):
         if plan_path:
-            write_plan(doc, plan_tmp)
+            write_plan(doc, plan_tmp, validated=validated)
         if bitmap_path:
             write_bitmap(doc, bitmap_tmp)
 

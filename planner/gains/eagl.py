@@ -35,25 +35,31 @@ from planner.gains import Gains, grid
 STEP_CHOICES = ("auto", "lsq", "mse")
 MODES = ("entropy", "difference")
 WEIGHTINGS = ("none", "params")
+READ_WHOLE_BYTES = 16 << 20  # a streamed weight up to this size is read into memory once, larger ones twice in chunks
 
 
 def layer_entropies(values: np.ndarray, bits: list[int], *, step: str = "auto", model_step=None,
                     model_bits: int | None = None, learned: dict[int, float] | None = None) -> dict[int, float]:
     """Entropy (bits) of one weight tensor's levels at every precision in ``bits``."""
-    steps = grid_steps(values, bits, step=step, model_step=model_step, model_bits=model_bits, learned=learned)
-    return {b: grid.entropy(c) for b, c in grid.level_counts(values, steps).items()}
+    mean = peak = None
+    if step == "lsq" or (step == "auto" and not learned and model_step is None):  # LSQ's initial step
+        mean, peak = grid.abs_stats(values)  # one pass; the peak spares the levels' clipping where it can
+    steps = grid_steps(values, bits, step=step, model_step=model_step, model_bits=model_bits, learned=learned,
+                       mean=mean)
+    return {b: grid.entropy(c) for b, c in grid.level_counts(values, steps, peak=peak).items()}
 
 
 def grid_steps(values: np.ndarray, bits: list[int], *, step: str = "auto", model_step=None,
-               model_bits: int | None = None, learned: dict[int, float] | None = None) -> dict[int, float]:
+               model_bits: int | None = None, learned: dict[int, float] | None = None,
+               mean: float | None = None) -> dict[int, float]:
     """The quantization step at every precision, by the rules in the module docstring.
 
     For QDQ weights ``values`` are integer levels and ``model_step`` is 1 in their units.
+    ``mean``: mean |w| (grid.mean_abs) where already computed.
     """
     if step not in STEP_CHOICES:
         raise MpqError(f"unknown EAGL step '{step}'; choose from {', '.join(STEP_CHOICES)}")
     steps: dict[int, float] = {}
-    mean = None
     for b in bits:
         if step == "auto" and learned and b in learned:
             steps[b] = learned[b]
@@ -117,7 +123,7 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
 def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str,
                       learned: dict[int, float] | None) -> tuple[dict[int, float] | None, str | None]:
     """Entropies of one layer's weights and how its step was chosen."""
-    view = layer_weights(graph, graph.layer(name))
+    view = layer_weights(graph, graph.layer(name), stream=step != "mse")  # read once, front to back
     if view is None:
         return None, None
     if view.scale is not None and step == "auto" and not learned:
@@ -125,6 +131,8 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
         return (layer_entropies(values, needed, step=step, model_step=np.asarray(1.0), model_bits=view.model_bits),
                 f"model scale ({view.model_bits}-bit grid)")
     values = view.values if view.scale is None else view.values * view.scale
+    if hasattr(values, "chunks") and values.size * values.dtype.itemsize <= READ_WHOLE_BYTES:
+        values = np.asarray(values)  # read once for both passes (mean |w|, then the levels)
     how = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
     return layer_entropies(values, needed, step=step, learned=learned), how
 

@@ -16,20 +16,48 @@ def qrange(bits: int) -> tuple[int, int]:
     return 2 ** (bits - 1), 2 ** (bits - 1) - 1 if bits > 1 else 0
 
 
-def chunks(values: np.ndarray, size: int | None = None):
-    """Flat float32 chunks of ``values`` (a view where the data already is float32)."""
+def chunks(values, size: int | None = None):
+    """Flat float32 chunks of ``values`` in order (views where the data already is float32).
+    ``values`` is an array or a source with a ``chunks(size)`` method (e.g.
+    :class:`planner.onnxfile.FileTensor`), whose chunks may share one buffer: use each chunk
+    before asking for the next."""
     size = size or CHUNK
-    flat = values.reshape(-1)
+    if hasattr(values, "chunks"):
+        yield from values.chunks(size)
+        return
+    flat = np.asarray(values).reshape(-1)
     for start in range(0, flat.size, size):
         yield np.asarray(flat[start:start + size], dtype=np.float32)
 
 
-def mean_abs(values: np.ndarray) -> float:
-    total, buffer = 0.0, None
+def mean_abs(values) -> float:
+    """mean(|w|) of an array or chunk source; see :func:`abs_stats`."""
+    return abs_stats(values)[0]
+
+
+def abs_stats(values) -> tuple[float, float]:
+    """(mean |w|, max |w|) of an array or chunk source (see :func:`chunks`), in one pass. The mean:
+    per chunk of CHUNK weights a float32 (pairwise) sum of |w|, the chunks' sums added in order in
+    float64; the whole chunks of a float32 array are summed 4 at a time (the same sums, fewer
+    calls). The max is NaN where a weight is NaN, 0 for no weights."""
+    count, total, peaks, buffer = values.size, 0.0, [0.0], None
+    flat = None if hasattr(values, "chunks") else np.asarray(values).reshape(-1)
+    if flat is not None and flat.dtype == np.float32 and flat.size >= CHUNK:
+        whole = flat.size // CHUNK
+        table = flat[:whole * CHUNK].reshape(whole, CHUNK)
+        block = np.empty((min(4, whole), CHUNK), np.float32)  # 1 MB of |w|, in L2
+        for start in range(0, whole, len(block)):
+            rows = np.abs(table[start:start + len(block)], out=block[:min(len(block), whole - start)])
+            for row_sum in np.add.reduce(rows, axis=1).tolist():
+                total += row_sum
+            peaks.append(rows.max())
+        values = flat[whole * CHUNK:]
     for chunk in chunks(values):
         buffer = np.empty_like(chunk) if buffer is None or buffer.shape != chunk.shape else buffer
-        total += float(np.abs(chunk, out=buffer).sum())  # float32 pairwise sum per chunk
-    return total / max(values.size, 1)
+        magnitudes = np.abs(chunk, out=buffer)
+        total += float(magnitudes.sum())  # float32 pairwise sum per chunk
+        peaks.append(magnitudes.max())
+    return total / max(count, 1), float(np.max(peaks))  # np.max: a NaN wins over numbers
 
 
 def lsq_step(mean_absolute: float, bits: int) -> float:
@@ -37,8 +65,9 @@ def lsq_step(mean_absolute: float, bits: int) -> float:
     return 2 * mean_absolute / np.sqrt(max(qrange(bits)[1], 1))
 
 
-def level_counts(values: np.ndarray, steps: dict[int, float | np.ndarray]) -> dict[int, np.ndarray]:
+def level_counts(values, steps: dict[int, float | np.ndarray], peak: float | None = None) -> dict[int, np.ndarray]:
     """Histogram over the 2^b levels at every (bits, step) with 1 <= b <= 16, in one pass.
+    ``values``: an array or a chunk source (see :func:`chunks`).
 
     Level of w: clip(floor(w / step + 1/2), -Q_N, Q_P), i.e. rounding half up (it differs from
     round-half-even only for weights exactly half way between two levels), computed in float32 as
@@ -50,17 +79,17 @@ def level_counts(values: np.ndarray, steps: dict[int, float | np.ndarray]) -> di
     sorted (numpy sorts 16-bit integers vectorised), and every grid's counts read from the runs of
     equal keys. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
     broadcastable against ``values`` (per-channel scales); then the tensor is divided by it whole
-    (float32) and the quotient counted on the unit grid.
+    (float32) and the quotient counted on the unit grid. ``peak``: max |w| where known (see
+    :func:`abs_stats`); a grid on which -peak and peak land inside the levels needs no clipping.
     """
     if any(np.ndim(s) for s in steps.values()):
         whole = np.asarray(values, dtype=np.float32)
         grids = [(b, (whole / np.asarray(s, dtype=np.float32)).reshape(-1), np.float32(1.0)) for b, s in steps.items()]
     else:
-        flat = values.reshape(-1)
-        grids = [(b, flat, np.float32(1.0 / float(s))) for b, s in steps.items()]
+        grids = [(b, values, np.float32(1.0 / float(s))) for b, s in steps.items()]
     counts = {b: np.zeros(2 ** b, dtype=np.int64) for b in steps}
     for pack in _packs(sorted(grids, key=lambda g: g[0])):
-        _count_packed(pack, counts)
+        _count_packed(pack, counts, None if any(np.ndim(s) for s in steps.values()) else peak)
     return counts
 
 
@@ -75,20 +104,33 @@ def _packs(grids: list[tuple]) -> list[list[tuple]]:
     return packs
 
 
-def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray]) -> None:
-    """Add to ``counts`` the levels of ``grids`` [(bits, flat values, float32 1/step)], whose
-    2^bits multiply to at most 2^16, reading the values once in chunks of SORT_CHUNK."""
+def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float | None = None) -> None:
+    """Add to ``counts`` the levels of ``grids`` [(bits, values, float32 1/step)], whose 2^bits
+    multiply to at most 2^16, reading each distinct ``values`` once in chunks of SORT_CHUNK.
+    With ``peak`` (max |values|), a grid whose y = w * (1/step) + Q_N + 1/2 stays within
+    [0, 2^bits - 1/2] at w = -peak and w = peak is not clipped: float32 rounding is monotone, so
+    every weight's y lies between those two.
+
+    Each chunk's packed keys are sorted and the length of every run of equal keys is added to a
+    histogram of the keys (2^(sum of bits) counts); each grid's counts are that histogram summed
+    over the other grids' digits, once per tensor."""
     total = grids[0][1].size
     size = min(SORT_CHUNK, max(total, 1))
+    sources = list({id(values): values for _, values, _ in grids}.values())
+    slot = [next(k for k, v in enumerate(sources) if v is values) for _, values, _ in grids]
+    by_key = np.zeros(1 << sum(bits for bits, *_ in grids), dtype=np.int64)
     y, key, index = np.empty(size, np.float32), np.empty(size, np.uint16), np.empty(size, np.uint16)
-    for start in range(0, total, size):
-        n = min(size, total - start)
+    differs = np.empty(size, np.bool_)
+    clips = [not _inside(bits, inverse, peak) for bits, _, inverse in grids]
+    for chunk in zip(*(chunks(values, size) for values in sources)):
+        n = chunk[0].size
         y_n, key_n, index_n = y[:n], key[:n], index[:n]
         place = 1
-        for bits, flat, inverse in grids:
-            np.multiply(flat[start:start + n], inverse, out=y_n, dtype=np.float32)
+        for (bits, _, inverse), k, clip in zip(grids, slot, clips):
+            np.multiply(chunk[k], inverse, out=y_n, dtype=np.float32)
             y_n += np.float32(qrange(bits)[0] + 0.5)
-            np.clip(y_n, 0, 2 ** bits - 0.5, out=y_n)
+            if clip:
+                np.clip(y_n, np.float32(0), np.float32(2 ** bits - 0.5), out=y_n)
             np.copyto(key_n if place == 1 else index_n, y_n, casting="unsafe")  # truncation = floor for y >= 0
             if place > 1:
                 index_n *= np.uint16(place)
@@ -96,13 +138,20 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray]) -> None:
             place <<= bits
         ordered = key_n.view(np.int16)
         ordered.sort()  # equal keys end up adjacent (in int16 order; the order is irrelevant)
-        starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        runs = np.diff(starts, prepend=0, append=n)
-        keys = key_n[np.append(0, starts)].astype(np.int64)
-        place = 1
-        for bits, *_ in grids:
-            np.add.at(counts[bits], (keys // place) % (1 << bits), runs)
-            place <<= bits
+        edges = np.flatnonzero(np.not_equal(ordered[1:], ordered[:-1], out=differs[:n - 1]))
+        edges = np.concatenate(([0], edges + 1, [n]))
+        by_key[key_n[edges[:-1]]] += np.diff(edges)  # the keys at run starts are distinct
+    digits = by_key.reshape([1 << bits for bits, *_ in reversed(grids)])  # the last grid is the leading axis
+    for axis, (bits, *_) in enumerate(reversed(grids)):
+        counts[bits] += digits.sum(axis=tuple(a for a in range(len(grids)) if a != axis))
+
+
+def _inside(bits: int, inverse: np.float32, peak: float | None) -> bool:
+    """True where every |w| <= ``peak`` lands inside the b-bit levels without clipping."""
+    if peak is None or not np.isfinite(peak):
+        return False
+    edges = np.array([-peak, peak], np.float32) * inverse + np.float32(qrange(bits)[0] + 0.5)
+    return bool(edges[0] >= 0 and edges[1] <= np.float32(2 ** bits - 0.5))
 
 
 def entropy(counts: np.ndarray) -> float:

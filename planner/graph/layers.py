@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import networkx as nx
+import numpy as np
 import onnx
 
 from planner.errors import MpqError
@@ -93,13 +94,37 @@ class Group:
     pinned_bits: int | None = None
 
 
+class _WhenRead:
+    """A dataclass field that may be given a zero-argument function instead of its value: the
+    first read calls it and keeps what it returns (the model's sha256, hashed on a background
+    thread while the graph is built and planned)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError(self.slot)  # no default value for the dataclass field
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class ModelInfo:
     path: str | None
-    sha256: str
+    sha256: str = _WhenRead()  # the hex digest; read it to wait for it
     opset: int
     producer: str
     input_shapes: dict[str, list[int]]
+
+    def __getstate__(self) -> dict:
+        """Pickled and copied with the digest itself (never the function that waits for it)."""
+        return {**self.__dict__, "_sha256": self.sha256}
 
 
 @dataclass
@@ -154,7 +179,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     (first) dimensions default to 1. ``pin_first`` / ``pin_last`` are the bits of the groups
     holding first / last layers (None: not pinned). Raises MpqError on any user-fixable problem.
     """
-    proto, base_dir, digest = read_model(model)
+    proto, base_dir, digest = read_model(model, lazy_digest=True)
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     graph = proto.graph
     tensors = TensorStore(graph, base_dir, where)
@@ -172,6 +197,19 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
         raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
+    folded: dict[str, np.ndarray] = {}
+    for _ in range(8):  # first fold the shape operands that decide the missing shapes (each fold may
+        if not needed:  # resolve shapes that decide further operands), then measure the rest
+            break
+        more = _fold_shape_constants(nodes, shapes, elem_types, tensors, constant, producers)
+        if not more.keys() - folded.keys():
+            break
+        folded.update(more)
+        shapes = infer_shapes(proto, fixed_inputs, where, elem_types, values=folded)
+        tensors.add_computed(producers, constant,
+                             {t: (s, elem_types.get(t, 0)) for t, s in shapes.items() if s is not None},
+                             list(proto.opset_import))
+        needed = [t for t in needed if shapes.get(t) is None]
     if needed:
         shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
     layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
@@ -184,6 +222,119 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     _pin(layers, groups, dag, nodes, graph, pin_first, pin_last)
     return LayerGraph(layers=layers, groups=groups, graph=dag, model=info, tensors=tensors, producers=producers,
                       metadata={p.key: p.value for p in proto.metadata_props})
+
+
+# Shape operands (Reshape/Expand/Tile shapes, Slice bounds, Pad pads, ...) are scalars or vectors of
+# at most this many elements.
+_SHAPE_ELEMENTS = 64
+
+
+def _fold_shape_constants(nodes, shapes: dict, elem_types: dict, tensors: TensorStore, constant: set[str],
+                          producers: dict) -> dict[str, np.ndarray]:
+    """Values of the integer shape operands (scalars and vectors of at most ``_SHAPE_ELEMENTS``
+    elements) that feed a node whose outputs ONNX inference left without a static shape and that
+    follow from constants and the static shapes of other tensors: an Expand's target made by
+    Where/ConstantOfShape, a Slice bound made from Shape(input_ids), as transformers' exports have.
+    With them inference resolves what would otherwise need a run of the whole model. They are
+    computed with numpy where their ops allow (:func:`_numpy_value`), else, for constants, by
+    ONNX's reference evaluator; the others are left out (the run measures those shapes)."""
+    folded: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray | None] = {}
+    for node in nodes:
+        if all(shapes.get(o) is not None for o in node.output if o):
+            continue
+        for name in node.input:
+            if not name or name in folded or tensors.is_stored(name):
+                continue
+            shape, elem = shapes.get(name), elem_types.get(name, 0)
+            if shape is None or len(shape) > 1 or int(np.prod(shape, dtype=np.int64)) > _SHAPE_ELEMENTS:
+                continue
+            if not elem or not np.issubdtype(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)), np.integer):
+                continue
+            try:
+                value = _numpy_value(name, producers, tensors, shapes, cache)
+            except (ValueError, IndexError, TypeError, KeyError):  # operands numpy refuses: measured instead
+                value = None
+            if value is None and name in constant and name in tensors:
+                try:
+                    value = np.asarray(tensors.array(name))
+                except MpqError:
+                    continue
+            if value is not None and value.shape == tuple(shape):
+                folded[name] = value
+    return folded
+
+
+# The elementwise ops that build shape operands in exporters' graphs, evaluated with numpy; see
+# _numpy_value for the others.
+_NUMPY_OPS = {
+    "Add": lambda a, b: np.add(a, b), "Sub": lambda a, b: np.subtract(a, b), "Mul": lambda a, b: np.multiply(a, b),
+    "Equal": lambda a, b: np.equal(a, b), "Where": lambda c, a, b: np.where(c, a, b), "Identity": lambda a: a,
+}
+
+
+def _numpy_value(name: str, producers: dict, tensors: TensorStore, shapes: dict, cache: dict) -> np.ndarray | None:
+    """The value of ``name`` computed with numpy (ONNX semantics, opset 13 and later) from stored
+    tensors of at most 4096 elements and from the static ``shapes`` of others, through Shape,
+    Constant, ConstantOfShape, Cast, Concat, Gather, Reshape, Slice (positive steps), Squeeze, Unsqueeze and
+    the ops in ``_NUMPY_OPS``; None where anything else is on the way (cached in ``cache``)."""
+    if name in cache:
+        return cache[name]
+    cache[name] = None  # also guards against cycles
+    if tensors.is_stored(name):
+        if tensors.size(name) > 4096:
+            return None
+        cache[name] = np.asarray(tensors.array(name))
+        return cache[name]
+    node = producers.get(name)
+    if node is None or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Shape":  # needs the input's shape only
+        known = shapes.get(node.input[0])
+        if known is None:
+            return None
+        cache[name] = np.array(known[attrs.get("start", 0):attrs.get("end", len(known))], dtype=np.int64)
+        return cache[name]
+    inputs = [_numpy_value(i, producers, tensors, shapes, cache) if i else None for i in node.input]
+    if any(v is None for v in inputs):
+        return None
+    op = node.op_type
+    if op in _NUMPY_OPS:
+        value = _NUMPY_OPS[op](*inputs)
+    elif op == "ConstantOfShape" and len(inputs) == 1:
+        fill = onnx.numpy_helper.to_array(attrs["value"]).reshape(-1) if "value" in attrs else np.zeros(1, np.float32)
+        value = np.full([int(d) for d in inputs[0]], fill[0], dtype=fill.dtype)
+    elif op == "Cast" and len(inputs) == 1 and "saturate" not in attrs:
+        value = inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    elif op == "Concat" and inputs:
+        value = np.concatenate(inputs, axis=attrs["axis"])
+    elif op == "Gather" and len(inputs) == 2:
+        value = np.take(inputs[0], inputs[1], axis=attrs.get("axis", 0))
+    elif op == "Unsqueeze" and len(inputs) == 2:  # opset 13+: the axes are an input
+        rank = inputs[0].ndim + inputs[1].size
+        value = np.expand_dims(inputs[0], tuple(sorted(int(a) % rank for a in inputs[1].reshape(-1))))
+    elif op == "Squeeze" and len(inputs) == 2:  # opset 13+
+        value = np.squeeze(inputs[0], tuple(int(a) % inputs[0].ndim for a in inputs[1].reshape(-1)))
+    elif op == "Reshape" and len(inputs) == 2:  # 0 copies the input's dimension unless allowzero
+        target = [int(d) for d in inputs[1].reshape(-1)]
+        if not attrs.get("allowzero", 0):
+            target = [inputs[0].shape[k] if d == 0 else d for k, d in enumerate(target)]
+        value = np.reshape(inputs[0], target)
+    elif op == "Slice" and 3 <= len(inputs) <= 5:  # opset 10+: bounds are inputs
+        data = inputs[0]
+        axes = inputs[3].reshape(-1) if len(inputs) > 3 else np.arange(len(inputs[1].reshape(-1)))
+        steps = inputs[4].reshape(-1) if len(inputs) > 4 else np.ones(len(axes), np.int64)
+        if (steps <= 0).any():  # negative steps clamp differently from Python slices
+            return None
+        index = [slice(None)] * data.ndim
+        for start, stop, axis, step in zip(inputs[1].reshape(-1), inputs[2].reshape(-1), axes, steps):
+            index[int(axis) % data.ndim] = slice(int(start), int(stop), int(step))
+        value = data[tuple(index)]
+    else:
+        return None
+    cache[name] = np.asarray(value)
+    return cache[name]
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

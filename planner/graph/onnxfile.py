@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,15 @@ from planner.errors import MpqError
 _HASH_CHUNK = 1 << 22
 
 
-def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None, str]:
+def read_model(model: str | os.PathLike | onnx.ModelProto, *,
+               lazy_digest: bool = False) -> tuple[onnx.ModelProto, Path | None, str | Callable[[], str]]:
     """Parse ``model`` (a path or a ModelProto) without loading external data.
 
     Returns the ModelProto, the folder that external data paths are relative to (None for a
     ModelProto given in memory) and the sha256 of the serialized model (the ``.onnx`` file's
-    bytes; external data files are not hashed). Initializers of a file whose ``raw_data`` is
+    bytes; external data files are not hashed). With ``lazy_digest`` the file is hashed on a
+    background thread while the caller goes on, and the digest comes as a function that waits
+    for it (raising MpqError where the file could not be read to the end). Initializers of a file whose ``raw_data`` is
     longer than ``_LEAVE_IN_FILE`` bytes come back as external data pointing into the file itself,
     so parsing costs the memory of the graph, not of the weights. Raises MpqError for a missing, unreadable or
     non-ONNX file.
@@ -43,7 +47,7 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     if path.is_dir():
         raise MpqError(f"{path}: is a folder; give the path of an .onnx model file")
     try:
-        digest = _sha256(path)
+        digest = _sha256_in_background(path) if lazy_digest else _sha256(path)
         data = _lean_bytes(path)
         if data is None:
             data = path.read_bytes()
@@ -67,6 +71,38 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sha256_in_background(path: Path) -> Callable[[], str]:
+    """Start hashing ``path`` on a daemon thread (hashlib releases the GIL while it hashes);
+    returns a function that waits for the hex digest. Raises OSError where the file cannot be
+    opened; the function raises MpqError where reading it failed later."""
+    import threading
+
+    handle = open(path, "rb")
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        digest = hashlib.sha256()
+        try:
+            with handle:
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+            result["digest"] = digest.hexdigest()
+        except OSError as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=work, name="mpq-sha256", daemon=True)
+    thread.start()
+
+    def wait() -> str:
+        thread.join()
+        if "error" in result:
+            error = result["error"]
+            raise MpqError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})")
+        return str(result["digest"])
+
+    return wait
 
 
 # Initializers whose raw_data is longer than this stay in the file and are parsed as external
@@ -283,6 +319,21 @@ class TensorStore:
             raise MpqError(f"{self.where}: tensor '{name}' cannot be read ({_first_line(e)}); "
                            "the model is damaged, export it again") from None
 
+    def stream(self, name: str) -> "FileTensor | None":
+        """The stored tensor ``name`` as a :class:`FileTensor` (read in chunks from its file, never
+        memory-mapped) where it is external data of one element per item; None otherwise (use
+        :meth:`array`). A front-to-back pass over a streamed tensor costs a copy of each chunk
+        into a buffer that stays in the cache; over a fresh memory map, a page fault per few pages."""
+        tensor = self.tensors.get(name)
+        if tensor is None or tensor.data_location != TensorProto.EXTERNAL:
+            return None
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        shape = tuple(int(d) for d in tensor.dims)
+        if dtype.itemsize * 8 != _bits(tensor.data_type) or not shape or 0 in shape:
+            return None
+        path, offset, _ = self._external(tensor)
+        return FileTensor(path, offset, dtype, shape)
+
     def _type(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         if name not in self._types:
             value = self._evaluate(name)
@@ -383,6 +434,44 @@ class TensorStore:
         if not shape or 0 in shape:
             return np.zeros(shape, dtype)
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+class FileTensor:
+    """A tensor stored in a file (``shape`` items of ``dtype`` from byte ``offset``), read in
+    chunks by :meth:`chunks` or whole by ``numpy.asarray``. Holds no data and no open file."""
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...]):
+        self.path, self.offset, self.dtype, self.shape = Path(path), int(offset), np.dtype(dtype), tuple(shape)
+        self.size = int(np.prod(shape, dtype=np.int64))
+        self.ndim = len(shape)
+
+    def chunks(self, size: int):
+        """Flat float32 chunks of at most ``size`` elements, in order. Each chunk is a view of one
+        reused buffer: it is valid until the next one is produced (copy it to keep it).
+        Raises MpqError where the file ends early."""
+        items = max(1, min(size, self.size))
+        raw = np.empty(items, self.dtype)
+        converted = raw if self.dtype == np.float32 else np.empty(items, np.float32)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset)
+            for start in range(0, self.size, items):
+                n = min(items, self.size - start)
+                view = memoryview(raw[:n]).cast("B")
+                got = f.readinto(view)
+                while got and got < len(view):  # a short read: read the rest
+                    more = f.readinto(view[got:])
+                    got += more or 0
+                    if not more:
+                        break
+                if got != len(view):
+                    raise MpqError(f"{self.path}: ends inside a tensor's data; copy the file again")
+                if converted is not raw:
+                    np.copyto(converted[:n], raw[:n], casting="unsafe")
+                yield converted[:n]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset).reshape(self.shape)
+        return values if dtype is None else values.astype(dtype, copy=False)
 
 
 def _bits(data_type: int) -> int:

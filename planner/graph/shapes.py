@@ -81,10 +81,16 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
 
 
 def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: str,
-                 elem_types: dict[str, int] | None = None) -> dict[str, Shape | None]:
+                 elem_types: dict[str, int] | None = None,
+                 values: dict[str, np.ndarray] | None = None) -> dict[str, Shape | None]:
     """Shapes of all tensors that ONNX shape inference can resolve statically (None for the rest).
-    Where ``elem_types`` is given, it is filled with every inferred tensor's ONNX element type."""
+    Where ``elem_types`` is given, it is filled with every inferred tensor's ONNX element type.
+    ``values``: node outputs whose values are known (small constants computed from constants, e.g.
+    the target shape of an Expand); inference reads them as ``Constant`` nodes in place of the
+    nodes that compute them, so that the shapes they decide become static."""
     skeleton, _ = _skeleton(model, input_shapes)
+    if values:
+        _replace_by_constants(skeleton.graph, values)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:  # the model is inconsistent
@@ -100,6 +106,29 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], where: 
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
+
+
+def _replace_by_constants(graph: onnx.GraphProto, values: dict[str, np.ndarray]) -> None:
+    """Give every tensor in ``values`` a ``Constant`` node as its producer: a node all of whose
+    outputs are in ``values`` is replaced, one with other outputs stays and the named outputs it
+    also produced are renamed to unused names."""
+    from onnx import numpy_helper
+
+    nodes = []
+    for node in graph.node:
+        outputs = [o for o in node.output if o]
+        if outputs and all(o in values for o in outputs):
+            continue
+        if any(o in values for o in outputs):
+            node = onnx.NodeProto.FromString(node.SerializeToString())
+            for k, o in enumerate(node.output):
+                if o in values:
+                    node.output[k] = f"{o}__mpq_replaced"
+        nodes.append(node)
+    constants = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
+                 for name, value in values.items()]
+    del graph.node[:]
+    graph.node.extend(constants + nodes)
 
 
 def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:

@@ -35,15 +35,17 @@ class WeightView:
     model_bits: int | None = None
 
 
-def layer_weights(graph: LayerGraph, layer: Layer) -> WeightView | None:
-    """The weights of ``layer`` (None for activation x activation layers)."""
+def layer_weights(graph: LayerGraph, layer: Layer, *, stream: bool = False) -> WeightView | None:
+    """The weights of ``layer`` (None for activation x activation layers). With ``stream``, a
+    plain weight stored as external data comes as a :class:`planner.onnxfile.FileTensor` (read
+    in chunks, for one front-to-back pass) instead of an array."""
     if layer.weight is None:
         return None
     store = graph.tensors
     dq = next((n for n in _chain(graph, layer) if n.op_type == "DequantizeLinear"), None)
-    values = store.array(layer.weight)
     if dq is None:
-        return WeightView(values=values)
+        return WeightView(values=(store.stream(layer.weight) if stream else None) or store.array(layer.weight))
+    values = store.array(layer.weight)
     q = values.astype(np.int32)
     if len(dq.input) > 2 and dq.input[2] and dq.input[2] in store:
         zero = store.array(dq.input[2]).astype(np.int32)
