@@ -16,7 +16,7 @@ from planner.solve.budget import endpoints
 from planner.jobs.store import JobStore
 from planner.costs import CostTable
 from planner.gains import Gains
-from planner.solve.knapsack import _objective, greedy, solve
+from planner.solve.knapsack import greedy, objective, solve
 
 
 @dataclass
@@ -58,7 +58,7 @@ def sweep(table: CostTable, gains_list: list[Gains], metric: str, fractions: lis
                 point = FrontierPoint(
                     method=gains.method, fraction=r, limit=limit, objective=solution.objective, bound=solution.bound,
                     status=solution.status, totals=solution.totals, bits=solution.bits,
-                    greedy_objective=_objective(gains.by_group, greedy_bits) if greedy_bits else None,
+                    greedy_objective=objective(gains.by_group, greedy_bits) if greedy_bits else None,
                     solve_time_s=solution.wall_time_s)
                 if checkpoint:
                     checkpoint.put(key, point.to_json())

@@ -290,7 +290,8 @@ def greedy(gains: GainTable, costs: Costs, budgets: dict[str, float], options: l
     return bits
 
 
-def _objective(gains: GainTable, bits: list[int]) -> float:
+def objective(gains: GainTable, bits: list[int]) -> float:
+    """Total gain of a plan: the sum over groups of ``gains[group][bits[group]]`` (exactly rounded)."""
     return float(math.fsum(gains[g][b] for g, b in enumerate(bits)))
 
 
@@ -319,7 +320,7 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     reduced = [{b: _lagrangian_value(gains, costs, g, b, metrics, lam) for b in opts} for g, opts in enumerate(options)]
     reduced = [{b: max(r.values()) - v for b, v in r.items()} for r in reduced]
     incumbent = greedy(gains, costs, budgets, options)
-    lower = _objective(gains, incumbent) if incumbent else -math.inf
+    lower = objective(gains, incumbent) if incumbent else -math.inf
     if not math.isfinite(upper) or incumbent is None:
         upper, margin = math.inf, math.inf  # no usable bound: one round over every option
     else:
@@ -340,9 +341,9 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     best_known = None
     while True:
         allowed, complete, bits, status, round_bound, scales = solve_round(margin)
-        improved = bits is not None and (incumbent is None or _objective(gains, bits) > lower)
+        improved = bits is not None and (incumbent is None or objective(gains, bits) > lower)
         if improved:
-            incumbent, lower = bits, _objective(gains, bits)
+            incumbent, lower = bits, objective(gains, bits)
         # A better plan than the incumbent uses only options with reduced cost below upper - lower.
         covers = complete or margin >= upper - lower + 1e-12 * (abs(upper) + 1.0)
         if status != "OPTIMAL" or time.perf_counter() >= deadline:
@@ -361,9 +362,9 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
         if jump > margin and (lower >= best_known if best_known is not None else not improved):
             allowed, _, bits, status, _, scales = solve_round(jump)
             if status == "OPTIMAL" and time.perf_counter() < deadline:
-                if bits is None or _objective(gains, bits) <= lower:
+                if bits is None or objective(gains, bits) <= lower:
                     return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
-                best_known = _objective(gains, bits)  # the optimum: go on round by round until reached
+                best_known = objective(gains, bits)  # the optimum: go on round by round until reached
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):
@@ -484,8 +485,8 @@ def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
 
 def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> Solution:
     gain_scale, cost_scale, free, fixed = scales
-    objective = _objective(gains, bits)
-    return Solution(bits=bits, status=status, objective=objective, bound=max(bound, objective), wall_time_s=0.0,
+    value = objective(gains, bits)
+    return Solution(bits=bits, status=status, objective=value, bound=max(bound, value), wall_time_s=0.0,
                     method="cp-sat", totals=totals(costs, bits), gain_error_bound=free / gain_scale,
                     budget_slack_bound={m: max(0.5 * free / cost_scale[m], 0.0) for m in metrics}, fixed_groups=fixed)
 
@@ -535,18 +536,18 @@ def _knapsack(gains, costs, budgets, time_limit_s: float) -> Solution | None:
         optimal = solver.is_solution_optimal()
         chosen = {g for k, g in enumerate(items) if solver.best_solution_contains(k)}
     bits = [high[g] if g in chosen else low[g] for g in range(len(costs))]
-    objective = _objective(gains, bits)
+    value = objective(gains, bits)
     spent = totals(costs, bits)
     if spent[metric] > _slack(limit):  # only where the weights had to be coarsened to fit int64
         return None
-    bound = objective
+    bound = value
     if not optimal:  # Dantzig's bound: items by profit per weight, the last one fractionally
-        room, bound = limit - base, _objective(gains, low)
+        room, bound = limit - base, objective(gains, low)
         for g in sorted(items, key=lambda g: -profit[g] / weight[g]):
             take = min(1.0, max(0.0, room) / weight[g])
             bound, room = bound + take * profit[g], room - take * weight[g]
-        bound = max(bound + len(items) / scale_g, objective)
-    return Solution(bits=bits, status="OPTIMAL" if optimal else "FEASIBLE", objective=objective, bound=bound,
+        bound = max(bound + len(items) / scale_g, value)
+    return Solution(bits=bits, status="OPTIMAL" if optimal else "FEASIBLE", objective=value, bound=bound,
                     wall_time_s=0.0, method="knapsack", totals=spent, gain_error_bound=len(items) / scale_g,
                     budget_slack_bound={metric: 0.5 * len(items) / scale_c},
                     fixed_groups=len(costs) - len(items))

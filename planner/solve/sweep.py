@@ -415,10 +415,6 @@ def _graph(model: str, shapes: str, pin_first: int | None, pin_last: int | None)
     return _GRAPHS[key]
 
 
-def _objective(gains: list[dict[int, float]], bits: list[int]) -> float:
-    return float(math.fsum(gains[g][b] for g, b in enumerate(bits)))
-
-
 def evaluate_variant(model: str, shapes: str, pins: list, data: dict, where: str, cost_model: str, lut: str | None,
                      gains: list[dict[int, float]], targets: list[float], budgets: list[str],
                      time_limit_s: float) -> dict:
@@ -438,6 +434,7 @@ def evaluate_variant(model: str, shapes: str, pins: list, data: dict, where: str
     from planner.solve.budget import parse_budget, resolve
     from planner.costs import cost_table
     from planner.solve import solve
+    from planner.solve.knapsack import objective
 
     spec = parse_spec(data, where)
     graph = _graph(model, shapes, *pins)
@@ -456,7 +453,7 @@ def evaluate_variant(model: str, shapes: str, pins: list, data: dict, where: str
     metric = table.metrics[0]
     front = pareto_frontier(gains, table.groups, metric, resident=table.resident, capacity=table.capacity)
     top = front.plan(len(front.gains) - 1)
-    max_gain = _objective(gains, top)
+    max_gain = objective(gains, top)
     rows = []
     for row in targets_rows:
         threshold = row["fraction"] * float(front.gains[-1])
@@ -466,7 +463,7 @@ def evaluate_variant(model: str, shapes: str, pins: list, data: dict, where: str
                                "note": f"no plan reaches gain {threshold:.6g}"})
             continue
         bits = front.plan(i)
-        rows.append(row | {"gain_threshold": threshold, "status": "OPTIMAL", "objective": _objective(gains, bits),
+        rows.append(row | {"gain_threshold": threshold, "status": "OPTIMAL", "objective": objective(gains, bits),
                            "totals": fitted.total(bits), "bits": bits})
     for row in budget_rows:
         try:
