@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 
 from planner.cli import tables
-from planner.cli.options import (COUNT, BIT_WIDTH, check_paths, cost_model_options, dump_json, force_option,
-                                 hw_option, hw_pin_options, input_shape_option, input_shapes, pin_options, prepare,
-                                 ref_file, with_options)
+from planner.cli.options import (COUNT, BIT_WIDTH, check_paths, dump_json, force_option, hw_pin_options,
+                                 input_shape_option, input_shapes, model_hw_options, pin_options, prepare, ref_file,
+                                 with_options)
 from planner.units import si, unit
 
 
@@ -116,9 +116,7 @@ def metric_header(metric: str) -> str:
 
 
 @click.command()
-@click.argument("model")
-@hw_option
-@with_options(cost_model_options)
+@with_options(model_hw_options)
 @click.option("--bits", type=BIT_WIDTH, default=8, show_default=True, help="Uniform precision of the free layers.")
 @click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Cost this plan's bits instead.")
 @input_shape_option

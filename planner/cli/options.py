@@ -209,6 +209,7 @@ cost_model_options = [
                  help="Cost model (default: the spec's, usually northpole)."),
     click.option("--lut", default=None, metavar="CSV", help="Latency table for the lut cost model (layer,bits,latency_s)."),
 ]
+model_hw_options = [click.argument("model"), hw_option, *cost_model_options]
 gains_options = [
     click.option("--gains", "gains_names", multiple=True, metavar="METHOD|FILE",
                  help="Gains: eagl (default), uniform, random, params, qerror, or a gains JSON file."),

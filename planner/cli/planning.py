@@ -8,7 +8,7 @@ import click
 from planner.cli import tables
 from planner.cli.options import (POSITIVE, Number, Progress, between, bits_restriction_option, check_paths,
                                  cost_model_options, dump_json, executor_options, force_option, gain_options,
-                                 gains_options, hw_option, hw_pin_options, input_shape_option, input_shapes,
+                                 gains_options, hw_pin_options, input_shape_option, input_shapes, model_hw_options,
                                  note_unused, planning_inputs, prepare, with_options)
 from planner.errors import MpqError
 from planner.units import si, unit
@@ -21,9 +21,7 @@ def _file_name(path) -> str:
 
 
 @click.command()
-@click.argument("model")
-@hw_option
-@with_options(cost_model_options)
+@with_options(model_hw_options)
 @click.option("--budget", "budget_texts", multiple=True, required=True, metavar="METRIC<=VALUE|METRIC=R",
               help="A budget: latency_s<=1.5e-3, weight_bytes<=3MB, or latency=0.5 (a fraction of the way "
                    "from the cheapest plan to the dearest). Repeat for several.")
@@ -108,9 +106,7 @@ def _print_plan_summary(result, graph) -> None:
 
 
 @click.command()
-@click.argument("model")
-@hw_option
-@with_options(cost_model_options)
+@with_options(model_hw_options)
 @click.option("--metric", default=None, help="Budgeted metric to sweep (default: the cost model's first, e.g. latency_s).")
 @click.option("--between", "between_text", default=None, metavar="LOW,HIGH", help="Sweep from uniform LOW-bit to "
               "uniform HIGH-bit (default: from the cheapest plan to the dearest).")
