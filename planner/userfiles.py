@@ -58,24 +58,22 @@ def load_object(ref: str, what: str):
     else:
         if not where:
             raise MpqError(f"{what}: expected package.module:object or path/file.py:object")
-        if _is_own(where):
-            try:
-                module = importlib.import_module(where)
-            except ModuleNotFoundError as e:
-                if e.name and where.startswith(e.name):
-                    raise MpqError(f"{what}: module '{where}' does not exist") from None
-                if e.name and not _is_own(e.name):
-                    raise MpqError(f"{what}: needs the Python package '{e.name}', which is not installed") from None
-                raise  # one of mpq's modules is missing another of mpq's: a bug
-        else:
-            try:
-                module = importlib.import_module(where)
-            except ModuleNotFoundError as e:
-                if e.name and where.startswith(e.name):
-                    raise MpqError(f"{what}: module '{where}' does not import (no module named '{e.name}')") from None
+        own = _is_own(where)
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            if e.name and where.startswith(e.name):
+                raise MpqError(f"{what}: module '{where}' " + ("does not exist" if own else
+                               f"does not import (no module named '{e.name}')")) from None
+            if not own:
                 raise _user_code_failed(what, f"module '{where}'", e) from None
-            except (Exception, SystemExit) as e:
-                raise _user_code_failed(what, f"module '{where}'", e) from None
+            if e.name and not _is_own(e.name):
+                raise MpqError(f"{what}: needs the Python package '{e.name}', which is not installed") from None
+            raise  # one of mpq's modules is missing another of mpq's: a bug
+        except (Exception, SystemExit) as e:
+            if own:
+                raise  # one of mpq's own modules failed: a bug
+            raise _user_code_failed(what, f"module '{where}'", e) from None
     if not hasattr(module, name):
         raise MpqError(f"{what}: '{where}' has no '{name}'")
     return getattr(module, name)
