@@ -25,6 +25,7 @@ def chunks(values: np.ndarray, size: int | None = None):
 
 
 def mean_abs(values: np.ndarray) -> float:
+    """The mean absolute value of ``values`` (float32 sums per chunk; 0.0 when empty)."""
     total, buffer = 0.0, None
     for chunk in chunks(values):
         buffer = np.empty_like(chunk) if buffer is None or buffer.shape != chunk.shape else buffer

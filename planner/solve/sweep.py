@@ -86,6 +86,7 @@ class Variant:
     spec: object = None
 
     def describe(self) -> str:
+        """``cores=64 precisions=4,8``: the variant's axis values, as in tables."""
         return " ".join(f"{f}={show(v)}" for f, v in self.values.items())
 
 
@@ -281,6 +282,7 @@ class Frontier:
     steps: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)
 
     def plan(self, i: int) -> list[int]:
+        """The bits per group (in group order) of point ``i``."""
         bits = []
         for parents, choices in reversed(self.steps):
             bits.append(int(choices[i]))
