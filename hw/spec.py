@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from planner.errors import MpqError
+from planner.userfiles import read_bytes
 
 #: The bit widths mpq supports anywhere (spec precisions, every --bits and --pin-bits option).
 SUPPORTED_BITS = tuple(range(2, 17))
@@ -145,11 +146,7 @@ def load_spec(name_or_path: str | Path) -> HardwareSpec:
             raise MpqError(f"no hardware spec named '{text}'; shipped specs: {', '.join(shipped_specs())}, "
                            "or give the path of a YAML file")
         path = Path(str(resources.files("hw").joinpath(text + ".yaml")))
-    if not path.is_file():
-        raise MpqError(f"{path}: no such spec file")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise MpqError(f"{path}: {path.stat().st_size:,} bytes is too large for a spec (at most {MAX_SPEC_BYTES:,})")
-    raw = path.read_bytes()
+    raw = read_bytes(path, "spec", MAX_SPEC_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -111,16 +111,24 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def read_bytes(path: Path, kind: str, limit: int) -> bytes:
+    """The bytes of the user's ``kind`` file at ``path`` ("spec", "plan", ...). Raises MpqError
+    when there is no such file or it is larger than ``limit`` bytes."""
+    if not path.is_file():
+        raise MpqError(f"{path}: no such {kind} file")
+    size = path.stat().st_size
+    if size > limit:
+        raise MpqError(f"{path}: {size:,} bytes is too large for a {kind} file (at most {limit:,})")
+    return path.read_bytes()
+
+
 def read_json(path: str | Path, kind: str):
     """The JSON document at ``path``; ``kind`` names it in errors ("plan", "gains"). Strict
     JSON: ``NaN`` and ``Infinity`` are refused, as is nesting deeper than Python can parse."""
     path = Path(path)
-    if not path.is_file():
-        raise MpqError(f"{path}: no such {kind} file")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise MpqError(f"{path}: {path.stat().st_size:,} bytes is too large for a {kind} file")
+    raw = read_bytes(path, kind, MAX_JSON_BYTES)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise MpqError(f"{path}: not a text file (not UTF-8); expected a {kind} JSON file") from None
     except (json.JSONDecodeError, ValueError) as e:
