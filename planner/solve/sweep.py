@@ -50,6 +50,7 @@ from importlib import resources
 import numpy as np
 
 from planner.errors import MpqError
+from planner.userfiles import finite
 
 FORMAT = "mpq.sweep/v1"
 #: Version of a variant's result, part of its checkpoint key: 2 keeps every plan within the chip's
@@ -161,15 +162,7 @@ def parse_vary(text: str) -> Axis:
     if _field_node(name) is None:
         raise MpqError(f"--vary {name}: not a numeric spec field; vary one of {', '.join(numeric_fields())} "
                        "(B: a bit width, e.g. macs_per_cycle_per_core.2) or precisions")
-    numbers = []
-    for part in values.split(","):
-        try:
-            number = float(part)
-        except ValueError:
-            raise MpqError(f"--vary {name}: '{part.strip()}' is not a number") from None
-        if not math.isfinite(number):
-            raise MpqError(f"--vary {name}: '{part.strip()}' is not a finite number")
-        numbers.append(_tidy(number))
+    numbers = [_tidy(finite(part.strip(), f"--vary {name}")) for part in values.split(",")]
     return Axis(name, tuple(dict.fromkeys(numbers)))
 
 
