@@ -63,8 +63,8 @@ class JobStore:
         return len(set(self.done) - self.read)
 
     def put(self, key: str, value) -> None:
-        """Append ``key``: ``value`` to the file and flush it, so it survives a kill. Raises MpqError
-        when ``value`` holds a non-finite number (not JSON)."""
+        """Append ``key``: ``value`` to the file as one JSON line, synced to disk so that it survives
+        a kill. Raises MpqError when ``value`` holds a non-finite number (not JSON)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             line = json.dumps({"key": key, "value": value}, sort_keys=True, allow_nan=False)
