@@ -28,12 +28,6 @@ def exported(arch: str) -> Path:
     ``resnet50`` and ``bert-base`` are tests/archs.py's torch networks; ``hf-bert-base`` is
     Hugging Face ``transformers``' BertModel at BERT-base size (random weights from its config, no
     download) called with ``input_ids`` and an ``attention_mask`` (1 x 128, fixed shapes)."""
-    import contextlib
-    import io
-    import warnings
-
-    import torch
-
     path = CACHE / f"{arch}.onnx"
     if path.exists():
         return path
@@ -45,15 +39,30 @@ def exported(arch: str) -> Path:
         import archs
 
         model, inputs = {"resnet50": archs.resnet50, "bert-base": archs.bert}[arch]()
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, inputs, str(path) + ".tmp", dynamo=False, input_names=names)
+    quiet_export(model, inputs, str(path) + ".tmp", input_names=names)
     os.replace(str(path) + ".tmp", path)
     return path
 
 
-def _hf_bert_base():
+def quiet_export(model, inputs: tuple, path, **options) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``) under ``no_grad``,
+    its prints and warnings silenced; ``options`` go to the exporter."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), dynamo=False, **options)
+
+
+def hf_bert_base():
+    """Hugging Face ``transformers``' BertModel at BERT-base size (12 x 768, 12 heads, FFN 3072;
+    random weights from seed 0, no download) in eval mode, as a module
+    (input_ids, attention_mask) -> last hidden state."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -66,11 +75,17 @@ def _hf_bert_base():
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(), add_pooling_layer=False).eval()  # BERT-base: 12 x 768, 12 heads, FFN 3072
-    ids = torch.randint(0, bert.config.vocab_size, (1, 128))
+    return LastHidden(BertModel(BertConfig(), add_pooling_layer=False)).eval()
+
+
+def _hf_bert_base():
+    import torch
+
+    model = hf_bert_base()
+    ids = torch.randint(0, model.inner.config.vocab_size, (1, 128))
     mask = torch.ones(1, 128, dtype=torch.long)
     mask[0, 100:] = 0
-    return LastHidden(bert), (ids, mask), ["input_ids", "attention_mask"]
+    return model, (ids, mask), ["input_ids", "attention_mask"]
 
 
 def median_time(fn, repeats: int = 5) -> float:

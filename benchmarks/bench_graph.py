@@ -16,14 +16,11 @@ benchmarks/results/bench_graph.json.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
 import onnx
 
-from _common import CACHE, child_peak_rss, exported, figure, median_time, write_results
+from _common import CACHE, child_peak_rss, exported, figure, hf_bert_base, median_time, quiet_export, write_results
 
 from planner import load_graph
 
@@ -35,29 +32,15 @@ HF_SHAPES = {"input_ids": (1, 128), "attention_mask": (1, 128)}
 def transformers_bert() -> Path:
     """BERT-base from transformers (default config, seed 0) exported with an attention mask."""
     import torch
-    from transformers import BertConfig, BertModel
 
     path = CACHE / "bert-base-transformers.onnx"
     if path.exists():
         return path
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    torch.manual_seed(0)
-    model = LastHidden(BertModel(BertConfig(), add_pooling_layer=False)).eval()
+    model = hf_bert_base()
     inputs = (torch.randint(0, 30522, HF_SHAPES["input_ids"]), torch.ones(HF_SHAPES["attention_mask"], dtype=torch.long))
     CACHE.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, inputs, str(path), input_names=list(HF_SHAPES), dynamo=False, opset_version=17,
-                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in HF_SHAPES})
+    quiet_export(model, inputs, path, input_names=list(HF_SHAPES), opset_version=17,
+                 dynamic_axes={n: {0: "batch", 1: "seq"} for n in HF_SHAPES})
     return path
 
 

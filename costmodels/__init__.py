@@ -24,10 +24,15 @@ from planner.userfiles import load_object
 
 @runtime_checkable
 class CostModel(Protocol):
+    """What a cost model provides (see the module docstring); ``isinstance(obj, CostModel)``
+    checks the names only."""
+
     name: str
     metrics: tuple[str, ...]
 
-    def layer_cost(self, layer, bits: int, spec) -> dict[str, float] | None: ...
+    def layer_cost(self, layer, bits: int, spec) -> dict[str, float] | None:
+        """The cost of ``layer`` at ``bits`` on ``spec``: metric name -> value in the unit the name
+        ends in (additive over layers); None when the option cannot run."""
 
 
 def _builtins() -> dict[str, type]:
@@ -70,6 +75,11 @@ def load_cost_model(ref: str, **options) -> CostModel:
         raise MpqError(f"cost model '{ref}' lacks name, metrics or layer_cost(layer, bits, spec); "
                        "see the protocol in the README")
     return model
+
+
+def weight_bytes(layer, bits: int) -> float:
+    """Bytes of a layer's weights stored at ``bits`` (0 for a layer without weights)."""
+    return layer.params * bits / 8
 
 
 def activation_bytes(layer, bits: int, output_bits: float | None) -> float:

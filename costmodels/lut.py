@@ -12,8 +12,15 @@ from pathlib import Path
 
 from planner.errors import MpqError
 
+from . import weight_bytes
+
 
 class LutCost:
+    """Measured latencies from a CSV table (``layer,bits,latency_s``; seconds per layer) given as
+    ``table``. Raises MpqError when there is no table or it cannot be read: missing file, not
+    UTF-8, not CSV, wrong header, a row whose bits are not an integer or whose latency is not a
+    finite number >= 0."""
+
     name = "lut"
     metrics = ("latency_s", "weight_bytes")
 
@@ -55,6 +62,8 @@ class LutCost:
         return table
 
     def check(self, graph, spec) -> None:
+        """Raise MpqError when the table has no row at any precision of ``spec``, or lacks a row for
+        some layer of ``graph`` at a precision it has for others (the message names the rows)."""
         offered = sorted({b for _, b in self.latency} & set(spec.precisions))
         if not offered:
             raise MpqError(f"{self.path}: no rows for any of the spec's precisions {list(spec.precisions)}")
@@ -65,6 +74,8 @@ class LutCost:
                            f"every layer at bits {offered} (layer names as mpq inspect prints them)")
 
     def layer_cost(self, layer, bits: int, spec) -> dict[str, float] | None:
+        """``{"latency_s": s, "weight_bytes": bytes}`` of ``layer`` at ``bits`` from the table; None
+        when ``spec`` does not list ``bits`` or the table has no row for it."""
         if bits not in spec.precisions or (layer.name, bits) not in self.latency:
             return None
-        return {"latency_s": self.latency[(layer.name, bits)], "weight_bytes": layer.params * bits / 8}
+        return {"latency_s": self.latency[(layer.name, bits)], "weight_bytes": weight_bytes(layer, bits)}

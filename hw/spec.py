@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from planner.errors import MpqError
+from planner.userfiles import read_bytes
 
 #: The bit widths mpq supports anywhere (spec precisions, every --bits and --pin-bits option).
 SUPPORTED_BITS = tuple(range(2, 17))
@@ -96,6 +97,8 @@ class HardwareSpec:
     sha256: str = ""
 
     def macs_per_second(self, bits: int) -> float:
+        """Peak multiply-accumulates per second at ``bits``: cores x MACs/cycle/core x clock (Hz).
+        Raises KeyError when the chip has no MAC units for ``bits``."""
         return self.cores * self.macs_per_cycle[bits] * self.clock_hz
 
     @property
@@ -111,6 +114,7 @@ class HardwareSpec:
 
     @property
     def has_energy(self) -> bool:
+        """Whether the spec gives energy per MAC (then cost models report ``energy_j``)."""
         return bool(self.energy_per_mac_j)
 
     def hardware_cost(self) -> float | None:
@@ -142,11 +146,7 @@ def load_spec(name_or_path: str | Path) -> HardwareSpec:
             raise MpqError(f"no hardware spec named '{text}'; shipped specs: {', '.join(shipped_specs())}, "
                            "or give the path of a YAML file")
         path = Path(str(resources.files("hw").joinpath(text + ".yaml")))
-    if not path.is_file():
-        raise MpqError(f"{path}: no such spec file")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise MpqError(f"{path}: {path.stat().st_size:,} bytes is too large for a spec (at most {MAX_SPEC_BYTES:,})")
-    raw = path.read_bytes()
+    raw = read_bytes(path, "spec", MAX_SPEC_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -186,27 +186,24 @@ def parse_spec(data, where: str, sha256: str = "") -> HardwareSpec:
             return float(value["value"])
         return float(value)
 
-    def per_precision(table: dict, path: str) -> dict[int, float]:
-        return {int(b): figure(v, f"{path}.{b}") for b, v in sorted(table.items(), key=lambda kv: int(kv[0]))}
+    def per_precision(table: dict, path: str) -> dict[int, float]:  # one entry for every precision, no other
+        values = {int(b): figure(v, f"{path}.{b}") for b, v in sorted(table.items(), key=lambda kv: int(kv[0]))}
+        _require_each_precision(precisions, values, path, where)
+        return values
 
     precisions = tuple(sorted(check_bits(b, f"{where}: precisions") for b in data["precisions"]))
     for end in ("first", "last"):
         if (data.get("pins") or {}).get(end) is not None:
             check_bits(data["pins"][end], f"{where}: pins.{end}")
     throughput = per_precision(data["macs_per_cycle_per_core"], "macs_per_cycle_per_core")
-    _require_each_precision(precisions, throughput, "macs_per_cycle_per_core", where)
     memory = data.get("memory") or {}
     energy = data.get("energy") or {}
     energy_per_mac = per_precision(energy["per_mac_j"], "energy.per_mac_j") if energy else {}
-    if energy:
-        _require_each_precision(precisions, energy_per_mac, "energy.per_mac_j", where)
     pins = data.get("pins") or {}
     silicon = data.get("hardware_cost") or {}
     cost_per_mac = per_precision(silicon["per_mac_unit"], "hardware_cost.per_mac_unit") if silicon else {}
-    if silicon:
-        _require_each_precision(precisions, cost_per_mac, "hardware_cost.per_mac_unit", where)
-        if "per_on_chip_byte" in silicon and "on_chip_bytes" not in memory:
-            raise MpqError(f"{where}: hardware_cost.per_on_chip_byte: needs memory.on_chip_bytes (how many bytes to cost)")
+    if "per_on_chip_byte" in silicon and "on_chip_bytes" not in memory:
+        raise MpqError(f"{where}: hardware_cost.per_on_chip_byte: needs memory.on_chip_bytes (how many bytes to cost)")
 
     def optional(section: dict, key: str, prefix: str) -> float | None:
         return figure(section[key], f"{prefix}.{key}") if key in section else None
@@ -248,6 +245,16 @@ def _require_each_precision(precisions, table: dict[int, float], field_path: str
                        f"{list(precisions)}; add it there or remove this entry")
 
 
+# what a schema keyword expects, by keyword, in words ({} is the keyword's value)
+_EXPECTED = {
+    "exclusiveMinimum": "expected a number > {}",
+    "minimum": "expected a number >= {}",
+    "pattern": "expected text matching {}",
+    "const": "expected {!r}",
+    "propertyNames": "expected bit widths (1, 2, 4, 8, ...) as keys",
+}
+
+
 def _describe(error: jsonschema.ValidationError, where: str, count: int) -> str:
     """One line: file, field path, value, what was expected."""
     if error.validator == "oneOf" and error.context:  # a figure: explain the alternative it resembles
@@ -269,16 +276,8 @@ def _describe(error: jsonschema.ValidationError, where: str, count: int) -> str:
     v = error.validator_value
     if error.validator == "type":
         expected = f"expected {v if isinstance(v, str) else ' or '.join(v)}"
-    elif error.validator == "exclusiveMinimum":
-        expected = f"expected a number > {v}"
-    elif error.validator == "minimum":
-        expected = f"expected a number >= {v}"
-    elif error.validator == "pattern":
-        expected = f"expected text matching {v}"
-    elif error.validator == "const":
-        expected = f"expected {v!r}"
-    elif error.validator == "propertyNames":
-        expected = "expected bit widths (1, 2, 4, 8, ...) as keys"
+    elif error.validator in _EXPECTED:
+        expected = _EXPECTED[error.validator].format(v)
     else:
         expected = error.message
     return f"{where}: {path or '(top level)'}: {value}: {expected}{more}"

@@ -57,5 +57,6 @@ def together(*targets: str | Path | None):
 
 
 def write_text(target: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically: readers see the old file or the whole new one."""
     with atomic_path(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")

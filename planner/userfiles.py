@@ -58,24 +58,22 @@ def load_object(ref: str, what: str):
     else:
         if not where:
             raise MpqError(f"{what}: expected package.module:object or path/file.py:object")
-        if _is_own(where):
-            try:
-                module = importlib.import_module(where)
-            except ModuleNotFoundError as e:
-                if e.name and where.startswith(e.name):
-                    raise MpqError(f"{what}: module '{where}' does not exist") from None
-                if e.name and not _is_own(e.name):
-                    raise MpqError(f"{what}: needs the Python package '{e.name}', which is not installed") from None
-                raise  # one of mpq's modules is missing another of mpq's: a bug
-        else:
-            try:
-                module = importlib.import_module(where)
-            except ModuleNotFoundError as e:
-                if e.name and where.startswith(e.name):
-                    raise MpqError(f"{what}: module '{where}' does not import (no module named '{e.name}')") from None
+        own = _is_own(where)
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            if e.name and where.startswith(e.name):
+                raise MpqError(f"{what}: module '{where}' " + ("does not exist" if own else
+                               f"does not import (no module named '{e.name}')")) from None
+            if not own:
                 raise _user_code_failed(what, f"module '{where}'", e) from None
-            except (Exception, SystemExit) as e:
-                raise _user_code_failed(what, f"module '{where}'", e) from None
+            if e.name and not _is_own(e.name):
+                raise MpqError(f"{what}: needs the Python package '{e.name}', which is not installed") from None
+            raise  # one of mpq's modules is missing another of mpq's: a bug
+        except (Exception, SystemExit) as e:
+            if own:
+                raise  # one of mpq's own modules failed: a bug
+            raise _user_code_failed(what, f"module '{where}'", e) from None
     if not hasattr(module, name):
         raise MpqError(f"{what}: '{where}' has no '{name}'")
     return getattr(module, name)
@@ -113,16 +111,24 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def read_bytes(path: Path, kind: str, limit: int) -> bytes:
+    """The bytes of the user's ``kind`` file at ``path`` ("spec", "plan", ...). Raises MpqError
+    when there is no such file or it is larger than ``limit`` bytes."""
+    if not path.is_file():
+        raise MpqError(f"{path}: no such {kind} file")
+    size = path.stat().st_size
+    if size > limit:
+        raise MpqError(f"{path}: {size:,} bytes is too large for a {kind} file (at most {limit:,})")
+    return path.read_bytes()
+
+
 def read_json(path: str | Path, kind: str):
     """The JSON document at ``path``; ``kind`` names it in errors ("plan", "gains"). Strict
     JSON: ``NaN`` and ``Infinity`` are refused, as is nesting deeper than Python can parse."""
     path = Path(path)
-    if not path.is_file():
-        raise MpqError(f"{path}: no such {kind} file")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise MpqError(f"{path}: {path.stat().st_size:,} bytes is too large for a {kind} file")
+    raw = read_bytes(path, kind, MAX_JSON_BYTES)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise MpqError(f"{path}: not a text file (not UTF-8); expected a {kind} JSON file") from None
     except (json.JSONDecodeError, ValueError) as e:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,20 @@ def mpq(*args, cwd=None, timeout: float | None = None) -> subprocess.CompletedPr
     """Run ``python -m planner ARGS`` (the installed CLI, as a user would) and capture its output."""
     return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+def kill_when_lines(args, path: Path, lines: int, timeout_s: float, poll_s: float = 0.05) -> None:
+    """Start ``python -m planner ARGS`` and SIGKILL it as soon as ``path`` (a resume file) holds
+    ``lines`` lines, or after ``timeout_s`` seconds, or when it exits first (waits for it to end)."""
+    process = subprocess.Popen([sys.executable, "-m", "planner", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            break
+        time.sleep(poll_s)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:

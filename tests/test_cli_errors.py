@@ -171,3 +171,20 @@ def test_a_fine_tune_resumes_only_from_its_own_start(tmp_path):
     fresh = fit(start(), task, epochs=2, lr=0.05, seed=0, reestimate_bn=False)
     for (name, a), b in zip(resumed.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_oversized_spec_and_json_files_are_refused_by_size_naming_the_limit(tmp_path):
+    """A spec over 1 MiB and a plan over 256 MiB are refused before they are read, with the size
+    and the limit (sparse files: nothing is written to disk)."""
+    from hw import load_spec
+    from planner import MpqError
+    from planner.userfiles import read_json
+
+    spec, plan = tmp_path / "big.yaml", tmp_path / "big.json"
+    for path, size in ((spec, 2 ** 20 + 1), (plan, 2 ** 28 + 1)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    with pytest.raises(MpqError, match=r"big.yaml: 1,048,577 bytes is too large for a spec file \(at most 1,048,576\)"):
+        load_spec(spec)
+    with pytest.raises(MpqError, match=r"big.json: 268,435,457 bytes is too large for a plan file \(at most 268,435,456\)"):
+        read_json(plan, "plan")

@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error, mpq
+from conftest import assert_user_error, kill_when_lines, mpq
 from planner import load_graph
 from planner.quant.lsq import LsqQuantizer, apply_bits, bits_of
 from planner.quant.torchmap import from_torch
@@ -114,19 +109,12 @@ def trained(tmp_path_factory):
 
 def test_alps_gains_and_resume_after_kill(trained, tmp_path):
     out, resume = tmp_path / "alps.json", tmp_path / "alps.partial.jsonl"
-    command = [sys.executable, "-m", "planner", "gains", "alps", "--task", TINY, "--checkpoint", str(trained / "w4.pt"),
-               "--epochs", "0.5", "--seeds", "2", "--resume-file", str(resume), "-o", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if resume.exists() and len(resume.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    args = ["gains", "alps", "--task", TINY, "--checkpoint", trained / "w4.pt", "--epochs", "0.5", "--seeds", "2",
+            "--resume-file", resume, "-o", out]
+    kill_when_lines(args, resume, 2, timeout_s=240)
     finished = [json.loads(l)["key"] for l in resume.read_text().splitlines() if l.strip()]
     assert len(finished) >= 2 and not out.exists()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = mpq(*args)
     assert result.returncode == 0, result.stderr
     keys = [json.loads(l)["key"] for l in resume.read_text().splitlines() if l.strip()]
     assert len(keys) == len(set(keys)) == 2 * (1 + 6)  # base and 6 free groups, 2 seeds each, none computed twice

@@ -85,6 +85,19 @@ def _plan(model, tmp_path, name: str, *args) -> Path:
     return _PLANS[key]
 
 
+def _uniform_plan(model, tmp_path, bits: int) -> Path:
+    """A plan with every layer at ``bits`` (no pins)."""
+    return _plan(model, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
+
+
+def _uniform_export(model, tmp_path, bits: int) -> Path:
+    """The QDQ export of :func:`_uniform_plan` at ``tmp_path/u{bits}.onnx``."""
+    out = tmp_path / f"u{bits}.onnx"
+    result = mpq("export", _uniform_plan(model, tmp_path, bits), model, "-o", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def _inspected_bits(model: Path) -> dict[str, tuple]:
     result = mpq("inspect", model, "--json")
     assert result.returncode == 0, result.stderr
@@ -134,10 +147,7 @@ def test_int4_export_is_at_most_0_6_of_the_int8_export(exported, tmp_path):
     model = exported("resnet18")
     sizes = {}
     for bits in (4, 8):
-        plan = _plan(model, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
-        out = tmp_path / f"u{bits}.onnx"
-        assert mpq("export", plan, model, "-o", out).returncode == 0
-        sizes[bits] = out.stat().st_size
+        sizes[bits] = _uniform_export(model, tmp_path, bits).stat().st_size
     print(f"ResNet-18 QDQ export: all-4-bit {sizes[4]:,} B, all-8-bit {sizes[8]:,} B ({sizes[4] / sizes[8]:.2f}x)")
     assert sizes[4] <= 0.6 * sizes[8]
 
@@ -172,10 +182,7 @@ def test_batch_norms_are_folded_and_the_weights_stay_on_the_grid(mnist_net, tmp_
     assert "BatchNormalization" in {n.op_type for n in onnx.load(path).graph.node}
     outputs = {}
     for bits in (4, 8):
-        plan = _plan(path, tmp_path, f"u{bits}", "--bits", str(bits), "--no-pin", "--budget", "latency=1")
-        out = tmp_path / f"u{bits}.onnx"
-        result = mpq("export", plan, path, "-o", out)
-        assert result.returncode == 0, result.stderr
+        out = _uniform_export(path, tmp_path, bits)
         proto = onnx.load(out)
         assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
         producers = {o: n for n in proto.graph.node for o in n.output}
@@ -455,7 +462,7 @@ def test_two_bit_levels_in_int4_containers_below_opset_25(mnist_net, tmp_path):
 
 def test_per_tensor_option_and_same_bytes(mnist_net, tmp_path):
     path, _, _ = mnist_net
-    plan = _plan(path, tmp_path, "u4", "--bits", "4", "--no-pin", "--budget", "latency=1")
+    plan = _uniform_plan(path, tmp_path, 4)
     written = []
     for k, extra in enumerate(([], [], ["--per-tensor"])):
         out = tmp_path / f"e{k}.onnx"
@@ -473,7 +480,7 @@ def test_export_user_errors(mnist_net, tmp_path):
     from conftest import assert_user_error
 
     path, _, _ = mnist_net
-    plan = _plan(path, tmp_path, "u4", "--bits", "4", "--no-pin", "--budget", "latency=1")
+    plan = _uniform_plan(path, tmp_path, 4)
     (tmp_path / "empty").mkdir()
     assert_user_error(mpq("export", plan, path, "--inputs", tmp_path / "empty", "-o", tmp_path / "a.onnx"),
                       "no .npy or .npz")

@@ -80,6 +80,17 @@ def _transformers_models():
             ("hf_vit", vit, (torch.randn(1, 3, 32, 32),), ["pixel_values"])]
 
 
+def _export_last_hidden(module, inputs: tuple, names: list[str], path: Path) -> None:
+    """Export a transformers model's last hidden state (TorchScript exporter, opset 17, quietly),
+    inputs named ``names``, batch and sequence dimensions dynamic (images: batch and size fixed)."""
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_LastHidden(module, names).eval(), inputs, str(path), input_names=names,
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names if n != "pixel_values"},
+                          dynamo=False, opset_version=17)
+
+
 @pytest.fixture(scope="module")
 def real_models(tmp_path_factory):
     """name -> (path, input shapes, torch module or None), the transformers ones exported once."""
@@ -87,12 +98,7 @@ def real_models(tmp_path_factory):
     models = {name: (packaged(pkg, rel), shapes, None) for name, (pkg, rel, shapes) in WHEEL_MODELS.items()}
     for name, module, inputs, names in _transformers_models():
         path = folder / f"{name}.onnx"
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_LastHidden(module, names).eval(), inputs, str(path), input_names=names,
-                              dynamic_axes={n: {0: "batch", 1: "seq"} for n in names if n != "pixel_values"},
-                              dynamo=False, opset_version=17)
+        _export_last_hidden(module, inputs, names, path)
         models[name] = (path, {n: tuple(x.shape) for n, x in zip(names, inputs)}, module)
     return models
 
@@ -216,11 +222,7 @@ def test_load_graph_memory_on_a_transformers_bert(tmp_path):
     names = ["input_ids", "attention_mask"]
     inputs = (torch.randint(0, 30522, (1, 64)), torch.ones(1, 64, dtype=torch.long))
     path = tmp_path / "bert.onnx"
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_LastHidden(bert, names).eval(), inputs, str(path), input_names=names,
-                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, dynamo=False, opset_version=17)
+    _export_last_hidden(bert, inputs, names, path)
     weights = sum(p.numel() * 4 for p in bert.parameters())
     code = (
         "import sys\n"

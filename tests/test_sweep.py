@@ -6,16 +6,11 @@ import io
 import itertools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, mpq
+from conftest import assert_user_error, kill_when_lines, mpq
 from costmodels import load_cost_model
 from hw import load_spec
 from planner import load_graph
@@ -140,15 +135,7 @@ def test_killed_sweep_recomputes_only_unfinished_variants(exported, tmp_path):
     whole = mpq(*args, "-o", tmp_path / "whole.csv")
     assert whole.returncode == 0, whole.stderr
     (tmp_path / "resume.jsonl").unlink()
-    process = subprocess.Popen([sys.executable, "-m", "planner", *map(str, args), "-o", tmp_path / "cut.csv"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if (tmp_path / "resume.jsonl").exists() and len((tmp_path / "resume.jsonl").read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.005)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_lines([*args, "-o", tmp_path / "cut.csv"], tmp_path / "resume.jsonl", 2, timeout_s=120, poll_s=0.005)
     done = len((tmp_path / "resume.jsonl").read_text().splitlines())
     assert 2 <= done < 16 and not (tmp_path / "cut.csv").exists()
     again = mpq(*args, "-o", tmp_path / "cut.csv")

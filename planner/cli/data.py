@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from planner.cli import tables
-from planner.cli.options import (BIT_WIDTH, LEARNING_RATE, POSITIVE, SEED, Number, Progress, check_paths, dump_json,
-                                 force_option, ref_file, task_option, threads)
+from planner.cli.options import (BIT_WIDTH, LEARNING_RATE, POSITIVE, Number, Progress, check_paths, dump_json,
+                                 force_option, json_option, ref_file, seed_option, task_option, threads)
 from planner.errors import MpqError
 
 
@@ -35,7 +35,7 @@ class _StepProgress(Progress):
 @click.option("--init", "init_path", default=None, metavar="CKPT", help="Start from this checkpoint (default: fresh weights).")
 @click.option("--epochs", type=POSITIVE, default=None, help="Epochs (default: the task's).")
 @click.option("--lr", type=LEARNING_RATE, default=None, help="Learning rate (default: the task's).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@seed_option
 @click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first and last layers.")
 @click.option("-o", "--output", required=True, metavar="CKPT", help="Write the checkpoint here (and OUTPUT with .onnx: "
               "the float ONNX export to plan on). Finished epochs are kept in OUTPUT.partial: a rerun resumes.")
@@ -75,7 +75,7 @@ def train(task_ref, bits, init_path, epochs, lr, seed, pin_bits, output) -> None
 @task_option
 @click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT", help="The model to evaluate.")
 @click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Apply this plan's bits first (no fine-tuning).")
-@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@json_option("the scores")
 def evaluate(task_ref, checkpoint_path, plan_path, as_json) -> None:
     """Score a checkpoint on the task's test split (and its validation loss)."""
     from planner.export.plan import read_plan
@@ -105,7 +105,7 @@ def evaluate(task_ref, checkpoint_path, plan_path, as_json) -> None:
               help="Start from this checkpoint (e.g. the LSQ 4-bit network).")
 @click.option("--epochs", type=POSITIVE, default=None, help="Fine-tuning epochs (default: the task's).")
 @click.option("--lr", type=LEARNING_RATE, default=None, help="Learning rate (default: the task's fine-tuning rate).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@seed_option
 @click.option("--distill", type=Number(float, 0, 1), default=0.0, show_default=True,
               help="Weight of distillation from --teacher (default teacher: the starting checkpoint).")
 @click.option("--teacher", "teacher_path", default=None, metavar="CKPT", help="Teacher for --distill.")

@@ -10,10 +10,17 @@ import time
 import click
 
 from planner.cli import tables
-from planner.cli.options import (BIT_WIDTH, COUNT, LEARNING_RATE, POSITIVE, SEED, Progress, bits_list, check_paths,
+from planner.cli.options import (BIT_WIDTH, COUNT, LEARNING_RATE, POSITIVE, Progress, bits_list, check_paths,
                                  executor_options, gains_options, hw_pin_options, input_shape_option, input_shapes,
-                                 note_unused, ref_file, threads, with_options)
+                                 no_pin_option, note_unused, ref_file, seed_option, task_option, threads, with_options)
 from planner.errors import MpqError
+
+
+spec_or_bits_options = [
+    click.option("--hw", "hw_name", default=None, metavar="SPEC", help="Take precisions and pins from this spec."),
+    click.option("--bits", default="2,4,8", show_default=True, help="Precisions when no --hw is given."),
+]
+output_option = click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here.")
 
 
 @click.group()
@@ -46,10 +53,9 @@ def _write(result, graph, output: str, start: float, what: str) -> None:
 def _data_free_command(method: str, help_text: str):
     @gains.command(method, help=help_text)
     @click.argument("model")
-    @click.option("--hw", "hw_name", default=None, metavar="SPEC", help="Take precisions and pins from this spec.")
-    @click.option("--bits", default="2,4,8", show_default=True, help="Precisions when no --hw is given.")
+    @with_options(spec_or_bits_options)
     @with_options(gains_options[1:])
-    @click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here.")
+    @output_option
     @input_shape_option
     @with_options(hw_pin_options)
     def command(model, hw_name, bits, step, mode, weighting, seed, output, shape_texts, no_pin, pin_bits) -> None:
@@ -80,10 +86,9 @@ for _method, _help in [
 @click.option("--task", "task_ref", default=None, metavar="TASK", help="With --checkpoint: EAGL on the checkpoint's "
               "weights at its learned steps.")
 @click.option("--checkpoint", "checkpoint_path", default=None, metavar="CKPT")
-@click.option("--hw", "hw_name", default=None, metavar="SPEC", help="Take precisions and pins from this spec.")
-@click.option("--bits", default="2,4,8", show_default=True, help="Precisions when no --hw is given.")
+@with_options(spec_or_bits_options)
 @with_options(gains_options[1:4])
-@click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here.")
+@output_option
 @input_shape_option
 @with_options(hw_pin_options)
 def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weighting, output, shape_texts, no_pin,
@@ -123,15 +128,18 @@ def gains_eagl(model, task_ref, checkpoint_path, hw_name, bits, step, mode, weig
 
 
 data_gains_options = [
-    click.option("--task", "task_ref", required=True, metavar="TASK",
-                 help="Built-in mnist or minilm, package.module:object or path/file.py:object."),
+    task_option,
     click.option("--checkpoint", "checkpoint_path", required=True, metavar="CKPT",
                  help="The network trained at the high precision (e.g. mpq train --bits 4)."),
     click.option("--bits", default="2,4", show_default=True, help="Precisions to estimate gains for."),
-    click.option("-o", "--output", required=True, metavar="GAINS.json", help="Write the gains here."),
-    click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
+    output_option,
+    no_pin_option,
     click.option("--pin-bits", type=BIT_WIDTH, default=None, help="Bits of pinned layers (default 8)."),
 ]
+
+score_metric_option = click.option(
+    "--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
+    help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
 
 
 def _measure(method: str, task_ref, checkpoint_path, bits, output, no_pin, pin_bits, *, jobs_total=None,
@@ -175,8 +183,7 @@ def _measure(method: str, task_ref, checkpoint_path, bits, output, no_pin, pin_b
 @with_options(data_gains_options)
 @click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Fine-tuning epochs per group (paper: 1).")
 @click.option("--lr", type=LEARNING_RATE, default=None, help="Fine-tuning learning rate (default: the task's).")
-@click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True,
-              help="Validation score: accuracy, minus the loss, or minus the KL divergence to the high-precision network.")
+@score_metric_option
 @click.option("--seeds", type=COUNT, default=3, show_default=True,
               help="Seeds of the base and of every lowered group (gain: mean paired difference; base spread: the noise floor).")
 @with_options(executor_options)
@@ -194,7 +201,7 @@ def gains_alps(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, epochs
 @with_options(data_gains_options)
 @click.option("--samples", type=COUNT, default=16, show_default=True, help="Rademacher vectors per batch.")
 @click.option("--batches", type=COUNT, default=2, show_default=True, help="Training batches.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@seed_option
 def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, samples, batches, seed) -> None:
     """HAWQ: Hutchinson Hessian trace x weight quantization error, per group."""
     _measure("hessian", task_ref, checkpoint_path, bits, output, no_pin, pin_bits, samples=samples, batches=batches,
@@ -203,7 +210,7 @@ def gains_hessian(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, sam
 
 @gains.command("sensitivity")
 @with_options(data_gains_options)
-@click.option("--metric", type=click.Choice(["accuracy", "loss", "kl"]), default="loss", show_default=True)
+@score_metric_option
 @with_options(executor_options)
 def gains_sensitivity(task_ref, checkpoint_path, bits, output, no_pin, pin_bits, metric, workers, executor, ray_address,
                       resume_file) -> None:

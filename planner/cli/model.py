@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from planner.cli import tables
-from planner.cli.options import (COUNT, BIT_WIDTH, check_paths, cost_model_options, dump_json, force_option,
-                                 hw_option, hw_pin_options, input_shape_option, input_shapes, pin_options, prepare,
+from planner.cli.options import (COUNT, BIT_WIDTH, check_paths, dump_json, force_option, hw_pin_options,
+                                 input_shape_option, input_shapes, json_option, model_hw_options, pin_options, prepare,
                                  ref_file, with_options)
 from planner.units import si, unit
 
@@ -14,7 +14,7 @@ from planner.units import si, unit
 @click.argument("model")
 @input_shape_option
 @with_options(pin_options)
-@click.option("--json", "as_json", is_flag=True, help="Print the layer graph as JSON.")
+@json_option("the layer graph")
 def inspect(model: str, shape_texts, no_pin: bool, pin_bits: int, as_json: bool) -> None:
     """List the layers of MODEL (ONNX) with their MACs, precision groups and pins (and, for a QDQ
     model, each layer's weight and input bits read from its Q/DQ types)."""
@@ -70,7 +70,7 @@ def spec_validate(files) -> None:
 
 @spec.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the resolved spec as JSON.")
+@json_option("the resolved spec")
 def spec_show(name: str, as_json: bool) -> None:
     """Show a spec (shipped NAME or a path) with every figure and its source."""
     import dataclasses
@@ -116,15 +116,13 @@ def metric_header(metric: str) -> str:
 
 
 @click.command()
-@click.argument("model")
-@hw_option
-@with_options(cost_model_options)
+@with_options(model_hw_options)
 @click.option("--bits", type=BIT_WIDTH, default=8, show_default=True, help="Uniform precision of the free layers.")
 @click.option("--plan", "plan_path", default=None, metavar="PLAN.json", help="Cost this plan's bits instead.")
 @input_shape_option
 @with_options(hw_pin_options)
 @click.option("--summary", is_flag=True, help="Totals only, no per-layer table.")
-@click.option("--json", "as_json", is_flag=True, help="Print the costs as JSON.")
+@json_option("the costs")
 @force_option
 def cost(model, hw_name, cost_model, lut, bits, plan_path, shape_texts, no_pin, pin_bits, summary, as_json,
          force) -> None:
@@ -166,7 +164,7 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, shape_texts, no_pin, 
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write a PNG of per-layer cost shares.")
 @click.option("--top", type=COUNT, default=5, show_default=True, help="Layers listed per disagreement.")
 @input_shape_option
-@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@json_option("the comparison")
 def compare(model, hw_names, cost_models, lut, metric, plot_path, top, shape_texts, as_json) -> None:
     """Compare where (spec, cost model) pairs reward lower precision, layer by layer."""
     from planner.costs.compare import compare_specs

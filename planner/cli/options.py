@@ -196,12 +196,13 @@ input_shape_option = click.option(
     "--input-shape", "shape_texts", multiple=True, metavar="NAME=1x3x224x224",
     help="Fix a graph input's shape (repeatable); symbolic batch dimensions default to 1.")
 hw_option = click.option("--hw", "hw_name", required=True, metavar="SPEC", help="Accelerator spec: shipped name or YAML path.")
+no_pin_option = click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers.")
 pin_options = [
-    click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
+    no_pin_option,
     click.option("--pin-bits", type=BIT_WIDTH, default=8, show_default=True, help="Bits of the pinned first/last layers."),
 ]
 hw_pin_options = [
-    click.option("--no-pin", is_flag=True, help="Do not pin the first and last layers."),
+    no_pin_option,
     click.option("--pin-bits", type=BIT_WIDTH, default=None, help="Bits of the pinned first/last layers (default: the spec's pins)."),
 ]
 cost_model_options = [
@@ -209,6 +210,7 @@ cost_model_options = [
                  help="Cost model (default: the spec's, usually northpole)."),
     click.option("--lut", default=None, metavar="CSV", help="Latency table for the lut cost model (layer,bits,latency_s)."),
 ]
+model_hw_options = [click.argument("model"), hw_option, *cost_model_options]
 gains_options = [
     click.option("--gains", "gains_names", multiple=True, metavar="METHOD|FILE",
                  help="Gains: eagl (default), uniform, random, params, qerror, or a gains JSON file."),
@@ -224,7 +226,7 @@ bits_restriction_option = click.option(
     "--bits", "restrict_bits", default=None, metavar="2,4",
     help="Offer free groups only these precisions (e.g. 2,4 for the paper's two-precision case).")
 force_option = click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+seed_option = click.option("--seed", type=SEED, default=0, show_default=True)
 task_option = click.option("--task", "task_ref", required=True, metavar="TASK",
                            help="Built-in mnist or minilm, package.module:object or path/file.py:object.")
 executor_options = [
@@ -235,6 +237,17 @@ executor_options = [
     click.option("--resume-file", default=None, metavar="JSONL",
                  help="Job store of finished jobs (default: OUTPUT.partial.jsonl, removed when done)."),
 ]
+
+
+def json_option(what: str):
+    """The ``--json`` flag (``as_json``) of a command that prints ``what`` ("the costs") as JSON."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def time_limit_option(per: str):
+    """The solver's ``--time-limit`` in seconds (default 60); ``per`` (" per point") says what it limits."""
+    return click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True,
+                        help=f"Solver time limit{per} (s).")
 
 
 def planning_inputs(model, hw_name, cost_model, lut, gains_names) -> dict:

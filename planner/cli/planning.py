@@ -6,10 +6,10 @@ import json
 import click
 
 from planner.cli import tables
-from planner.cli.options import (POSITIVE, Number, Progress, between, bits_restriction_option, check_paths,
+from planner.cli.options import (Number, Progress, between, bits_restriction_option, check_paths,
                                  cost_model_options, dump_json, executor_options, force_option, gain_options,
-                                 gains_options, hw_option, hw_pin_options, input_shape_option, input_shapes,
-                                 note_unused, planning_inputs, prepare, with_options)
+                                 gains_options, hw_pin_options, input_shape_option, input_shapes, json_option,
+                                 model_hw_options, note_unused, planning_inputs, prepare, time_limit_option, with_options)
 from planner.errors import MpqError
 from planner.units import si, unit
 
@@ -21,9 +21,7 @@ def _file_name(path) -> str:
 
 
 @click.command()
-@click.argument("model")
-@hw_option
-@with_options(cost_model_options)
+@with_options(model_hw_options)
 @click.option("--budget", "budget_texts", multiple=True, required=True, metavar="METRIC<=VALUE|METRIC=R",
               help="A budget: latency_s<=1.5e-3, weight_bytes<=3MB, or latency=0.5 (a fraction of the way "
                    "from the cheapest plan to the dearest). Repeat for several.")
@@ -35,7 +33,7 @@ def _file_name(path) -> str:
 @click.option("--explain", is_flag=True, help="Show why the most contested groups got their bits.")
 @click.option("--method", type=click.Choice(["cpsat", "knapsack"]), default="cpsat", show_default=True,
               help="Solver: CP-SAT (any budgets) or OR-Tools' 0-1 knapsack (two precisions, one budget).")
-@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit (s).")
+@time_limit_option("")
 @click.option("--timings", is_flag=True, help="Record the solver's wall time in the plan (then runs differ).")
 @bits_restriction_option
 @input_shape_option
@@ -108,9 +106,7 @@ def _print_plan_summary(result, graph) -> None:
 
 
 @click.command()
-@click.argument("model")
-@hw_option
-@with_options(cost_model_options)
+@with_options(model_hw_options)
 @click.option("--metric", default=None, help="Budgeted metric to sweep (default: the cost model's first, e.g. latency_s).")
 @click.option("--between", "between_text", default=None, metavar="LOW,HIGH", help="Sweep from uniform LOW-bit to "
               "uniform HIGH-bit (default: from the cheapest plan to the dearest).")
@@ -119,11 +115,11 @@ def _print_plan_summary(result, graph) -> None:
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the frontier plot.")
 @click.option("--csv", "csv_path", default=None, metavar="OUT.csv", help="Write the points as CSV "
               "(finished points are kept beside it in OUT.csv.partial.jsonl, so a rerun resumes).")
-@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit per point (s).")
+@time_limit_option(" per point")
 @bits_restriction_option
 @input_shape_option
 @with_options(hw_pin_options)
-@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@json_option("the points")
 @click.option("--inputs", "inputs_folder", default=None, metavar="FOLDER",
               help="Score every plan post-training on these input batches (.npy): top-1 agreement and output "
                    "cosine of its QDQ export to the float model, beside the gain (table, JSON, CSV, plot).")
@@ -208,7 +204,7 @@ def frontier(model, hw_name, cost_model, lut, metric, between_text, points, gain
 @click.option("-o", "--output", "outputs", multiple=True, metavar="OUT.csv|OUT.json",
               help="Write the rows as CSV or JSON (by suffix; repeatable).")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png", help="Write the sweep plots.")
-@click.option("--time-limit", type=POSITIVE, default=60.0, show_default=True, help="Solver time limit per budget (s).")
+@time_limit_option(" per budget")
 @input_shape_option
 @with_options(hw_pin_options)
 @with_options(executor_options)

@@ -39,10 +39,7 @@ def compare_plot(data: dict, out: str | Path) -> None:
     axes[-1].set_xticks(x[::step])
     axes[-1].set_xticklabels([_short(n) for n in names[::step]], rotation=90, fontsize=6)
     axes[-1].set_xlabel("layer (topological order)")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, out, dpi=110)
 
 
 def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out: str | Path, title: str = "") -> None:
@@ -91,10 +88,7 @@ def frontier_plot(points: list[dict], uniform: dict[int, dict], metric: str, out
         right.set_title("Measured fidelity of the same plans (comparable across methods)")
         right.grid(alpha=0.3)
         right.legend(title="gains", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    _save(fig, out, dpi=120)
 
 
 def sweep_plot(result, out: str | Path, title: str = "") -> None:
@@ -233,9 +227,14 @@ def sweep_plot(result, out: str | Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or "Design-space sweep")
+    _save(fig, out, dpi=110)
+
+
+def _save(fig, out: str | Path, dpi: int) -> None:
+    """Lay ``fig`` out, write it to ``out`` as PNG at ``dpi`` (atomically) and close it."""
     fig.tight_layout()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
 
 

@@ -28,6 +28,7 @@ def _numeric(text: str) -> bool:
 
 
 def shape(dims: Sequence[int] | None) -> str:
+    """``3x224x224`` for a tensor shape (its dimensions joined by x); ``-`` for None."""
     return "-" if dims is None else "x".join(str(d) for d in dims)
 
 

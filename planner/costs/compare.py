@@ -29,13 +29,17 @@ class PairCosts:
 
     @property
     def label(self) -> str:
+        """``spec/model``: the pair's name in tables and plots."""
         return f"{self.spec}/{self.model}"
 
     def total(self, bits: int) -> float | None:
+        """The model's total cost at uniform ``bits`` (None when some layer is not offered at ``bits``)."""
         values = [c[bits] for c in self.cost.values()]
         return None if any(v is None for v in values) else sum(values)
 
     def share(self, layer: str, bits: int = 8) -> float | None:
+        """``layer``'s share (0 to 1) of the model's total cost at ``bits`` (layers not offered
+        count 0); None when the layer is not offered at ``bits`` or the total is 0."""
         total = self.total(bits) or sum(c[bits] or 0.0 for c in self.cost.values())
         value = self.cost[layer][bits]
         return None if value is None or not total else value / total
@@ -48,6 +52,10 @@ class PairCosts:
 
 
 def pair_costs(graph: LayerGraph, spec, model, metric: str | None) -> PairCosts:
+    """The cost of every layer of ``graph`` on ``spec`` under cost model ``model`` at every precision
+    the spec offers and the ones of ``STEPS`` (None where not offered), in ``metric`` (default: the
+    model's first metric). Raises MpqError from the model's ``check`` or when the model does not
+    return ``metric``."""
     if hasattr(model, "check"):
         model.check(graph, spec)
     bits_all = sorted(set(spec.precisions) | {b for s in STEPS for b in s})

@@ -69,4 +69,5 @@ def _unique(entries: list[dict]) -> list[dict]:
 
 
 def encodings_json(doc: dict) -> str:
+    """The encodings document as the file's text: indented, key-sorted JSON ending in a newline."""
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"

@@ -78,6 +78,7 @@ def ort_overrides(graph: LayerGraph, w_bits: dict[str, int], a_bits: dict[str, i
 
 
 def overrides_json(overrides: dict) -> str:
+    """The overrides as the file's text: indented, key-sorted JSON ending in a newline."""
     return json.dumps(overrides, indent=1, sort_keys=True) + "\n"
 
 

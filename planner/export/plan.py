@@ -34,11 +34,17 @@ SCHEMA = "mpq.plan/v1"
 
 @cache
 def plan_schema() -> dict:
+    """The JSON schema of plan files (``plan.schema.json``, shipped with the package)."""
     return json.loads(resources.files("planner.export").joinpath("plan.schema.json").read_text())
 
 
 def build_plan(graph: LayerGraph, spec, table: CostTable, gains: Gains, budgets: list[Budget],
                limits: dict[str, float], solution: Solution, timings: bool = False) -> dict:
+    """The plan document (schema ``plan.schema.json``) of ``solution``: the model, spec and cost
+    model it was made for; the budgets (``limits``: each budget's metric -> its absolute value, in
+    the metric's unit); the solver's status, objective, bound (and wall time only with ``timings``,
+    then runs differ); the totals; the uniform-precision reference totals of ``table``; per group
+    its bits and each option's gain and cost; per layer its weight and activation bits."""
     bits = solution.bits
     reference = {f"uniform_{b}bit": totals for b, totals in table.uniform_totals().items() if totals is not None}
     return {
@@ -63,6 +69,8 @@ def build_plan(graph: LayerGraph, spec, table: CostTable, gains: Gains, budgets:
 
 
 def validate(doc: dict, where: str = "plan") -> None:
+    """Raise MpqError naming the first field (in path order) where ``doc`` breaks the plan schema;
+    ``where`` names the document in the message."""
     errors = sorted(jsonschema.Draft202012Validator(plan_schema()).iter_errors(doc), key=lambda e: list(map(str, e.path)))
     if errors:
         e = errors[0]
@@ -70,6 +78,8 @@ def validate(doc: dict, where: str = "plan") -> None:
 
 
 def plan_json(doc: dict) -> str:
+    """The plan document as the file's text: indented, key-sorted JSON ending in a newline
+    (same document, same bytes)."""
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
@@ -95,6 +105,8 @@ def write_plan_files(doc: dict, plan_path: str | Path | None, bitmap_path: str |
 
 
 def bitmap_csv(doc: dict) -> str:
+    """The plan's per-layer table as CSV text: ``layer,weight,w_bits,a_bits,weight_qdq,inputs``,
+    one row per layer in plan order (``inputs`` joined by ``;``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["layer", "weight", "w_bits", "a_bits", "weight_qdq", "inputs"])
@@ -105,6 +117,7 @@ def bitmap_csv(doc: dict) -> str:
 
 
 def write_bitmap(doc: dict, path: str | Path) -> None:
+    """Write :func:`bitmap_csv` of ``doc`` to ``path`` atomically."""
     write_text(path, bitmap_csv(doc))
 
 
@@ -117,6 +130,7 @@ class PlanFile:
 
     @property
     def bits_by_layer(self) -> dict[str, int]:
+        """Layer name -> planned weight bits."""
         return {l["name"]: l["w_bits"] for l in self.doc["layers"]}
 
     def check_model(self, graph: LayerGraph, force: bool = False) -> None:

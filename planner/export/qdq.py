@@ -46,6 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
+from planner.graph.shapes import add_outputs
 from planner.graph.weights import WEIGHT_BITS_KEY
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
@@ -140,10 +141,7 @@ def activation_stats(graph: LayerGraph, tensors, feeds, sample: int = 1 << 16) -
 
     model = onnx.load(graph.model.path)
     wanted = sorted(tensors)
-    existing = {o.name for o in model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    add_outputs(model, wanted)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     seen: dict[str, list] = {n: [[], 0.0, True] for n in wanted}

@@ -33,6 +33,9 @@ class Gains:
     extra: dict = field(default_factory=dict)
 
     def to_json(self, graph: LayerGraph) -> dict:
+        """The gains file document of ``graph`` (whose groups ``by_group`` follows): per group its
+        layers, pin and gain per precision (bit widths as string keys), with method, params and
+        ``extra``."""
         return {
             "schema": SCHEMA, "method": self.method, "params": self.params,
             "model": {"path": graph.model.path, "sha256": graph.model.sha256},

@@ -36,18 +36,10 @@ from planner.gains.datadriven import config_key, group_bits, group_gains, group_
 def alps_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epochs: float, lr: float, seed: int,
              metric: str) -> float:
     """One ALPS measurement: the checkpoint with some modules at other bits, fine-tuned, scored."""
-    import torch
+    from planner.quant.network import tuned_from_checkpoint
+    from planner.quant.train import score
 
-    from planner.quant.checkpoint import load_checkpoint
-    from planner.quant.lsq import apply_bits
-    from planner.quant.train import fit, score
-    from planner.tasks import load_task
-
-    torch.set_num_threads(1)
-    task = load_task(task_ref)
-    base = load_checkpoint(checkpoint, task)
-    model = apply_bits(base, bits_by_module)
-    fit(model, task, epochs=epochs, lr=lr, seed=seed)
+    task, base, model = tuned_from_checkpoint(task_ref, checkpoint, bits_by_module, epochs=epochs, lr=lr, seed=seed)
     return score(model, task, task.eval_data(), metric, teacher=base)
 
 

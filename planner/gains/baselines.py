@@ -25,11 +25,15 @@ def _per_group(graph: LayerGraph, bits: list[int], value) -> list[dict[int, floa
 
 
 def uniform(graph: LayerGraph, precisions: list[int]) -> Gains:
+    """Gains where each step up in ``precisions`` is worth 1 in every free group (gain = rank of
+    the precision, 0 at the lowest)."""
     bits = sorted(set(precisions))
     return Gains("uniform", {}, _per_group(graph, bits, lambda g, k: k))
 
 
 def random(graph: LayerGraph, precisions: list[int], *, seed: int = 0) -> Gains:
+    """Gains with a random worth, uniform in [0, 1), of each step up per free group, cumulative over
+    the steps (0 at the lowest precision); the same ``seed`` gives the same gains."""
     bits = sorted(set(precisions))
     rng = np.random.default_rng(seed)
     steps = rng.random((len(graph.groups), len(bits)))
@@ -39,12 +43,17 @@ def random(graph: LayerGraph, precisions: list[int], *, seed: int = 0) -> Gains:
 
 
 def params(graph: LayerGraph, precisions: list[int]) -> Gains:
+    """Gains of a free group = its weight count x the rank of the precision (0 at the lowest)."""
     bits = sorted(set(precisions))
     count = {g.id: sum(graph.layer(n).params for n in g.layers) for g in graph.groups}
     return Gains("params", {}, _per_group(graph, bits, lambda g, k: k * count[g.id]))
 
 
 def qerror(graph: LayerGraph, precisions: list[int], *, step: str = "lsq") -> Gains:
+    """Gains of a free group = the drop in its layers' weight quantization error (sum of squares)
+    from the lowest of ``precisions`` to each one, with steps by ``step`` (``lsq`` or ``mse``, see
+    :func:`planner.gains.eagl.grid_steps`). Weightless layers get the median drop of the others
+    (named in ``extra["estimated_layers"]``)."""
     from planner.gains.eagl import grid_steps
 
     bits = sorted(set(precisions))

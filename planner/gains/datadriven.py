@@ -26,6 +26,7 @@ def group_bits(graph: LayerGraph, mapping: dict[str, str], base_bits: dict[str, 
 
 
 def lower(precisions: list[int], bits: int) -> int | None:
+    """The next precision of ``precisions`` below ``bits``; None when ``bits`` is the lowest or below."""
     below = [b for b in sorted(precisions) if b < bits]
     return below[-1] if below else None
 

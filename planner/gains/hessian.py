@@ -26,7 +26,7 @@ import torch
 from planner.graph import LayerGraph
 from planner.quant.lsq import MatMul
 from planner.gains import Gains, grid
-from planner.gains.datadriven import group_modules
+from planner.gains.datadriven import group_gains, group_modules
 
 
 def hutchinson_traces(model, task, modules: list[str], *, samples: int = 16, batches: int = 2, seed: int = 0) -> dict[str, float]:
@@ -127,14 +127,10 @@ def hessian_gains(task, model, graph: LayerGraph, mapping: dict[str, str], preci
                                     else (None, None))
                     total += curvature * activation_error(a, b, step, signed)
             omega[m][b] = total / max(len(inputs[m]), 1)
-    by_group = []
-    for group in graph.groups:
-        if group.pinned_bits is not None:
-            by_group.append({group.pinned_bits: 0.0})
-            continue
-        members = group_modules(graph, mapping, group)
-        low = bits[0]
-        by_group.append({b: sum(omega[m][low] - omega[m][b] for m in members) for b in bits})
+    low = bits[0]
+    measured = {group.id: {b: sum(omega[m][low] - omega[m][b] for m in group_modules(graph, mapping, group))
+                           for b in bits} for group in graph.free_groups}
+    by_group = group_gains(graph, bits, measured)
     extra = {"traces": {m: traces[m] for m in weighted}}
     if matmuls:
         extra["input_curvatures"] = {m: [statistics.fmean(batch[k][0] for batch in inputs[m]) for k in range(2)]

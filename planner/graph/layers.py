@@ -116,6 +116,10 @@ class _WhenRead:
 
 @dataclass
 class ModelInfo:
+    """Where a graph comes from: the model file (``path``, None when read from memory or a
+    temporary file), its ``sha256``, ONNX ``opset``, ``producer`` and the graph input shapes used
+    (input name -> dimensions)."""
+
     path: str | None
     sha256: str = _WhenRead()  # the hex digest; read it to wait for it
     opset: int
@@ -144,16 +148,21 @@ class LayerGraph:
     metadata: dict[str, str] = field(repr=False, default_factory=dict)
 
     def layer(self, name: str) -> Layer:
+        """The layer named ``name``; raises KeyError if there is none."""
         return self.graph.nodes[name]["layer"]
 
     def group_of(self, layer_name: str) -> Group:
+        """The precision group of the layer named ``layer_name``; raises KeyError if there is none."""
         return self.groups[self.layer(layer_name).group]
 
     @property
     def free_groups(self) -> list[Group]:
+        """The groups without a pin (those whose precision is planned), in id order."""
         return [g for g in self.groups if g.pinned_bits is None]
 
     def totals(self) -> dict[str, int]:
+        """Counts of the graph: ``layers``, ``groups``, ``pinned_groups``, ``macs`` (multiply-accumulates
+        per inference) and ``params`` (weights)."""
         return {"layers": len(self.layers), "groups": len(self.groups),
                 "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
                 "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}

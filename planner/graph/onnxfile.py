@@ -283,20 +283,25 @@ class TensorStore:
         return name in self.tensors
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The dimensions of the stored or computed tensor ``name`` (a computed one whose shape
+        inference left open is evaluated: MpqError where it cannot be)."""
         if name in self.tensors:
             return tuple(int(d) for d in self.tensors[name].dims)
         return self._type(name)[0]
 
     def size(self, name: str) -> int:
+        """The number of elements of the tensor ``name`` (see :meth:`shape`)."""
         n = 1
         for d in self.shape(name):
             n *= int(d)
         return n
 
     def nbytes(self, name: str) -> int:
+        """The bytes of the tensor ``name`` unpacked in its numpy dtype (see :meth:`shape`)."""
         return self.size(name) * np.dtype(self.dtype(name)).itemsize
 
     def dtype(self, name: str):
+        """The numpy dtype of the tensor ``name`` (see :meth:`shape`)."""
         if name in self.tensors:
             return helper.tensor_dtype_to_np_dtype(self.tensors[name].data_type)
         return self._type(name)[1]

@@ -176,6 +176,16 @@ _PACKED_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M
                 TensorProto.INT2: 2, TensorProto.UINT2: 2}
 
 
+def add_outputs(model: onnx.ModelProto, names) -> None:
+    """Make every tensor of ``names`` an output of ``model``'s graph (in place; those that already
+    are stay as they are), so that onnxruntime can return it."""
+    known = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in known:
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+            known.add(name)
+
+
 def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
     """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
 
@@ -196,10 +206,7 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
                     ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
                     ort_errors.NoSuchFile)
     probe, stripped = _skeleton(model, input_shapes)
-    known_outputs = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known_outputs:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    add_outputs(probe, names)
     feeds = {}
     for value in graph_inputs(model.graph):
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

@@ -53,6 +53,7 @@ class JobStore:
         return key in self.done
 
     def get(self, key: str):
+        """The value stored under ``key`` (None if none); counts the key as used (see :meth:`unused`)."""
         if key in self.done:
             self.read.add(key)
         return self.done.get(key)
@@ -62,6 +63,8 @@ class JobStore:
         return len(set(self.done) - self.read)
 
     def put(self, key: str, value) -> None:
+        """Append ``key``: ``value`` to the file as one JSON line, synced to disk so that it survives
+        a kill. Raises MpqError when ``value`` holds a non-finite number (not JSON)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             line = json.dumps({"key": key, "value": value}, sort_keys=True, allow_nan=False)
@@ -83,6 +86,7 @@ class JobStore:
             return f.read(1) == b"\n"
 
     def remove(self) -> None:
+        """Delete the file (nothing happens if it does not exist)."""
         self.path.unlink(missing_ok=True)
 
 

@@ -20,6 +20,8 @@ FORMAT = "mpq.checkpoint/v1"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, task, **meta) -> None:
+    """Write ``model``'s weights and learned steps, its bits per quantized module, the task's name
+    and ``meta`` to ``path`` atomically (a torch file of :data:`FORMAT`)."""
     doc = {"format": FORMAT, "task": getattr(task, "ref", getattr(task, "name", "")), "bits": bits_of(model),
            "state_dict": model.state_dict(), "meta": meta}
     with atomic_path(path) as tmp:
@@ -27,6 +29,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, task, **meta) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint document at ``path`` (``task``, ``bits``, ``state_dict``, ``meta``), loaded on
+    the CPU with weights only. Raises MpqError when the file is missing or is not an mpq checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise MpqError(f"{path}: no such checkpoint")
@@ -54,6 +58,7 @@ def load_checkpoint(path: str | Path, task) -> nn.Module:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of the file at ``path``, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -44,6 +44,7 @@ class LsqQuantizer(nn.Module):
 
     @property
     def signed(self) -> bool:
+        """Whether the levels are signed (True until a first batch decides an activation's sign)."""
         return bool(self.signed_flag.item() != 0)
 
     def levels(self) -> tuple[int, int]:
@@ -54,6 +55,8 @@ class LsqQuantizer(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
+        """Decide the sign from ``x`` where it was left open (unsigned when all of ``x`` is >= 0) and set
+        the step to 2 mean(|x|) / sqrt(Q_P), at least 1e-8."""
         if int(self.signed_flag) == -1:
             self.signed_flag.fill_(0 if bool((x >= 0).all()) else 1)
         _, qp = self.levels()
@@ -61,6 +64,7 @@ class LsqQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` quantized to the learned grid (same shape); the first call initializes from ``x``."""
         if not bool(self.initialized):
             self.initialize(x.detach())
         qn, qp = self.levels()
@@ -73,6 +77,7 @@ class LsqQuantizer(nn.Module):
         return torch.clamp(torch.round(x / self.step.detach()), -qn, qp)
 
     def extra_repr(self) -> str:
+        """``bits=4, signed=auto`` for the module's repr."""
         return f"bits={self.bits}, signed={'auto' if int(self.signed_flag) == -1 else self.signed}"
 
 
@@ -90,6 +95,7 @@ class QConv2d(_Quantized, nn.Conv2d):
     """Conv2d with its weight and input quantized at ``bits`` (W_b A_b); depthwise included."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of the quantized input with the quantized weight (plus the float bias)."""
         return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
 
 
@@ -97,6 +103,7 @@ class QLinear(_Quantized, nn.Linear):
     """Linear with its weight and input quantized at ``bits`` (W_b A_b)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear map of the quantized input by the quantized weight (plus the float bias)."""
         return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
 
 
@@ -108,6 +115,7 @@ class MatMul(nn.Module):
     quantize, and mpq refuses to plan-run or measure such a layer in torch."""
 
     def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``torch.matmul(input, other)``."""
         return torch.matmul(input, other)
 
 
@@ -124,9 +132,11 @@ class QMatMul(MatMul):
         self.other_quantizer = LsqQuantizer(bits, signed=None)
 
     def forward(self, input: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``torch.matmul`` of the two inputs, each quantized by its own quantizer."""
         return torch.matmul(self.input_quantizer(input), self.other_quantizer(other))
 
     def extra_repr(self) -> str:
+        """``bits=4`` for the module's repr."""
         return f"bits={self.bits}"
 
 

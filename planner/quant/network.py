@@ -99,8 +99,21 @@ def finetune_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int],
     """Fine-tune the checkpoint at ``bits_by_module`` (distilling from the checkpoint itself when
     ``distill`` > 0) and score it: {"test": task.evaluate, "val_loss": validation loss}. Single-threaded
     and seeded, so any executor gives the same numbers."""
-    from planner.quant.checkpoint import load_checkpoint
     from planner.quant.train import score
+
+    task, _, model = tuned_from_checkpoint(task_ref, checkpoint, bits_by_module, epochs=epochs, lr=lr, seed=seed,
+                                           distill=distill)
+    return {"test": task.evaluate(model), "val_loss": -score(model, task, task.eval_data(), "loss")}
+
+
+def tuned_from_checkpoint(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], *, epochs: float,
+                          lr: float, seed: int, distill: float = 0.0) -> tuple:
+    """The body of one fine-tuning job, single-threaded (one job per core): (task, base, model),
+    where ``task`` is loaded from ``task_ref``, ``base`` is the network at ``checkpoint`` and
+    ``model`` a copy of it at ``bits_by_module`` fine-tuned ``epochs`` at ``lr`` with ``seed``
+    (distilling from ``base`` with weight ``distill`` when it is above 0). Raises MpqError for a
+    task or checkpoint that cannot be loaded."""
+    from planner.quant.checkpoint import load_checkpoint
     from planner.tasks import load_task
 
     torch.set_num_threads(1)
@@ -108,4 +121,4 @@ def finetune_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int],
     base = load_checkpoint(checkpoint, task)
     model = apply_bits(base, bits_by_module)
     fit(model, task, epochs=epochs, lr=lr, seed=seed, teacher=base if distill > 0 else None, distill=distill)
-    return {"test": task.evaluate(model), "val_loss": -score(model, task, task.eval_data(), "loss")}
+    return task, base, model

@@ -58,20 +58,19 @@ def from_torch(model: nn.Module, example_inputs: tuple, *, path: str | Path | No
                pin_first: int | None = 8, pin_last: int | None = 8) -> tuple[LayerGraph, dict[str, str]]:
     """Export ``model`` (to ``path``, else a temporary file), build its LayerGraph and return it with
     the map layer name -> module path (see :func:`layer_modules`)."""
+    target = path
     if path is None:
-        fd, tmp = tempfile.mkstemp(suffix=".onnx")
+        fd, target = tempfile.mkstemp(suffix=".onnx")
         os.close(fd)
-        try:
-            export_onnx(model, example_inputs, tmp)
-            graph = load_graph(tmp, pin_first=pin_first, pin_last=pin_last)
-            mapping = layer_modules(graph, model, example_inputs)
-            _detach_from_file(graph)
-        finally:
-            os.unlink(tmp)
-    else:
-        export_onnx(model, example_inputs, path)
-        graph = load_graph(path, pin_first=pin_first, pin_last=pin_last)
+    try:
+        export_onnx(model, example_inputs, target)
+        graph = load_graph(target, pin_first=pin_first, pin_last=pin_last)
         mapping = layer_modules(graph, model, example_inputs)
+        if path is None:
+            _detach_from_file(graph)
+    finally:
+        if path is None:
+            os.unlink(target)
     return graph, mapping
 
 
@@ -86,20 +85,10 @@ def layer_modules(graph: LayerGraph, model: nn.Module, example_inputs: tuple | N
     by the order in which MatMul modules run. Weightless layers of a model without MatMul
     modules (a bare ``torch.matmul``) are absent from the map."""
     modules = dict(model.named_modules())
-    mapping: dict[str, str] = {}
-    unresolved = []
-    for layer in graph.layers:
-        if layer.weight is None:
-            continue
-        path = layer.weight[: -len(".weight")] if layer.weight.endswith(".weight") else None
-        if path in modules and isinstance(modules[path], LAYER_MODULES + QUANTIZED):
-            mapping[layer.name] = path
-        else:
-            unresolved.append(layer)
+    mapping, unresolved = _by_name([l for l in graph.layers if l.weight is not None], modules,
+                                   lambda l: l.weight[: -len(".weight")] if l.weight.endswith(".weight") else None,
+                                   LAYER_MODULES + QUANTIZED, "torch module of the same weight name", example_inputs)
     if unresolved:
-        if example_inputs is None:
-            raise MpqError(f"layer '{unresolved[0].name}' has no torch module of the same weight name; "
-                           "export the model with planner.quant.torchmap.from_torch so that names are kept")
         order = _execution_order(model, example_inputs, LAYER_MODULES + QUANTIZED)
         remaining = [p for p in order if p not in mapping.values() and not isinstance(modules[p], MatMul)]
         for layer, path in zip(unresolved, remaining):
@@ -121,17 +110,10 @@ def _matmul_modules(graph: LayerGraph, model: nn.Module, modules: dict[str, nn.M
     weightless = [l for l in graph.layers if l.weight is None]
     if not matmuls or not weightless:
         return {}
-    mapping, unresolved = {}, []
-    for layer in weightless:
-        scope = layer.name.strip("/").rpartition("/")[0].replace("/", ".")
-        if scope in modules and isinstance(modules[scope], MatMul):
-            mapping[layer.name] = scope
-        else:
-            unresolved.append(layer)
+    mapping, unresolved = _by_name(weightless, modules,
+                                   lambda l: l.name.strip("/").rpartition("/")[0].replace("/", "."),
+                                   (MatMul,), "MatMul module of the same scope", example_inputs)
     if unresolved:
-        if example_inputs is None:
-            raise MpqError(f"layer '{unresolved[0].name}' has no MatMul module of the same scope; export the "
-                           "model with planner.quant.torchmap.from_torch so that names are kept")
         remaining = [p for p in _execution_order(model, example_inputs, (MatMul,)) if p not in mapping.values()]
         if len(remaining) != len(unresolved):
             raise MpqError(f"the model runs {len(remaining)} unmapped MatMul modules for {len(unresolved)} "
@@ -139,6 +121,25 @@ def _matmul_modules(graph: LayerGraph, model: nn.Module, modules: dict[str, nn.M
                            "product as a planner.quant.lsq.MatMul module, and only those")
         mapping.update((layer.name, path) for layer, path in zip(unresolved, remaining))
     return mapping
+
+
+def _by_name(layers: list, modules: dict[str, nn.Module], path_of, kinds: tuple, what: str,
+             example_inputs: tuple | None) -> tuple[dict[str, str], list]:
+    """Map each layer to the module at ``path_of(layer)`` where that is one of ``kinds``: the map
+    layer name -> module path, and the layers left unmapped (in order). Raises MpqError when some
+    are left and there are no ``example_inputs`` to map them by execution order (``what``: the
+    module they lack, for the message)."""
+    mapping, unresolved = {}, []
+    for layer in layers:
+        path = path_of(layer)
+        if path in modules and isinstance(modules[path], kinds):
+            mapping[layer.name] = path
+        else:
+            unresolved.append(layer)
+    if unresolved and example_inputs is None:
+        raise MpqError(f"layer '{unresolved[0].name}' has no {what}; export the model with "
+                       "planner.quant.torchmap.from_torch so that names are kept")
+    return mapping, unresolved
 
 
 def require_modules(graph: LayerGraph, mapping: dict[str, str], layers=None) -> None:

@@ -14,11 +14,15 @@ METRICS = ("accuracy", "loss", "kl")
 
 
 def loader(task, dataset, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader of ``dataset`` in the task's ``batch_size`` (default 64); with ``shuffle``, in
+    the order that ``seed`` fixes."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=getattr(task, "batch_size", 64), shuffle=shuffle, generator=generator)
 
 
 def task_loss(task, outputs, targets) -> torch.Tensor:
+    """The task's training loss of ``outputs`` against ``targets``: ``task.loss`` where it has one,
+    else cross-entropy (a 0-d tensor)."""
     loss = getattr(task, "loss", None)
     return loss(outputs, targets) if loss is not None else F.cross_entropy(outputs, targets)
 
@@ -163,6 +167,8 @@ def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int = 
 
 @torch.no_grad()
 def outputs_of(model: nn.Module, task, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs, targets) of ``model`` in eval mode over ``dataset`` in order, each concatenated
+    over the batches."""
     model.eval()
     outs, targets = [], []
     for x, y in loader(task, dataset, shuffle=False):

@@ -21,6 +21,12 @@ from planner.solve.knapsack import greedy, objective, solve
 
 @dataclass
 class FrontierPoint:
+    """One solved point of a frontier: gain ``method``, budget ``fraction`` (0 = cheapest plan,
+    1 = dearest, or between the ``between`` uniform plans) and its absolute ``limit`` of the swept
+    metric; the solver's ``objective`` (total gain), ``bound`` and ``status``; the plan's ``totals``
+    per metric and ``bits`` per group; the greedy reference's total gain (None when greedy finds
+    no plan) and the solve's wall time in seconds."""
+
     method: str
     fraction: float
     limit: float
@@ -33,6 +39,7 @@ class FrontierPoint:
     solve_time_s: float
 
     def to_json(self) -> dict:
+        """The point as a plain dict of its fields (JSON data; :class:`FrontierPoint` ``(**d)`` reads it back)."""
         return self.__dict__.copy()
 
 

@@ -55,9 +55,12 @@ class Solution:
 
     @property
     def gap(self) -> float:
+        """The relative optimality gap (bound - objective) / |bound|, at least 0 (0 when the bound is 0)."""
         return max(0.0, self.bound - self.objective) / max(abs(self.bound), 1e-300) if self.bound else 0.0
 
     def to_json(self, timings: bool = False) -> dict:
+        """The solver record of a plan file: status, objective, bound, gap, method, error bounds and
+        presolve count (numbers to 12 significant digits); the wall time (s) only with ``timings``."""
         doc = {"status": self.status, "objective": _round(self.objective), "bound": _round(self.bound),
                "relative_gap": _round(self.gap), "method": self.method,
                "gain_error_bound": _round(self.gain_error_bound),
@@ -84,15 +87,18 @@ def _slack(limit: float) -> float:
 
 
 def totals(costs: Costs, bits: list[int]) -> dict[str, float]:
+    """The totals per metric of the plan ``bits`` (bits per group), summed exactly (``math.fsum``)."""
     metrics = next(iter(costs[0].values())).keys() if costs else []
     return {m: float(math.fsum(costs[g][b][m] for g, b in enumerate(bits))) for m in metrics}
 
 
 def cheapest(costs: Costs, metric: str) -> float:
+    """The lowest reachable total of ``metric``: every group at its cheapest option."""
     return float(math.fsum(min(c[metric] for c in options.values()) for options in costs))
 
 
 def dearest(costs: Costs, metric: str) -> float:
+    """The highest total of ``metric``: every group at its dearest option."""
     return float(math.fsum(max(c[metric] for c in options.values()) for options in costs))
 
 

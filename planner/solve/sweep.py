@@ -39,7 +39,6 @@ import hashlib
 import io
 import itertools
 import json
-import math
 import os
 import re
 import time
@@ -50,6 +49,7 @@ from importlib import resources
 import numpy as np
 
 from planner.errors import MpqError
+from planner.userfiles import finite
 
 FORMAT = "mpq.sweep/v1"
 #: Version of a variant's result, part of its checkpoint key: 2 keeps every plan within the chip's
@@ -86,6 +86,7 @@ class Variant:
     spec: object = None
 
     def describe(self) -> str:
+        """``cores=64 precisions=4,8``: the variant's axis values, as in tables."""
         return " ".join(f"{f}={show(v)}" for f, v in self.values.items())
 
 
@@ -160,15 +161,7 @@ def parse_vary(text: str) -> Axis:
     if _field_node(name) is None:
         raise MpqError(f"--vary {name}: not a numeric spec field; vary one of {', '.join(numeric_fields())} "
                        "(B: a bit width, e.g. macs_per_cycle_per_core.2) or precisions")
-    numbers = []
-    for part in values.split(","):
-        try:
-            number = float(part)
-        except ValueError:
-            raise MpqError(f"--vary {name}: '{part.strip()}' is not a number") from None
-        if not math.isfinite(number):
-            raise MpqError(f"--vary {name}: '{part.strip()}' is not a finite number")
-        numbers.append(_tidy(number))
+    numbers = [_tidy(finite(part.strip(), f"--vary {name}")) for part in values.split(",")]
     return Axis(name, tuple(dict.fromkeys(numbers)))
 
 
@@ -281,6 +274,7 @@ class Frontier:
     steps: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)
 
     def plan(self, i: int) -> list[int]:
+        """The bits per group (in group order) of point ``i``."""
         bits = []
         for parents, choices in reversed(self.steps):
             bits.append(int(choices[i]))

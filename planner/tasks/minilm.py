@@ -90,6 +90,8 @@ Q·Kᵀ (``scores``) and P·V (``context``) are MatMul modules."""
         return t.view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """``h`` (batch, seq, hidden) attended with ``additive_mask`` (added to the scores, broadcast
+        to (batch, heads, seq, seq)): (batch, seq, hidden)."""
         q, k, v = self._split(self.query(h)), self._split(self.key(h)), self._split(self.value(h))
         scores = self.scores(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + additive_mask
         context = self.context(scores.softmax(-1), v)
@@ -106,29 +108,38 @@ class DenseResidualNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden, eps=LN_EPS)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(dense(``x``) + ``residual``): (batch, seq, hidden)."""
         return self.LayerNorm(self.dense(x) + residual)
 
 
 class Attention(nn.Module):
+    """BERT's attention sublayer: self-attention, then dense + residual + LayerNorm."""
+
     def __init__(self):
         super().__init__()
         self.self = SelfAttention()
         self.output = DenseResidualNorm(HIDDEN)
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """The sublayer's output for ``h`` (batch, seq, hidden) under ``additive_mask``; same shape."""
         return self.output(self.self(h, additive_mask), h)
 
 
 class Intermediate(nn.Module):
+    """BERT's feed-forward expansion: dense to the intermediate width, then GELU."""
+
     def __init__(self):
         super().__init__()
         self.dense = nn.Linear(HIDDEN, INTERMEDIATE)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """GELU(dense(``h``)): (batch, seq, intermediate)."""
         return F.gelu(self.dense(h))  # exact (erf) GELU, as BERT
 
 
 class Block(nn.Module):
+    """One BERT encoder layer: attention sublayer, feed-forward expansion, dense + residual + LayerNorm."""
+
     def __init__(self):
         super().__init__()
         self.attention = Attention()
@@ -136,22 +147,28 @@ class Block(nn.Module):
         self.output = DenseResidualNorm(INTERMEDIATE)
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """The layer's output for ``h`` (batch, seq, hidden) under ``additive_mask``; same shape."""
         h = self.attention(h, additive_mask)
         return self.output(self.intermediate(h), h)
 
 
 class Encoder(nn.Module):
+    """The stack of ``LAYERS`` encoder blocks."""
+
     def __init__(self):
         super().__init__()
         self.layer = nn.ModuleList(Block() for _ in range(LAYERS))
 
     def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """``h`` (batch, seq, hidden) through every block in order; same shape."""
         for block in self.layer:
             h = block(h, additive_mask)
         return h
 
 
 class Embeddings(nn.Module):
+    """BERT's embeddings: word + position + token type (all type 0), then LayerNorm."""
+
     def __init__(self):
         super().__init__()
         self.word_embeddings = nn.Embedding(VOCAB, HIDDEN, padding_idx=0)
@@ -160,6 +177,7 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(HIDDEN, eps=LN_EPS)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings of token ``ids`` (batch, seq): (batch, seq, hidden)."""
         positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
         types = torch.zeros_like(ids)
         h = self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings(types)
@@ -185,6 +203,7 @@ class MiniLM(nn.Module):
         self.encoder = Encoder()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (batch, 384) of ``x`` (batch, 2, seq): token ids and attention mask."""
         if not _exporting():
             used = torch.nonzero(x[:, 1].any(0))
             x = x[:, :, :int(used.max()) + 1] if len(used) else x[:, :, :1]
@@ -377,9 +396,11 @@ class MiniLMTask:
         return {k: TensorDataset(self._tokens[k], encode(reference, self._tokens[k])) for k in ("train", "val")}
 
     def train_data(self) -> Dataset:
+        """(tokens, full-precision embedding) pairs of the training paragraph halves."""
         return self._datasets["train"]
 
     def eval_data(self) -> Dataset:
+        """(tokens, full-precision embedding) pairs of the validation paragraph halves."""
         return self._datasets["val"]
 
     def example_inputs(self) -> tuple[torch.Tensor]:
@@ -388,6 +409,7 @@ class MiniLMTask:
 
     # -- model -------------------------------------------------------------------------------------
     def model(self) -> nn.Module:
+        """The pretrained full-precision MiniLM (see :func:`pretrained_model`)."""
         return pretrained_model()
 
     # -- losses and scores -------------------------------------------------------------------------
@@ -399,6 +421,7 @@ class MiniLMTask:
         return LOSS_SCALE * (1 - _cosine(outputs, targets)).mean()
 
     def distillation_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The task loss of ``student`` embeddings against the ``teacher``'s."""
         return self.loss(student, teacher)
 
     def divergence(self, outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

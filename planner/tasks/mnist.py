@@ -51,6 +51,9 @@ def split_indices(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 class BasicBlock(nn.Module):
+    """A ResNet basic block from ``inp`` to ``out`` channels: two 3x3 convs with batch norm, the
+    first with ``stride``; a 1x1 downsample conv where the shape changes."""
+
     def __init__(self, inp: int, out: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
@@ -62,12 +65,17 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x):
+        """ReLU(block(``x``) + shortcut(``x``)) of ``x`` (batch, inp, H, W): (batch, out, H', W'),
+        H' and W' divided by ``stride`` (rounded up)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + identity)
 
 
 class SmallResNet(nn.Module):
+    """The task's 3-stage ResNet: a 3x3 stem conv, one basic block per stage (``widths``
+    channels), global average pooling and a linear classifier to ``classes`` logits."""
+
     def __init__(self, widths=(8, 16, 32), classes: int = 10):
         super().__init__()
         self.stem = nn.Conv2d(1, widths[0], 3, 1, 1, bias=False)
@@ -78,12 +86,15 @@ class SmallResNet(nn.Module):
         self.fc = nn.Linear(widths[2], classes)
 
     def forward(self, x):
+        """Logits (batch, classes) of images ``x`` (batch, 1, 28, 28)."""
         x = F.relu(self.bn(self.stem(x)))
         x = self.stage3(self.stage2(self.stage1(x)))
         return self.fc(x.mean((2, 3)))
 
 
 class MnistTask:
+    """The built-in ``mnist`` task (see the module docstring and :mod:`planner.tasks`)."""
+
     name = "mnist"
     batch_size = 64
     lr = 0.05            # full-precision training
@@ -99,19 +110,24 @@ class MnistTask:
         return {k: TensorDataset(x[idx], y[idx]) for k, idx in split_indices(labels).items()}
 
     def model(self) -> nn.Module:
+        """A fresh :class:`SmallResNet` initialized from seed 0 (this seeds torch's global generator)."""
         torch.manual_seed(0)
         return SmallResNet()
 
     def train_data(self):
+        """The 3,500 training digits: (image (1, 28, 28) normalised, label)."""
         return self._splits["train"]
 
     def eval_data(self):
+        """The 500 validation digits (what ALPS and the sensitivity baselines score on)."""
         return self._splits["val"]
 
     def test_data(self):
+        """The 1,000 test digits (what :meth:`evaluate` scores)."""
         return self._splits["test"]
 
     def example_inputs(self) -> tuple:
+        """A 1-tuple: the first training image with a batch dimension, (1, 1, 28, 28)."""
         return (self._splits["train"][0][0].unsqueeze(0),)
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
