@@ -31,6 +31,7 @@ from planner.errors import MpqError
 from planner.graph import LayerGraph
 from planner.graph.weights import layer_weights
 from planner.gains import Gains, grid
+from planner.gains.datadriven import group_gains
 
 STEP_CHOICES = ("auto", "lsq", "mse")
 MODES = ("entropy", "difference")
@@ -105,12 +106,8 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
     entropies = {name: h for name, (h, _) in zip((j[0] for j in jobs), results) if h is not None}
     used_steps = {name: how for name, (_, how) in zip((j[0] for j in jobs), results) if how is not None}
     value = _layer_values(graph, entropies, bits, mode, weighting)
-    by_group = []
-    for group in graph.groups:
-        if group.pinned_bits is not None:
-            by_group.append({group.pinned_bits: 0.0})
-            continue
-        by_group.append({b: float(sum(value[n][b] for n in group.layers)) for b in bits})
+    by_group = group_gains(graph, bits, {group.id: {b: float(sum(value[n][b] for n in group.layers)) for b in bits}
+                                         for group in graph.free_groups})
     estimated = [l.name for l in graph.layers if l.name not in entropies]
     extra = {"entropy_bits": {n: {str(b): round(h, 6) for b, h in e.items()} for n, e in entropies.items()},
              "steps": used_steps}
