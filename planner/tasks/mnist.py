@@ -159,8 +159,8 @@ class DeepMnistTask(MnistTask):
     """The MNIST task on :class:`ResNet` (4 stages x 2 blocks, 16 free groups)."""
 
     name = "mnist-deep"
-    epochs = 10  # full-precision training (the small network: 15); an epoch costs 2.5x as much
-    bn_samples = 512  # batch-norm re-estimation after fine-tuning: 20 norms, one pass each (2048: 4x the time)
+    epochs = 6  # full-precision training (the small network: 15): an epoch costs 2.5x as much
+    bn_samples = 256  # batch-norm re-estimation after fine-tuning: 20 norms, one pass each (2048: 8x the time)
 
     def model(self) -> nn.Module:
         torch.manual_seed(0)
