@@ -353,7 +353,10 @@ class Run:
             rows.append({"group": g.id, "layer": g.layers[0], "weighted": weighted,
                          **{m: gains.by_group[g.id][4] - gains.by_group[g.id][2] for m, gains in columns.items()}})
         out = {"rows": rows, "spearman": {}}
-        for subset, chosen in (("all", rows), ("weighted", [r for r in rows if r["weighted"]])):
+        subsets = [("all", rows)]
+        if not all(r["weighted"] for r in rows):
+            subsets.append(("weighted", [r for r in rows if r["weighted"]]))
+        for subset, chosen in subsets:
             for other in ("sensitivity", "alps"):
                 out["spearman"][f"eagl vs {other} ({subset} groups)"] = spearman_ci([r["eagl"] for r in chosen],
                                                                                    [r[other] for r in chosen])
@@ -400,8 +403,9 @@ class Run:
         table = planning_table(graph, mapping, restrict=False)
         return {b: table.total(table.uniform(b))["latency_s"] for b in (2, 4, 8)}
 
-    def run_all(self, jobs: dict[str, dict], what: str) -> None:
-        """Run the jobs not in the store yet, storing each result as it finishes."""
+    def run_all(self, jobs: dict[str, dict], what: str, progress=None) -> None:
+        """Run the jobs not in the store yet, storing each result as it finishes (then calling
+        ``progress()``)."""
         todo = {k: v for k, v in jobs.items() if k not in self.store}
         if not todo:
             return
@@ -416,6 +420,8 @@ class Run:
             eta = (time.perf_counter() - start) / done[0] * (len(todo) - done[0])
             shown = ", ".join(f"{k} {v:.2f}" for k, v in value.items())
             self.log(f"  [{done[0]}/{len(todo)}] {key.split(':')[1]} -> {shown} (ETA {eta / 60:.1f} min)")
+            if progress:
+                progress()
 
         run_jobs(plan_job, todo, finished, **self.parallel)
 
@@ -425,60 +431,92 @@ class Run:
                 "lr": s.finetune_lr, "seed": seed, "distill": s.distill, "finetune": finetune, "ptq": ptq}
 
     def run(self, save) -> dict:
-        """The whole experiment; ``save(result)`` is called after the gains (a partial result: no
-        scores yet) and at the end."""
+        """The whole experiment, base by base so that an interrupted run has whole bases scored:
+        for each base seed its networks, gains and plans (the first base: the EAGL-premise table,
+        then the noise of the recipe), then every plan scored with no fine-tuning and fine-tuned in
+        each of the base's runs; after the last base, ALPS's epoch study and the single-threaded
+        timings. ``save(result)`` is called after each stage and every few scores (a partial
+        result: ``complete`` False)."""
         s = self.setup
+        seed0 = s.base_seeds[0]
+        result = {"setup": asdict(s), "noise": [], "records": [], "complete": False, "uniform": {}, "greedy": [],
+                  "gain_times": {}}
         bases = {}
         for seed in s.base_seeds:
             paths = self.checkpoints(seed)
             bases[seed] = {"paths": paths, "plans": self.plans(seed, paths), "latency": self.uniform_latency(seed, paths)}
-        seed0 = s.base_seeds[0]
-        result = {"setup": asdict(s), "noise": [], "records": [], "complete": False,
-                  "uniform": {str(seed): {"latency": b["latency"], "fp": self.score_of(b["paths"]["fp"]),
-                                          "w4": self.score_of(b["paths"]["w4"])} for seed, b in bases.items()},
-                  "gain_times": {m: [self.store.get(self.key(seed, "time", "gains", m))
-                                     if self.key(seed, "time", "gains", m) in self.store else None for seed in s.base_seeds]
-                                 for m in s.methods if m != "aimet"},
-                  "greedy": [{k: v for k, v in p.items() if k != "bits"} for b in bases.values() for p in b["plans"]]}
-        if s.premise:
-            result["premise"] = self.premise(seed0, bases[seed0]["paths"])
+            result["uniform"][str(seed)] = {"latency": bases[seed]["latency"], "fp": self.score_of(paths["fp"]),
+                                            "w4": self.score_of(paths["w4"])}
+            result["gain_times"] = {m: [self.store.get(self.key(b, "time", "gains", m))
+                                        if self.key(b, "time", "gains", m) in self.store else None for b in bases]
+                                    for m in s.methods if m != "aimet"}
+            result["greedy"] += [{k: v for k, v in p.items() if k != "bits"} for p in bases[seed]["plans"]]
+            if seed == seed0:
+                if s.premise:
+                    result["premise"] = self.premise(seed0, paths)
+                save(result)
+                if s.noise_seeds:  # first: the spread of the recipe on one mid-frontier plan
+                    probe = min((p for p in bases[seed0]["plans"] if p["method"] == s.methods[0]),
+                                key=lambda p: abs(p["fraction"] - 0.5))
+                    noise_jobs = {self.key("noise", seed0, k, RECIPE): self.job(paths, probe["bits"], 100 + k,
+                                                                                  finetune=True, ptq=False)
+                                  for k in range(s.noise_seeds)}
+                    self.run_all(noise_jobs, "noise fine-tunes")
+                    result["noise"] = [self.store.get(k)["test"] for k in noise_jobs]
+                    result["noise_plan"] = {"method": probe["method"], "fraction": probe["fraction"]}
+            self.score_base(seed, bases, result, save)
         if s.alps_epoch_study:
             result["epoch_study"] = self.epoch_study(seed0, bases[seed0]["paths"])
+            save(result)
         if s.single_thread_timing:
             result["single_thread"] = self.single_thread_times(seed0, bases[seed0]["paths"])
-        save(result)
-        if s.noise_seeds:  # first: the spread of the recipe on one mid-frontier plan
-            plans = bases[seed0]["plans"]
-            probe = min((p for p in plans if p["method"] == s.methods[0]), key=lambda p: abs(p["fraction"] - 0.5))
-            noise_jobs = {self.key("noise", seed0, k, RECIPE): self.job(bases[seed0]["paths"], probe["bits"], 100 + k,
-                                                                          finetune=True, ptq=False)
-                          for k in range(s.noise_seeds)}
-            self.run_all(noise_jobs, "noise fine-tunes")
-            result["noise"] = [self.store.get(k)["test"] for k in noise_jobs]
-            result["noise_plan"] = {"method": probe["method"], "fraction": probe["fraction"]}
-        jobs = {}
-        for base_seed, ft_seed in s.runs:
-            paths = bases[base_seed]["paths"]
-            for p in bases[base_seed]["plans"]:
-                plan = json.dumps(p["bits"], sort_keys=True)
-                ptq_key = self.key("ptq", base_seed, plan)
-                if ptq_key not in jobs:
-                    jobs[ptq_key] = self.job(paths, p["bits"], 0, finetune=False, ptq=True)
-                jobs[self.key("ft", base_seed, ft_seed, plan, s.finetune_epochs, s.finetune_lr, s.distill)] = \
-                    self.job(paths, p["bits"], ft_seed, finetune=True, ptq=False)
-        self.run_all(jobs, "plan scores (PTQ and fine-tuned)")
-        for base_seed, ft_seed in s.runs:
-            latency = bases[base_seed]["latency"]
-            for p in bases[base_seed]["plans"]:
-                plan = json.dumps(p["bits"], sort_keys=True)
-                ft = self.store.get(self.key("ft", base_seed, ft_seed, plan, s.finetune_epochs, s.finetune_lr, s.distill))
-                result["records"].append({**{k: v for k, v in p.items() if k != "bits"}, "run": f"{base_seed}/{ft_seed}",
-                                          "ft_seed": ft_seed, "test": ft["test"],
-                                          "ptq": self.store.get(self.key("ptq", base_seed, plan))["ptq"],
-                                          "relative_latency": p["latency_s"] / latency[8]})
         result["complete"] = True
         save(result)
         return result
+
+    def score_base(self, seed: int, bases: dict, result: dict, save) -> None:
+        """PTQ and fine-tuned scores of one base's plans in each of its runs: PTQ first, then the
+        fine-tunes run by run, interior budgets first; records added to ``result`` as they come."""
+        s = self.setup
+        paths, plans = bases[seed]["paths"], bases[seed]["plans"]
+        runs = [ft for b, ft in s.runs if b == seed]
+        order = sorted(s.fractions, key=lambda f: (not 0 < f < 1, abs(f - 0.5), f))
+        ptq, ft = {}, {}
+        for p in plans:
+            plan = json.dumps(p["bits"], sort_keys=True)
+            p["ptq_key"] = self.key("ptq", seed, plan)
+            p["ft_keys"] = {run: self.key("ft", seed, run, plan, s.finetune_epochs, s.finetune_lr, s.distill) for run in runs}
+            ptq[p["ptq_key"]] = self.job(paths, p["bits"], 0, finetune=False, ptq=True)
+        for run in runs:
+            for f in order:
+                for p in plans:
+                    if p["fraction"] == f:
+                        ft[p["ft_keys"][run]] = self.job(paths, p["bits"], run, finetune=True, ptq=False)
+        latency = bases[seed]["latency"]
+
+        def records() -> list[dict]:
+            out = [r for r in result["records"] if r["seed"] != seed]
+            for run in runs:
+                for p in plans:
+                    if p["ft_keys"][run] in self.store and p["ptq_key"] in self.store:
+                        out.append({**{k: v for k, v in p.items() if k not in ("bits", "ptq_key", "ft_keys")},
+                                    "run": f"{seed}/{run}", "ft_seed": run, "test": self.store.get(p["ft_keys"][run])["test"],
+                                    "ptq": self.store.get(p["ptq_key"])["ptq"],
+                                    "relative_latency": p["latency_s"] / latency[8]})
+            return out
+
+        last = [time.perf_counter()]
+
+        def progress() -> None:
+            if time.perf_counter() - last[0] > 120:
+                result["records"] = records()
+                save(result)
+                last[0] = time.perf_counter()
+
+        self.run_all(ptq, "PTQ scores", progress)
+        self.run_all(ft, "fine-tunes", progress)
+        result["records"] = records()
+        save(result)
 
 
 def planning_table(graph, mapping: dict[str, str], restrict: bool = True):
@@ -853,8 +891,13 @@ def time_lines(result: dict) -> list[str]:
     out.append(f"| exact solver, per budget | {1e3 * statistics.fmean(solve):.1f} ms (max {1e3 * max(solve):.0f} ms) | |")
     out.append(f"| greedy, per budget | {1e3 * statistics.fmean(greedy):.2f} ms | |")
     out.append("")
-    out.append(f"Executor: {result.get('executor', '?')}. Data-driven methods' jobs run one thread each, so the "
-               "single-threaded time is the sum of the jobs; the in-process methods run on one thread.")
+    executor = result.get("executor", "?")
+    one = executor.endswith(" x1")
+    out.append(f"Executor: {executor}" + (" (one worker: the jobs run in the process, one at a time, so these times are "
+                                          "single-threaded too)" if one else "") +
+               ". Every job runs on one thread; the in-process methods run on one thread. All times were taken on 2 "
+               "CPU cores shared with other work (load average 4-7), at nice 10: they are upper bounds, and their "
+               "ratios are what carries over.")
     return out
 
 
@@ -958,7 +1001,7 @@ def verdict(name: str, result: dict) -> list[str]:
             if c is None:
                 parts.append(f"{m} is itself the best baseline's equal")
                 continue
-            sig = c["lo"] > 0 or c["hi"] < 0
+            sig = (c["lo"] > 0 or c["hi"] < 0) and c["p"] < 0.05  # both the interval and the sign test
             word = ("beats" if c["mean"] > 0 else "loses to") if sig else "is not distinguishable from"
             parts.append(f"{m} {word} the best baseline ({comp['best']}): {c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], "
                          f"{c['wins']}/{c['ties']}/{c['losses']}, p {c['p']:.3g}")
@@ -1074,7 +1117,6 @@ def main() -> None:
     tasks = list(chosen) if options.task == "all" else [options.task]
     version, commit = code_version(), git_commit()
     cache = CACHE / ("quick" if options.quick else "full") / version
-    store = Checkpoint(cache / "store.jsonl")
     started = time.perf_counter()
     suffix = "-quick" if options.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1085,6 +1127,7 @@ def main() -> None:
     log(f"code version {version} (git {commit}); cache {cache}")
     for task in tasks:
         task_start = time.perf_counter()
+        store = Checkpoint(cache / f"store-{task}.jsonl")  # one per task: tasks may run as separate processes
 
         def save(result: dict, task=task) -> None:
             result.update(version=version, commit=commit, wall_s=time.perf_counter() - task_start,
