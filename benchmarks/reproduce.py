@@ -312,13 +312,16 @@ class Run:
             times[f"alps@{epochs}"] = self.store.get(key)
         return times
 
-    def epoch_study(self, seed: int, paths) -> dict:
-        """ALPS gains at each epoch budget of the study (same metric and seeds as the main run),
-        their wall times (with the executor) and pairwise Spearman correlations over the free groups."""
+    def epoch_study(self, seed: int, paths, upto: float | None = None) -> dict:
+        """ALPS gains at each epoch budget of the study (up to ``upto``; same metric and seeds as the
+        main run), their wall times (with the executor) and pairwise Spearman correlations over the
+        free groups."""
         graph, mapping = self.graph(seed, paths)
         folder = self.folder / f"seed{seed}"
         vectors, times = {}, {}
         for epochs in self.setup.alps_epoch_study:
+            if upto is not None and epochs > upto:
+                continue
             out = folder / f"gains-alps@{epochs}.json"
             key = self.key(seed, "time", "gains", f"alps@{epochs}")
             if epochs == self.setup.alps_epochs:
@@ -465,6 +468,9 @@ class Run:
                     self.run_all(noise_jobs, "noise fine-tunes")
                     result["noise"] = [self.store.get(k)["test"] for k in noise_jobs]
                     result["noise_plan"] = {"method": probe["method"], "fraction": probe["fraction"]}
+                if s.alps_epoch_study:  # the short budgets now (cheap), the longer ones after the scores
+                    result["epoch_study"] = self.epoch_study(seed0, paths, upto=s.alps_epochs)
+                    save(result)
             self.score_base(seed, bases, result, save)
         if s.alps_epoch_study:
             result["epoch_study"] = self.epoch_study(seed0, bases[seed0]["paths"])
