@@ -1106,8 +1106,11 @@ def write_report(quick: bool, wall: str | None = None) -> Path:
     header = [INTRO, f"Code version(s) of these results: {', '.join(versions)} (sha256 of the planner package, cost "
                      f"models, hardware specs and recipe; cached results of another version are not reused)."]
     walls = {n: r.get("wall_s") for n, r in results.items()}
-    header.append("Wall time of the run that wrote each task's results: " + ", ".join(
-        f"{n} {fmt(w / 60 if w else None, 0)} min ({results[n].get('executor', '?')})" for n, w in walls.items()) + ".")
+    header.append("Wall time of each task's run (processes interrupted and resumed included; the two tasks ran side by "
+                  "side as two processes, each at nice 10 on 2 cores shared with other work): " + ", ".join(
+        f"{n} {fmt(w / 60 if w else None, 0)} min ({results[n].get('executor', '?')}, results last written "
+        f"{results[n].get('finished_utc', '?')}{'' if results[n].get('complete') else ', INCOMPLETE'})"
+        for n, w in walls.items()) + ".")
     if missing:
         header.append(f"**Not run: {', '.join(missing)}.**")
     text = "\n\n".join(header + sections) + "\n"
@@ -1146,8 +1149,12 @@ def main() -> None:
         task_start = time.perf_counter()
         store = Checkpoint(cache / f"store-{task}.jsonl")  # one per task: tasks may run as separate processes
 
-        def save(result: dict, task=task) -> None:
-            result.update(version=version, commit=commit, wall_s=time.perf_counter() - task_start,
+        before = store.get(f"{task}:wall_s") or 0.0  # wall time of earlier, interrupted processes of this run
+
+        def save(result: dict, task=task, store=store, before=before) -> None:
+            wall = before + time.perf_counter() - task_start
+            store.put(f"{task}:wall_s", wall)
+            result.update(version=version, commit=commit, wall_s=wall, finished_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           executor=f"{options.executor} x{options.workers}")
             write_text(RESULTS / f"results-{task}{suffix}.json", json.dumps(result, indent=1, default=str) + "\n")
             write_report(options.quick)
