@@ -345,28 +345,10 @@ class Run:
         return {"gains": vectors, "times": times, "spearman": pairs}
 
     def premise(self, seed: int, paths) -> dict:
-        """Per free group: EAGL's gain of 4 over 2 bits, the score lost when the group alone drops to
-        2 bits without fine-tuning (sensitivity) and with ALPS's fine-tune, and Spearman
-        correlations (bootstrap intervals over groups), for all groups and for weighted ones."""
-        graph, _ = self.graph(seed, paths)
-        measured = [m for m in ("eagl", "sensitivity", "alps")
-                    if m in self.setup.methods or (self.folder / f"seed{seed}" / f"gains-{m}.json").exists()]
-        columns = {m: self.gains(seed, m, paths) for m in measured}
-        rows = []
-        for g in graph.free_groups:
-            weighted = any(graph.layer(n).weight is not None for n in g.layers)
-            rows.append({"group": g.id, "layer": g.layers[0], "weighted": weighted,
-                         **{m: gains.by_group[g.id][4] - gains.by_group[g.id][2] for m, gains in columns.items()}})
-        out = {"rows": rows, "spearman": {}}
-        subsets = [("all", rows)]
-        if not all(r["weighted"] for r in rows):
-            subsets.append(("weighted", [r for r in rows if r["weighted"]]))
-        for subset, chosen in subsets:
-            for a, b in (("eagl", "sensitivity"), ("eagl", "alps"), ("sensitivity", "alps")):
-                if a in columns and b in columns:
-                    out["spearman"][f"{a} vs {b} ({subset} groups)"] = spearman_ci([r[a] for r in chosen],
-                                                                                   [r[b] for r in chosen])
-        return out
+        """EAGL's premise on one base (see :func:`premise_table`), from the gains files."""
+        for m in ("eagl", "sensitivity"):
+            self.gains(seed, m, paths)
+        return premise_table(self.folder / f"seed{seed}")
 
     # -------------------------------------------------------------- plans and scores
 
@@ -541,6 +523,45 @@ def planning_table(graph, mapping: dict[str, str], restrict: bool = True):
         if g.id not in fixed and not any(n in mapping for n in g.layers):
             table.groups[g.id] = {8: full.groups[g.id][8]}
     return table
+
+
+def premise_table(folder: Path) -> dict | None:
+    """Per free group of the gains files in ``folder``: EAGL's gain of 4 over 2 bits (summed over
+    the group's layers, as EAGL plans with it, and per layer), the validation score lost when the
+    group alone drops to 2 bits without fine-tuning (sensitivity) and with ALPS's fine-tune (where
+    measured), whether EAGL measured the group (weightless MatMuls get the median), and Spearman
+    correlations with bootstrap intervals over groups, for all groups and for the measured ones."""
+    docs = {}
+    for m in ("eagl", "sensitivity", "alps"):
+        path = folder / f"gains-{m}.json"
+        if path.exists():
+            docs[m] = json.loads(path.read_text())
+    if "eagl" not in docs or "sensitivity" not in docs:
+        return None
+    estimated = set(docs["eagl"].get("extra", {}).get("estimated_layers", []))
+    rows = []
+    for k, g in enumerate(docs["eagl"]["groups"]):
+        if g["pinned_bits"] is not None:
+            continue
+        row = {"group": g["id"], "layer": g["layers"][0], "layers": len(g["layers"]),
+               "weighted": not any(n in estimated for n in g["layers"])}
+        for m, doc in docs.items():
+            other = doc["groups"][k]
+            assert other["layers"] == g["layers"], f"{m} gains are for another graph"
+            row[m] = other["gains"]["4"] - other["gains"]["2"]
+        row["eagl per layer"] = row["eagl"] / row["layers"]
+        rows.append(row)
+    subsets = [("all", rows)]
+    if not all(r["weighted"] for r in rows):
+        subsets.append(("weighted", [r for r in rows if r["weighted"]]))
+    out = {"rows": rows, "spearman": {}}
+    for subset, chosen in subsets:
+        for a, b in (("eagl", "sensitivity"), ("eagl", "alps"), ("eagl per layer", "sensitivity"),
+                     ("eagl per layer", "alps"), ("sensitivity", "alps")):
+            if a in rows[0] and b in rows[0]:
+                out["spearman"][f"{a} vs {b} ({subset} groups)"] = spearman_ci([r[a] for r in chosen],
+                                                                               [r[b] for r in chosen])
+    return out
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -819,8 +840,12 @@ def plot_premise(name: str, premise: dict, out: Path, score: str) -> None:
 
 
 def write_task_outputs(name: str, result: dict, suffix: str) -> str:
-    """CSV and PNGs of one task; returns its Markdown section."""
+    """CSV and PNGs of one task; returns its Markdown section. The EAGL-premise table is
+    recomputed from the cached gains files where they are here."""
     setup = result["setup"]
+    folder = CACHE / ("quick" if suffix else "full") / result.get("version", "?") / name / f"seed{setup['runs'][0][0]}"
+    if setup.get("premise") and (table := premise_table(folder)) is not None:
+        result["premise"] = table
     metric = setup["metric_name"]
     if result["records"]:
         plot_frontier(name, result, RESULTS / f"{name}-frontier{suffix}.png", metric)
@@ -963,10 +988,17 @@ def markdown(name: str, result: dict, suffix: str) -> str:
     out += ["", "**Wall time of each method** (gain estimation on one base).", ""] + time_lines(result)
     if result.get("premise"):
         premise = result["premise"]
+        multi = sum(r.get("layers", 1) > 1 for r in premise["rows"])
+        guessed = sum(not r["weighted"] for r in premise["rows"])
         out += ["", f"**EAGL's premise, per group** (base seed {setup['runs'][0][0]}): EAGL's gain of 4 over 2 bits "
                     "against the validation score lost when that group alone drops to 2 bits, without fine-tuning "
-                    "(sensitivity) and with ALPS's fine-tune. Spearman's rho, 95% bootstrap interval over groups "
-                    "(2,000 resamples):", "", "| pair | rho | 95% interval | groups |", "|---|---|---|---|"]
+                    "(`sensitivity`) and with ALPS's fine-tune (`alps`, where measured). `eagl` is the gain EAGL plans "
+                    "with, the entropy summed over the group's layers; `eagl per layer` divides it by the group's "
+                    f"layer count ({multi} of {len(premise['rows'])} groups have several layers)"
+                    + (f"; EAGL cannot measure the {guessed} weightless MatMul groups and gives them the median of the "
+                       "others, so the `weighted groups` rows leave them out" if guessed else "")
+                    + ". Spearman's rho, 95% bootstrap interval over groups (2,000 resamples):", "",
+                "| pair | rho | 95% interval | groups |", "|---|---|---|---|"]
         for k, v in premise["spearman"].items():
             out.append(f"| {k} | {fmt(v['rho'])} | [{fmt(v['lo'])}, {fmt(v['hi'])}] | {v['n']} |")
         out += ["", f"![{name} EAGL premise]({name}-eagl-premise{suffix}.png)"]
@@ -1101,6 +1133,8 @@ def write_report(quick: bool, wall: str | None = None) -> Path:
     suffix = "-quick" if quick else ""
     results = load_results(quick)
     sections = [write_task_outputs(name, result, suffix) for name, result in results.items()]
+    for name, result in results.items():  # with the premise recomputed from the cached gains
+        write_text(RESULTS / f"results-{name}{suffix}.json", json.dumps(result, indent=1, default=str) + "\n")
     missing = [n for n in setups(quick) if n not in results]
     versions = sorted({r.get("version", "?") for r in results.values()})
     header = [INTRO, f"Code version(s) of these results: {', '.join(versions)} (sha256 of the planner package, cost "
