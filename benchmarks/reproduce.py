@@ -746,7 +746,8 @@ def comparisons(result: dict, score: str) -> dict:
     """Every method against the best baseline over the interior (run, fraction) pairs."""
     fractions = interior(result["setup"]["fractions"])
     pairs = per_pair(result["records"], score)
-    keys = sorted({k for c in pairs.values() for k in c if k[1] in fractions})
+    # (run, budget) pairs every method has a score for (an interrupted run may lack some)
+    keys = sorted(set.intersection(*[{k for k in c if k[1] in fractions} for c in pairs.values()])) if pairs else []
     if not keys:
         return {}
     baselines = [m for m in pairs if m not in OURS]
