@@ -149,3 +149,29 @@ def test_batch_norm_reestimation_stopping_each_pass_early_matches_full_passes():
         assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
         assert torch.allclose(a.running_var, b.running_var, atol=1e-6)
         assert int(a.num_batches_tracked) == 2 and not a.training
+
+
+def test_premise_table_from_gains_files(reproduce, tmp_path):
+    """Per free group: EAGL summed and per layer, the measured losses, weightless groups marked."""
+    import json
+
+    groups = [(["stem"], 8), (["a", "a_down"], None), (["b"], None), (["mm"], None), (["c"], None), (["fc"], 8)]
+    values = {"eagl": [0, 5.0, 2.9, 2.7, 2.6, 0], "sensitivity": [0, 0.1, 0.5, 0.2, 0.05, 0]}
+
+    def doc(m, extra=None):
+        return {"groups": [{"id": k, "layers": layers, "pinned_bits": pin,
+                            "gains": {"8": 0.0} if pin else {"2": 0.0, "4": values[m][k]}}
+                           for k, (layers, pin) in enumerate(groups)], **({"extra": extra} if extra else {})}
+
+    (tmp_path / "gains-eagl.json").write_text(json.dumps(doc("eagl", {"estimated_layers": ["mm"]})))
+    (tmp_path / "gains-sensitivity.json").write_text(json.dumps(doc("sensitivity")))
+    table = reproduce.premise_table(tmp_path)
+    rows = {r["layer"]: r for r in table["rows"]}
+    assert sorted(rows) == ["a", "b", "c", "mm"] and not rows["mm"]["weighted"]
+    assert rows["a"]["eagl per layer"] == 2.5 and rows["a"]["layers"] == 2
+    rho = table["spearman"]
+    assert rho["eagl vs sensitivity (all groups)"]["rho"] == pytest.approx(
+        stats.spearmanr([5.0, 2.9, 2.7, 2.6], [0.1, 0.5, 0.2, 0.05]).statistic)
+    assert rho["eagl per layer vs sensitivity (weighted groups)"]["rho"] == pytest.approx(
+        stats.spearmanr([2.5, 2.9, 2.6], [0.1, 0.5, 0.05]).statistic)
+    assert not any("alps" in k for k in rho)  # ALPS not measured: no such rows
