@@ -877,8 +877,9 @@ def score_table(result: dict, score: str) -> list[str]:
         inside = [table[(m, f)]["mean"] for f in inner if (m, f) in table]
         out.append(f"| {m} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" if c else "-" for c in cells)
                    + f" | {fmt(statistics.fmean(inside)) if inside else '-'} |")
-    out.append("| relative latency | " + " | ".join(
-        fmt(statistics.fmean(v["latency"] for (m, ff), v in table.items() if ff == f), 3) for f in fractions) + " | |")
+    latency = {f: [v["latency"] for (m, ff), v in table.items() if ff == f] for f in fractions}
+    out.append("| relative latency | " + " | ".join(fmt(statistics.fmean(latency[f]), 3) if latency[f] else "-"
+                                                    for f in fractions) + " | |")
     return out
 
 
@@ -1192,7 +1193,10 @@ def main() -> None:
             result.update(version=version, commit=commit, wall_s=wall, finished_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           executor=f"{options.executor} x{options.workers}")
             write_text(RESULTS / f"results-{task}{suffix}.json", json.dumps(result, indent=1, default=str) + "\n")
-            write_report(options.quick)
+            try:
+                write_report(options.quick)
+            except Exception as e:  # a report bug must not stop the experiment: --report-only rewrites it
+                log(f"report not written ({type(e).__name__}: {e}); the results file is")
 
         Run(chosen[task], store, options.executor, options.workers, log, cache, options.ray_address).run(save)
     path = write_report(options.quick)
