@@ -751,6 +751,8 @@ def comparisons(result: dict, score: str) -> dict:
     if not keys:
         return {}
     baselines = [m for m in pairs if m not in OURS]
+    if not baselines:
+        return {}
     best = max(baselines, key=lambda m: statistics.fmean(pairs[m][k] for k in keys))
     out = {"best": best, "pairs": len(keys), "methods": {}}
     for m in pairs:
