@@ -255,6 +255,9 @@ class Run:
             return self._gains[(seed, method)]
         base = load_checkpoint(paths["w4"], self.task)
         self.log(f"{self.setup.name} seed {seed}: gains {method}")
+        resume_file = {"alps": f"alps-{self.setup.alps_metric}.jsonl", "alps-accuracy": "alps-accuracy.jsonl",
+                       "sensitivity": "sensitivity.jsonl"}.get(method)
+        resumed = resume_file is not None and (self.folder / f"seed{seed}" / resume_file).exists()
         start = time.perf_counter()
         bits = [2, 4]
         folder = self.folder / f"seed{seed}"
@@ -282,6 +285,8 @@ class Run:
         else:
             raise ValueError(method)
         self.store.put(self.key(seed, "time", "gains", method), time.perf_counter() - start)
+        if resumed:  # an earlier, interrupted process ran some of the jobs: the time above is partial
+            self.store.put(self.key(seed, "time", "gains", method, "resumed"), True)
         result.write(graph, out)
         self._gains[(seed, method)] = read_gains(out, graph)
         return self._gains[(seed, method)]
@@ -849,6 +854,13 @@ def write_task_outputs(name: str, result: dict, suffix: str) -> str:
     folder = CACHE / ("quick" if suffix else "full") / result.get("version", "?") / name / f"seed{setup['runs'][0][0]}"
     if setup.get("premise") and (table := premise_table(folder)) is not None:
         result["premise"] = table
+    store_path = folder.parent.parent / f"store-{name}.jsonl"
+    if store_path.exists():  # timings as stored, with the marks of those an interruption cut short
+        store = Checkpoint(store_path)
+        seeds = sorted({b for b, _ in setup["runs"]})
+        result["gain_times"] = {m: [store.get(f"{name}:{b}:time:gains:{m}") for b in seeds] for m in result["gain_times"]}
+        result["gain_resumed"] = sorted(m for m in result["gain_times"]
+                                        if any(f"{name}:{b}:time:gains:{m}:resumed" in store for b in seeds))
     metric = setup["metric_name"]
     if result["records"]:
         plot_frontier(name, result, RESULTS / f"{name}-frontier{suffix}.png", metric)
@@ -923,6 +935,8 @@ def time_lines(result: dict) -> list[str]:
         parallel = m in ("alps", "alps-accuracy", "sensitivity")
         with_executor = fmt(statistics.fmean(known), 3) if known else "-"
         alone = single.get(m) if parallel else (statistics.fmean(known) if known else None)
+        if m in result.get("gain_resumed", []):
+            with_executor, alone = "interrupted and resumed: not measured", None
         out.append(f"| {m} | {with_executor if parallel else with_executor + ' (in-process, one thread)'} | {fmt(alone, 3)} |")
     for k, v in single.items():
         if k.startswith("alps@"):
@@ -953,8 +967,8 @@ def markdown(name: str, result: dict, suffix: str) -> str:
     runs = ", ".join(f"{b}/{s}" for b, s in setup["runs"])
     out.append(f"Runs (base seed / fine-tuning seed): {runs}; budgets r = {', '.join(map(str, fractions))}; "
                f"fine-tuning {setup['finetune_epochs']} epoch(s), lr {setup['finetune_lr']}, distillation weight "
-               f"{setup['distill']}; base: full precision {setup['fp_epochs'] or 'task default'} epoch(s)"
-               f"{' (pretrained)' if setup['trained'] else ''}, LSQ 4-bit {setup['base_epochs'] or 'task default'} epoch(s); "
+               f"{setup['distill']}; base: full precision {setup['fp_epochs'] or 'the task default'} epoch(s)"
+               f"{' (pretrained)' if setup['trained'] else ''}, LSQ 4-bit {setup['base_epochs'] or 'the task default'} epoch(s); "
                f"ALPS {setup['alps_epochs']} epoch(s) per group, {setup['alps_seeds']} seed(s); Hessian "
                f"{setup['hessian_samples']} Rademacher samples. Code version {result.get('version', '?')} "
                f"(git {result.get('commit', '?')}).")
@@ -1057,7 +1071,7 @@ def verdict(name: str, result: dict) -> list[str]:
         out.append("2. *It beats commensurate methods over the whole frontier* (paired over "
                    f"{comp['pairs']} (run, budget) pairs, after fine-tuning). " + "; ".join(parts) + ".")
     times = {m: statistics.fmean(t for t in ts if t is not None) for m, ts in result["gain_times"].items()
-             if any(t is not None for t in ts)}
+             if any(t is not None for t in ts) and m not in result.get("gain_resumed", [])}
     if "eagl" in times:
         others = ", ".join(f"{m} {t / times['eagl']:.0f}x" for m, t in times.items()
                            if m in ("alps", "alps-accuracy", "hessian", "sensitivity"))
