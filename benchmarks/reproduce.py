@@ -857,6 +857,7 @@ def write_task_outputs(name: str, result: dict, suffix: str) -> str:
     store_path = folder.parent.parent / f"store-{name}.jsonl"
     if store_path.exists():  # timings as stored, with the marks of those an interruption cut short
         store = Checkpoint(store_path)
+        result["started_utc"] = store.get(f"{name}:started_utc") or result.get("started_utc")
         seeds = sorted({b for b, _ in setup["runs"]})
         result["gain_times"] = {m: [store.get(f"{name}:{b}:time:gains:{m}") for b in seeds] for m in result["gain_times"]}
         result["gain_resumed"] = sorted(m for m in result["gain_times"]
@@ -1158,11 +1159,12 @@ def write_report(quick: bool, wall: str | None = None) -> Path:
     header = [INTRO, f"Code version(s) of these results: {', '.join(versions)} (sha256 of the planner package, cost "
                      f"models, hardware specs and recipe; cached results of another version are not reused)."]
     walls = {n: r.get("wall_s") for n, r in results.items()}
-    header.append("Wall time of each task's run (processes interrupted and resumed included; the two tasks ran side by "
-                  "side as two processes, each at nice 10 on 2 cores shared with other work): " + ", ".join(
-        f"{n} {fmt(w / 60 if w else None, 0)} min ({results[n].get('executor', '?')}, results last written "
-        f"{results[n].get('finished_utc', '?')}{'' if results[n].get('complete') else ', INCOMPLETE'})"
-        for n, w in walls.items()) + ".")
+    header.append("Wall time of each task's run, from its first process's start to the last write of its results "
+                  "(the two tasks ran side by side as two processes, each at nice 10 on 2 cores shared with other "
+                  "work; processes stopped and resumed on the way are included): " + ", ".join(
+        f"{n}: {results[n].get('started_utc', '?')} to {results[n].get('finished_utc', '?')} "
+        f"({results[n].get('executor', '?')}{'' if results[n].get('complete') else ', INCOMPLETE: stopped before the end'})"
+        for n in walls) + ".")
     if missing:
         header.append(f"**Not run: {', '.join(missing)}.**")
     text = "\n\n".join(header + sections) + "\n"
@@ -1202,11 +1204,14 @@ def main() -> None:
         store = Checkpoint(cache / f"store-{task}.jsonl")  # one per task: tasks may run as separate processes
 
         before = store.get(f"{task}:wall_s") or 0.0  # wall time of earlier, interrupted processes of this run
+        if f"{task}:started_utc" not in store:  # the first process of this run
+            store.put(f"{task}:started_utc", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
         def save(result: dict, task=task, store=store, before=before) -> None:
             wall = before + time.perf_counter() - task_start
             store.put(f"{task}:wall_s", wall)
-            result.update(version=version, commit=commit, wall_s=wall, finished_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            result.update(version=version, commit=commit, wall_s=wall, started_utc=store.get(f"{task}:started_utc"),
+                          finished_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           executor=f"{options.executor} x{options.workers}")
             write_text(RESULTS / f"results-{task}{suffix}.json", json.dumps(result, indent=1, default=str) + "\n")
             try:
