@@ -977,6 +977,15 @@ def markdown(name: str, result: dict, suffix: str) -> str:
     bases = list(result["uniform"].values())
     out.append(f"Reference points ({metric}, mean over bases): full precision {statistics.fmean(u['fp'] for u in bases):.2f}, "
                f"LSQ 4-bit base {statistics.fmean(u['w4'] for u in bases):.2f}.")
+    expected = sum(1 for p in result["greedy"] for b, _ in setup["runs"] if p["seed"] == b)
+    if len(result["records"]) < expected or not result.get("complete"):
+        missing = []
+        if setup["alps_epoch_study"] and len(result.get("epoch_study", {}).get("gains", {})) < len(setup["alps_epoch_study"]):
+            missing.append("part of the ALPS epoch study")
+        if setup["single_thread_timing"] and "single_thread" not in result:
+            missing.append("the single-threaded timings")
+        out.append(f"**Incomplete run**: {len(result['records'])} of {expected} (method, budget, run) scores done"
+                   + (f"; not done: {', '.join(missing)}" if missing else "") + ".")
     if not result["records"]:
         out += ["", "**Incomplete: the plans were not scored in this run (gains, plans and the analyses below only).**", ""]
     else:
