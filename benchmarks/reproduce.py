@@ -1091,12 +1091,17 @@ def verdict(name: str, result: dict) -> list[str]:
         rho = result["premise"]["spearman"]
         parts = [f"{fmt(v['rho'])} [{fmt(v['lo'])}, {fmt(v['hi'])}] {label}"
                  for k, label in (("eagl vs sensitivity (all groups)", "against the loss without fine-tuning"),
-                                  ("eagl vs alps (all groups)", "with ALPS's fine-tune"))
+                                  ("eagl vs alps (all groups)", "against the loss with ALPS's fine-tune"),
+                                  ("eagl per layer vs sensitivity (all groups)",
+                                   "for EAGL's entropy per layer against the loss without fine-tuning"),
+                                  ("eagl per layer vs alps (all groups)", "per layer against the loss with ALPS's fine-tune"),
+                                  ("eagl vs sensitivity (weighted groups)",
+                                   "on the groups EAGL measures (not the MatMuls) against the loss without fine-tuning"))
                  if (v := rho.get(k))]
         if "eagl vs alps (all groups)" not in rho:
             parts.append("not measured with ALPS's fine-tune (ALPS did not fit this run's compute budget)")
-        out.append("4. *EAGL's entropy ranks groups by their sensitivity* (the premise, per group): Spearman "
-                   + ", ".join(parts) + ".")
+        out.append("4. *EAGL's entropy ranks groups by their sensitivity* (the premise, per group; intervals: 95% "
+                   "bootstrap over groups): Spearman " + "; ".join(parts) + ".")
     return out
 
 
