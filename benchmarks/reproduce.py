@@ -740,10 +740,16 @@ def summarise(records: list[dict], score: str) -> dict:
 
 
 def per_pair(records: list[dict], score: str) -> dict[str, dict[tuple[str, float], float]]:
-    """method family -> (run, fraction) -> score (random seeds averaged)."""
+    """method family -> (run, fraction) -> score (random seeds averaged). PTQ scores do not depend
+    on the fine-tuning seed: they are paired over (base seed, fraction), each counted once."""
     cells: dict[str, dict[tuple[str, float], list[float]]] = {}
+    seen = set()
     for r in records:
-        cells.setdefault(family(r["method"]), {}).setdefault((r["run"], r["fraction"]), []).append(r[score])
+        unit = str(r["seed"]) if score == "ptq" else r["run"]
+        if (r["method"], unit, r["fraction"]) in seen:
+            continue
+        seen.add((r["method"], unit, r["fraction"]))
+        cells.setdefault(family(r["method"]), {}).setdefault((unit, r["fraction"]), []).append(r[score])
     return {m: {k: statistics.fmean(v) for k, v in c.items()} for m, c in cells.items()}
 
 
@@ -759,7 +765,7 @@ def comparisons(result: dict, score: str) -> dict:
     if not baselines:
         return {}
     best = max(baselines, key=lambda m: statistics.fmean(pairs[m][k] for k in keys))
-    out = {"best": best, "pairs": len(keys), "methods": {}}
+    out = {"best": best, "pairs": len(keys), "methods": {}, "unit": "(base, budget)" if score == "ptq" else "(run, budget)"}
     for m in pairs:
         if m != best:
             out["methods"][m] = paired([pairs[m][k] - pairs[best][k] for k in keys])
@@ -899,7 +905,7 @@ def score_table(result: dict, score: str) -> list[str]:
 
 
 def comparison_table(comp: dict) -> list[str]:
-    out = [f"Best baseline: **{comp['best']}**; {comp['pairs']} (run, budget) pairs.", "",
+    out = [f"Best baseline: **{comp['best']}**; {comp['pairs']} {comp.get('unit', '(run, budget)')} pairs.", "",
            "| method - best baseline | mean difference | 95% bootstrap interval | wins / ties / losses | sign test p |",
            "|---|---|---|---|---|"]
     for m, c in comp["methods"].items():

@@ -175,3 +175,14 @@ def test_premise_table_from_gains_files(reproduce, tmp_path):
     assert rho["eagl per layer vs sensitivity (weighted groups)"]["rho"] == pytest.approx(
         stats.spearmanr([2.5, 2.9, 2.6], [0.1, 0.5, 0.05]).statistic)
     assert not any("alps" in k for k in rho)  # ALPS not measured: no such rows
+
+
+def test_ptq_pairs_count_each_base_once(reproduce):
+    """Two fine-tuning seeds of one base: fine-tuned scores pair over runs, PTQ (the same for both
+    runs) over bases, so no PTQ pair is counted twice."""
+    result = _result(reproduce)
+    for r in result["records"]:
+        r["seed"] = 0
+    assert reproduce.comparisons(result, "test")["pairs"] == 2
+    ptq = reproduce.comparisons(result, "ptq")
+    assert ptq["pairs"] == 1 and ptq["methods"]["eagl"]["n"] == 1 and ptq["unit"] == "(base, budget)"
