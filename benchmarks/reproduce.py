@@ -960,7 +960,7 @@ def time_lines(result: dict) -> list[str]:
     out.append(f"Executor: {executor}" + (" (one worker: the jobs run in the process, one at a time, so these times are "
                                           "single-threaded too)" if one else "") +
                ". Every job runs on one thread; the in-process methods run on one thread. All times were taken on 2 "
-               "CPU cores shared with other work (load average 4-7), at nice 10: they are upper bounds, and their "
+               "CPU cores shared with other, heavier work, at nice 10: they are upper bounds, and their "
                "ratios are what carries over.")
     return out
 
