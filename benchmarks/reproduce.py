@@ -882,7 +882,7 @@ def write_task_outputs(name: str, result: dict, suffix: str) -> str:
                                  repr(r["objective"]), repr(r["greedy_objective"])])
     if result.get("premise"):
         plot_premise(name, result["premise"], RESULTS / f"{name}-eagl-premise{suffix}.png",
-                     "validation score" if name == "minilm" else "validation score (-KL)")
+                     "validation mean cosine to full precision" if name == "minilm" else "validation score (-KL)")
     return markdown(name, result, suffix)
 
 
