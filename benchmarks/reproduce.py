@@ -997,7 +997,9 @@ def markdown(name: str, result: dict, suffix: str) -> str:
         out += ["", "**Incomplete: the plans were not scored in this run (gains, plans and the analyses below only).**", ""]
     else:
         spread, how = noise_of(result)
-        out.append(f"Noise, measured first: {how} (std {fmt(spread)}).")
+        first = len(result.get("noise") or []) > 1
+        out.append(f"Noise{', measured first' if first else ' (pooled over the runs, as they came)'}: {how} "
+                   f"(std {fmt(spread)}).")
         for score, label in (("test", "after the same fine-tuning"), ("ptq", "with no fine-tuning")):
             table = summarise(result["records"], score)
             ends = [table.get((setup["methods"][0], f)) for f in (0.0, 1.0)]
