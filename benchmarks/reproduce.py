@@ -1100,14 +1100,14 @@ def verdict(name: str, result: dict) -> list[str]:
             and p["greedy_objective"] is not None and p["objective"] > 0]
     if rows:
         gaps = [1 - p["greedy_objective"] / p["objective"] for p in rows]
-        line = (f"5. *What exactness buys* (mpq's premise, not the paper's): over {len(rows)} (gains, budget) problems the "
+        line = (f"{5 if result.get('premise') else 4}. *What exactness buys* (mpq's premise, not the paper's): over {len(rows)} (gains, budget) problems the "
                 f"AIMET-style greedy fell short of the exact optimum in {sum(g > 1e-9 for g in gaps)}, by "
                 f"{100 * statistics.fmean(gaps):.2f}% of the objective on average (at most {100 * max(gaps):.2f}%)")
         if comp and "aimet_vs_exact" in comp:
             c = comp["aimet_vs_exact"]
             line += (f"; on the sensitivity gains, the greedy's plans (aimet) minus the exact solver's after fine-tuning: "
                      f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], {c['wins']}/{c['ties']}/{c['losses']}, p {c['p']:.3g}")
-        out.append(line + ".")
+        exactness = line + "."
     if result.get("premise"):
         rho = result["premise"]["spearman"]
         parts = [f"{fmt(v['rho'])} [{fmt(v['lo'])}, {fmt(v['hi'])}] {label}"
@@ -1123,6 +1123,8 @@ def verdict(name: str, result: dict) -> list[str]:
             parts.append("not measured with ALPS's fine-tune (ALPS did not fit this run's compute budget)")
         out.append("4. *EAGL's entropy ranks groups by their sensitivity* (the premise, per group; intervals: 95% "
                    "bootstrap over groups): Spearman " + "; ".join(parts) + ".")
+    if rows:
+        out.append(exactness)
     return out
 
 
