@@ -228,7 +228,7 @@ bits_restriction_option = click.option(
 force_option = click.option("--force", is_flag=True, help="Use gains or plan files made for another model (another sha256).")
 seed_option = click.option("--seed", type=SEED, default=0, show_default=True)
 task_option = click.option("--task", "task_ref", required=True, metavar="TASK",
-                           help="Built-in mnist or minilm, package.module:object or path/file.py:object.")
+                           help="Built-in mnist, mnist-deep or minilm, package.module:object or path/file.py:object.")
 executor_options = [
     click.option("--workers", type=Number(int, 0), default=1, show_default=True, help="Parallel workers."),
     click.option("--executor", type=click.Choice(["local", "processes", "ray"]), default=None,

@@ -137,11 +137,17 @@ def _restore(path, config, model, optimizer, schedule, data_generator, augment_g
     return int(state["step"])
 
 
+class _Stop(Exception):
+    """Raised by a forward hook to end a forward pass once the norm being re-estimated has run."""
+
+
 @torch.no_grad()
-def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int = 2048) -> None:
+def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int | None = None) -> None:
     """Recompute every BatchNorm's running statistics the way the network will run: one norm
-    at a time, in forward order, over up to ``samples`` training inputs drawn at random (seeded),
-    with every norm before it already in eval mode on its new statistics.
+    at a time, in forward order, over up to ``samples`` training inputs drawn at random (seeded;
+    default: the task's ``bn_samples``, else 2048), with every norm before it already in eval
+    mode on its new statistics. Each pass stops at the norm being re-estimated (the layers after
+    it cannot change its statistics).
 
     Statistics gathered in training mode (each norm fed by upstream norms on batch statistics)
     describe another network than the one evaluated; with 2-bit activations the difference
@@ -149,18 +155,30 @@ def reestimate_batch_norm(model: nn.Module, task, seed: int = 0, samples: int = 
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
+    samples = samples if samples is not None else getattr(task, "bn_samples", 2048)
     data = task.train_data()
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))  # datasets may be sorted by class
     subset = torch.utils.data.Subset(data, order[:samples].tolist())
     batches = [x for x, _ in loader(task, subset, shuffle=False, seed=seed)]
     model.eval()
+
+    def stop(module, args, output):
+        raise _Stop
+
     for norm in norms:
         momentum = norm.momentum
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the pass
         norm.train()
-        for x in batches:
-            model(x)
+        handle = norm.register_forward_hook(stop)
+        try:
+            for x in batches:
+                try:
+                    model(x)
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
         norm.eval()
         norm.momentum = momentum
 

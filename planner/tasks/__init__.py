@@ -17,7 +17,7 @@ and optionally ``loss(outputs, targets)`` (default: cross-entropy), ``score(mode
 batch dimension of 1), ``lr`` / ``epochs`` / ``finetune_lr`` / ``finetune_epochs`` defaults.
 Models take one input tensor (a task with several inputs stacks them).
 
-``load_task("mnist")`` and ``load_task("minilm")`` give the built-in tasks;
+``load_task("mnist")``, ``load_task("mnist-deep")`` and ``load_task("minilm")`` give the built-in tasks;
 ``"package.module:object"`` or ``"path/file.py:object"`` loads a user's (an object, or a class /
 function that returns one).
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 from planner.errors import MpqError
 from planner.userfiles import call_user, load_object
 
-BUILTIN = {"mnist": "planner.tasks.mnist:task", "minilm": "planner.tasks.minilm:task"}
+BUILTIN = {"mnist": "planner.tasks.mnist:task", "mnist-deep": "planner.tasks.mnist:deep_task", "minilm": "planner.tasks.minilm:task"}
 REQUIRED = ("model", "train_data", "eval_data", "evaluate")
 
 
