@@ -98,11 +98,11 @@ def test_readme_headline_replaced_between_markers(reproduce, tmp_path, monkeypat
 
 
 def test_deep_mnist_network_has_16_free_groups():
-    from planner import workflow
+    from planner.quant import network
     from planner.tasks import load_task
 
     task = load_task("mnist-deep")
-    graph, mapping = workflow.task_graph(task, task.model())
+    graph, mapping = network.task_graph(task, task.model())
     assert len(graph.free_groups) == 16 and len(graph.groups) == 18
     assert all(any(n in mapping for n in g.layers) for g in graph.free_groups)
     shared = [g for g in graph.free_groups if len(g.layers) == 2]  # 1x1 downsample + first conv of stages 2-4
