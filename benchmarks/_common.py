@@ -60,22 +60,12 @@ def quiet_export(model, inputs: tuple, path, **options) -> None:
 
 
 def hf_bert_base():
-    """Hugging Face ``transformers``' BertModel at BERT-base size (12 x 768, 12 heads, FFN 3072;
-    random weights from seed 0, no download) in eval mode, as a module
-    (input_ids, attention_mask) -> last hidden state."""
-    import torch
-    from transformers import BertConfig, BertModel
+    """Hugging Face ``transformers``' BertModel at BERT-base size (random weights from seed 0, no
+    download) in eval mode, as a module (input_ids, attention_mask) -> last hidden state: see
+    tests/archs.py's ``hf_bert``."""
+    import archs
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    torch.manual_seed(0)
-    return LastHidden(BertModel(BertConfig(), add_pooling_layer=False)).eval()
+    return archs.hf_bert()
 
 
 def _hf_bert_base():

@@ -255,6 +255,24 @@ def inception(size: int = 64):
     return InceptionNet().eval(), (torch.randn(1, 3, size, size),)
 
 
+def hf_bert(config=None) -> nn.Module:
+    """Hugging Face ``transformers``' BertModel (``config``: a BertConfig, default BERT-base: 12 x
+    768, 12 heads, FFN 3072; random weights from seed 0, no download) in eval mode, as a module
+    (input_ids, attention_mask) -> last hidden state."""
+    from transformers import BertConfig, BertModel
+
+    class LastHidden(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    torch.manual_seed(0)
+    return LastHidden(BertModel(config or BertConfig(), add_pooling_layer=False)).eval()
+
+
 def count_macs_params(model: nn.Module, inputs: tuple) -> tuple[int, int]:
     """Independent count with forward hooks: MACs and weight elements of every Conv/Linear,
     plus the two attention matmuls of every SelfAttention (counted from the module's shapes)."""

@@ -270,29 +270,21 @@ def test_transformers_bert_shapes_need_no_onnxruntime_run(tmp_path, monkeypatch,
     here). The MACs equal the architecture's arithmetic."""
     import onnxruntime
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig
 
+    from archs import hf_bert
     from conftest import export
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
-    bert = BertModel(config, add_pooling_layer=False).eval()
+    model = hf_bert(config)
     seq = 16
     mask = torch.ones(1, seq, dtype=torch.long)
     mask[0, 12:] = 0
     names = ["input_ids", "attention_mask"]
     axes = {"dynamic_axes": {n: {0: "batch", 1: "seq"} for n in names}, "opset_version": 17} if dynamic else {}
     with torch.no_grad():
-        path = export(LastHidden(bert), (torch.randint(0, 100, (1, seq)), mask), tmp_path / "bert.onnx", "torchscript",
+        path = export(model, (torch.randint(0, 100, (1, seq)), mask), tmp_path / "bert.onnx", "torchscript",
                       input_names=names, **axes)
 
     def no_run(*args, **kwargs):
