@@ -453,6 +453,7 @@ class Val100MiniLMTask(MiniLMTask):
     VAL_PARAGRAPHS = 100
 
     def eval_data(self) -> Dataset:
+        """The first VAL_PARAGRAPHS paragraphs of the validation split (a cheaper ALPS score)."""
         from torch.utils.data import Subset
 
         full, count = self._datasets["val"], len(self.texts["val"])

@@ -114,6 +114,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(widths[-1], classes)
 
     def forward(self, x):
+        """(batch, 1, 28, 28) digits -> (batch, classes) logits."""
         x = F.relu(self.bn(self.stem(x)))
         return self.fc(self.blocks(x).mean((2, 3)))
 
@@ -179,6 +180,7 @@ class DeepMnistTask(MnistTask):
     bn_samples = 256  # batch-norm re-estimation after fine-tuning: 20 norms, one pass each (2048: 8x the time)
 
     def model(self) -> nn.Module:
+        """A fresh 4-stage ResNet (weights from seed 0)."""
         torch.manual_seed(0)
         return ResNet()
 
