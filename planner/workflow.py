@@ -58,6 +58,16 @@ def apply_plan(task, model: nn.Module, plan) -> nn.Module:
     return apply_bits(model, bits_by_module(graph, mapping, plan.bits_by_layer))
 
 
+def calibrate(task, model: nn.Module, *, batches: int = 4) -> nn.Module:
+    """Set the LSQ steps of a quantized ``model`` (e.g. from :func:`apply_plan`) in place from the
+    first ``batches`` batches of the task's training data, the inputs an export without a
+    checkpoint calibrates on (see :func:`planner.quant.lsq.calibrate`). Returns ``model``."""
+    from .quant.lsq import calibrate as calibrate_steps
+
+    return calibrate_steps(model, [torch.from_numpy(arrays[0]) if len(arrays) == 1 else tuple(map(torch.from_numpy, arrays))
+                                   for arrays in task_feeds(task, batches)])
+
+
 def export_qdq(plan, onnx_path: str | Path, *, task=None, model: nn.Module | None = None, feeds=None,
                per_channel: bool = True, max_opset: int = 25, force: bool = False):
     """The standard QDQ export (:class:`planner.qdq.QdqExport`) of a plan.
@@ -179,7 +189,7 @@ def save_onnx_for_planning(task, model: nn.Module, path: str | Path) -> Path:
     return export_onnx(model, example_inputs(task), path)
 
 
-__all__ = ["apply_plan", "bits_of", "export_qdq", "save_onnx_for_planning", "task_graph", "train", "uniform_bits"]
+__all__ = ["apply_plan", "bits_of", "calibrate", "export_qdq", "save_onnx_for_planning", "task_graph", "train", "uniform_bits"]
 
 
 def finetune_job(task_ref: str, checkpoint: str, bits_by_module: dict[str, int], epochs: float, lr: float,
