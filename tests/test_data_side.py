@@ -10,6 +10,7 @@ import torch
 
 from conftest import assert_user_error, kill_when_lines, mpq
 from planner import load_graph
+from planner.errors import MpqError
 from planner.quant.lsq import LsqQuantizer, apply_bits, bits_of
 from planner.quant.torchmap import from_torch
 
@@ -46,6 +47,81 @@ def test_lsq_initialisation_and_two_bit_values():
     act = LsqQuantizer(bits=4, signed=None)
     act(torch.rand(10, 5))
     assert not act.signed and act.levels() == (0, 15)
+
+
+def _onnx_quantize_dequantize(x: np.ndarray, step: float, signed: bool) -> np.ndarray:
+    """QuantizeLinear -> DequantizeLinear (8 bits, zero point 0) of ``x`` in onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    zero = numpy_helper.from_array(np.zeros((), np.int8 if signed else np.uint8), "z")
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        [numpy_helper.from_array(np.array(step, np.float32), "s"), zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    run = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return run.run(None, {"x": x.astype(np.float32)})[0]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_lsq_quantizer_computes_what_onnx_quantize_dequantize_computes(training):
+    """The LSQ forward is bit for bit onnxruntime's QuantizeLinear -> DequantizeLinear at the stored
+    step, in training and in eval mode. At this step and batch size (0.01143, 1,000 values, 8 bits)
+    the old gradient-scaling trick ``(s - s*g).detach() + s*g`` moved the step by one float32 ulp,
+    so torch and the export computed other values (and other levels near rounding boundaries)."""
+    step = float(np.float32(0.01143))
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 0.5
+    for signed, values in ((True, x), (False, x.abs())):
+        q = LsqQuantizer(bits=8, signed=signed)
+        with torch.no_grad():
+            q.step.fill_(step)
+        q.initialized.fill_(True)
+        q.train(training)
+        torch_out = q(values.clone().requires_grad_(training)).detach().numpy()
+        assert np.array_equal(torch_out, _onnx_quantize_dequantize(values.numpy(), step, signed))
+
+
+def _best_step_by_hand(values: np.ndarray, bits: int, signed: bool, peak: float) -> float:
+    """The step of the least squared round-and-clip error among 20 clipping ranges 5% .. 100% of ``peak``."""
+    qn, qp = (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    errors = {}
+    for k in range(1, 21):
+        step = np.float32(k / 20 * peak / qp)
+        levels = np.clip(np.round(values.astype(np.float32) / step), -qn, qp)
+        errors[float(step)] = float(((levels * step - values) ** 2).sum())
+    return min(errors, key=errors.get)
+
+
+def test_calibrate_sets_steps_from_the_float_network_on_the_batches():
+    """``calibrate`` gives each weight the least-squared-error step of a 20-range search, each
+    activation below 8 bits the same on what the FULL-PRECISION network feeds it (sign from the
+    data: unsigned after the ReLU), and at 8 bits the step that spans its largest magnitude."""
+    from planner.quant.lsq import calibrate
+
+    torch.manual_seed(0)
+    float_model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    model = apply_bits(float_model, {"0": 4, "2": 8})
+    batches = [torch.randn(20, 12) * 3 for _ in range(2)]
+    model(batches[0] * 100)  # LSQ's own initialisation first: calibrate replaces it
+    calibrate(model, batches)
+    x = torch.cat(batches)
+    with torch.no_grad():
+        hidden = float_model[1](float_model[0](x)).numpy()
+    first, second = model[0], model[2]
+    assert first.input_quantizer.signed and not second.input_quantizer.signed
+    assert first.input_quantizer.step.item() == pytest.approx(
+        _best_step_by_hand(x.numpy(), 4, True, float(x.abs().max())), rel=1e-6)
+    assert second.input_quantizer.step.item() == pytest.approx(float(hidden.max()) / 255, rel=1e-6)
+    for layer in (first, second):
+        w = layer.weight.detach().numpy()
+        assert layer.weight_quantizer.step.item() == pytest.approx(
+            _best_step_by_hand(w, layer.bits, True, float(np.abs(w).max())), rel=1e-6)
+    with pytest.raises(MpqError, match="at least one input batch"):
+        calibrate(model, [])
 
 
 def test_apply_bits_quantizes_weight_and_input_as_by_hand_on_a_copy(built):

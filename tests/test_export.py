@@ -356,8 +356,8 @@ def test_aimet_encodings_follow_the_format_and_the_plan(mnist_net, tmp_path):
 # ------------------------------------------------------------------------------ the MiniLM transformer
 
 def test_minilm_export_agrees_with_the_torch_network(tmp_path):
-    """A 4/8-bit plan on all-MiniLM-L6-v2 with every layer quantized in torch (LSQ steps from one
-    batch; attention MatMuls with a step and sign per input): the QDQ export read back by mpq
+    """A 4/8-bit plan on all-MiniLM-L6-v2 with every layer quantized in torch (LSQ steps calibrated
+    post-training on training texts; attention MatMuls with a step and sign per input): the QDQ export read back by mpq
     inspect has the plan's bits on every layer, both inputs of each attention MatMul have their
     own scale, and in onnxruntime it retrieves what the torch network retrieves."""
     from planner.quant import network
@@ -366,15 +366,14 @@ def test_minilm_export_agrees_with_the_torch_network(tmp_path):
     from planner.tasks import minilm
 
     torch.set_num_threads(1)
-    task = minilm.MiniLMTask(sizes={"test": 24, "val": 2, "train": 2})
+    task = minilm.MiniLMTask(sizes={"test": 24, "val": 2, "train": 16})
     model = task.model()
     onnx_path = network.save_onnx_for_planning(task, model, tmp_path / "minilm.onnx")
     plan_path = _plan(onnx_path, tmp_path, "plan", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "params")
     plan = read_plan(plan_path)
     assert {l["w_bits"] for l in plan.doc["layers"]} == {4, 8}
-    quantized = network.apply_plan(task, model, plan)
+    quantized = network.calibrate(task, network.apply_plan(task, model, plan))  # on the 32 training texts
     queries, documents = task._tokens["queries"], task._tokens["documents"]
-    minilm.encode(quantized, torch.cat([queries, documents]))  # LSQ steps start from the longest texts
     save_checkpoint(tmp_path / "q.pt", quantized, task)
     (tmp_path / "inputs").mkdir()
     np.save(tmp_path / "inputs" / "queries.npy", queries[:8].numpy())

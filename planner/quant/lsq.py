@@ -24,8 +24,25 @@ from torch import nn
 from planner.errors import MpqError
 
 
+class _GradScale(torch.autograd.Function):
+    """Identity forward (bit for bit), gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
 def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    return (x - x * scale).detach() + x * scale
+    """``x`` unchanged, its gradient scaled by ``scale``. The forward value is exactly ``x``: the
+    usual ``(x - x * scale).detach() + x * scale`` moves about one step in 10^4 by a float32 ulp
+    (depending on the batch size), and the network then computes other integer levels than an
+    export whose QuantizeLinear divides by the stored step."""
+    return _GradScale.apply(x, scale)
 
 
 def _round_pass(x: torch.Tensor) -> torch.Tensor:
@@ -245,3 +262,64 @@ def learned_steps(model: nn.Module) -> dict[str, dict]:
             entry["weight_step"] = float(m.weight_quantizer.step.detach())
         out[path] = entry
     return out
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches, *, sample: int = 1 << 16, full_range_bits: int | None = 8) -> nn.Module:
+    """Set every LSQ step of ``model`` in place from data, as post-training quantization does
+    (and as :func:`planner.export.qdq.calibrate` calibrates an export without a checkpoint).
+
+    ``batches``: the model's inputs, each a tensor or a tuple of tensors. The full-precision
+    network (every quantizer passed through) runs on them while forward hooks collect, per
+    activation quantizer, up to ``sample`` evenly spaced values per batch, the largest magnitude
+    and whether every value is >= 0 (then the quantizer is unsigned, else signed). Each step is
+    the one of :func:`planner.export.qdq.grid_steps` (the least squared round-and-clip error over
+    clipping ranges of 5% .. 100% of the largest magnitude) at the quantizer's bits; activations
+    at ``full_range_bits`` bits and above span their largest magnitude instead (None: search at
+    every width). Weights get the search over all their values. Steps learned before are
+    replaced; LSQ fine-tuning may start from these. Returns ``model``. Raises MpqError when
+    ``batches`` is empty."""
+    import numpy as np
+
+    from ..qdq import grid_steps
+
+    layers = [m for m in model.modules() if isinstance(m, QUANTIZED)]
+    activations = [q for m in layers for q in input_quantizers(m)]
+    seen: dict[LsqQuantizer, list] = {q: [[], 0.0, True] for q in activations}
+
+    def record(quantizer, args):
+        flat = args[0].detach().float().reshape(-1)
+        entry = seen[quantizer]
+        entry[0].append(flat[::max(1, flat.numel() // sample)].numpy().astype(np.float32))
+        entry[1] = max(entry[1], float(flat.abs().max()) if flat.numel() else 0.0)
+        entry[2] &= bool((flat >= 0).all())
+
+    quantizers = activations + [m.weight_quantizer for m in layers if hasattr(m, "weight_quantizer")]
+    hooks = [q.register_forward_pre_hook(record) for q in activations]
+    hooks += [q.register_forward_hook(lambda module, args, out: args[0]) for q in quantizers]
+    was_training = model.training
+    model.eval()
+    try:
+        for inputs in batches:
+            model(*(inputs if isinstance(inputs, (tuple, list)) else (inputs,)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if any(not entry[0] for entry in seen.values()):
+        raise MpqError("calibration needs at least one input batch")
+    for quantizer, (values, peak, nonneg) in seen.items():
+        quantizer.signed_flag.fill_(0 if nonneg else 1)
+        _, qp = quantizer.levels()
+        if full_range_bits is not None and quantizer.bits >= full_range_bits:
+            step = max(peak, 1e-8) / qp
+        else:
+            step = float(grid_steps(np.concatenate(values), quantizer.bits, not nonneg, peak=peak))
+        quantizer.step.fill_(step)
+        quantizer.initialized.fill_(True)
+    for m in layers:
+        if hasattr(m, "weight_quantizer"):
+            w = m.weight.detach().float().numpy()
+            m.weight_quantizer.step.fill_(float(grid_steps(w, m.bits, True)))
+            m.weight_quantizer.initialized.fill_(True)
+    return model

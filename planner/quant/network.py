@@ -89,6 +89,17 @@ def evaluate(task, model: nn.Module) -> dict:
             "bits": bits, "layer_bits": layer_bits, "group_bits": group_bits}
 
 
+def calibrate(task, model: nn.Module, *, batches: int = 4) -> nn.Module:
+    """Set the LSQ steps of a quantized ``model`` (e.g. from :func:`apply_plan`) in place from the
+    first ``batches`` batches of the task's training data, the inputs an export without a
+    checkpoint calibrates on (see :func:`planner.quant.lsq.calibrate`). Returns ``model``."""
+    from planner.export.handoff import task_feeds
+    from planner.quant.lsq import calibrate as calibrate_steps
+
+    return calibrate_steps(model, [torch.from_numpy(arrays[0]) if len(arrays) == 1 else tuple(map(torch.from_numpy, arrays))
+                                   for arrays in task_feeds(task, batches)])
+
+
 def save_onnx_for_planning(task, model: nn.Module, path: str | Path) -> Path:
     """The float ONNX export that plans for this task are made on (names kept)."""
     return export_onnx(model, example_inputs(task), path)
