@@ -281,7 +281,7 @@ def calibrate(model: nn.Module, batches, *, sample: int = 1 << 16, full_range_bi
     ``batches`` is empty."""
     import numpy as np
 
-    from ..qdq import grid_steps
+    from planner.export.qdq import grid_steps
 
     layers = [m for m in model.modules() if isinstance(m, QUANTIZED)]
     activations = [q for m in layers for q in input_quantizers(m)]
