@@ -78,6 +78,15 @@ def _hf_bert_base():
     return model, (ids, mask), ["input_ids", "attention_mask"]
 
 
+def mpq(*args) -> str:
+    """Run ``python -m planner ARGS`` as a user would; its stdout (SystemExit with its output on a
+    non-zero exit)."""
+    done = subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stdout + done.stderr)
+    return done.stdout
+
+
 def median_time(fn, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):

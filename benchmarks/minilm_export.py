@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,14 +44,7 @@ from planner.export.qdq import layer_bits, session  # noqa: E402
 from planner.quant.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from planner.quant.train import fit  # noqa: E402
 from planner.tasks import minilm  # noqa: E402
-
-
-def mpq(*args: str) -> str:
-    """Run ``python -m planner ARGS``; its stdout (raises on a non-zero exit)."""
-    done = subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stdout + done.stderr)
-    return done.stdout
+from _common import mpq  # noqa: E402
 
 
 def main() -> None:

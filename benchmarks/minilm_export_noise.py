@@ -21,7 +21,6 @@ Writes ``benchmarks/results/minilm_export_noise.json``.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,15 +40,9 @@ from planner.export.qdq import session  # noqa: E402
 from planner.quant.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from planner.quant.lsq import QMatMul  # noqa: E402
 from planner.tasks import minilm  # noqa: E402
+from _common import mpq  # noqa: E402
 
 QUERIES, LAYER_QUERIES, NEAR = 200, 8, 1e-4
-
-
-def mpq(*args) -> str:
-    done = subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stdout + done.stderr)
-    return done.stdout
 
 
 def agreement(a, b) -> dict:
