@@ -87,6 +87,18 @@ def mpq(*args) -> str:
     return done.stdout
 
 
+def minilm_plan(task, model, folder: Path, bits: str) -> tuple[Path, Path]:
+    """The float ONNX of a MiniLM task's ``model`` and an ``mpq plan`` of it at ``bits`` (params
+    gains, NorthPole latency=0.5), written in ``folder``: (onnx path, plan path)."""
+    from planner.quant import network
+
+    onnx_path = network.save_onnx_for_planning(task, model, folder / "minilm.onnx")
+    plan_path = folder / "plan.json"
+    mpq("plan", onnx_path, "--hw", "northpole", "--bits", bits, "--budget", "latency=0.5", "--gains", "params",
+        "-o", plan_path)
+    return onnx_path, plan_path
+
+
 def median_time(fn, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):

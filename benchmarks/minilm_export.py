@@ -44,7 +44,7 @@ from planner.export.qdq import layer_bits, session  # noqa: E402
 from planner.quant.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from planner.quant.train import fit  # noqa: E402
 from planner.tasks import minilm  # noqa: E402
-from _common import mpq  # noqa: E402
+from _common import minilm_plan, mpq  # noqa: E402
 
 
 def main() -> None:
@@ -59,10 +59,7 @@ def main() -> None:
     model = task.model()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        onnx_path = network.save_onnx_for_planning(task, model, folder / "minilm.onnx")
-        plan_path = folder / "plan.json"
-        mpq("plan", onnx_path, "--hw", "northpole", "--bits", bits, "--budget", "latency=0.5", "--gains", "params",
-            "-o", plan_path)
+        onnx_path, plan_path = minilm_plan(task, model, folder, bits)
         plan = read_plan(plan_path)
         quantized = network.calibrate(task, network.apply_plan(task, model, plan))
         if args.epochs > 0:

@@ -40,7 +40,7 @@ from planner.export.qdq import session  # noqa: E402
 from planner.quant.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from planner.quant.lsq import QMatMul  # noqa: E402
 from planner.tasks import minilm  # noqa: E402
-from _common import mpq  # noqa: E402
+from _common import minilm_plan, mpq  # noqa: E402
 
 QUERIES, LAYER_QUERIES, NEAR = 200, 8, 1e-4
 
@@ -119,10 +119,8 @@ def main() -> None:
     model = task.model()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        onnx_path = network.save_onnx_for_planning(task, model, folder / "minilm.onnx")
-        mpq("plan", onnx_path, "--hw", "northpole", "--bits", "4,8", "--budget", "latency=0.5", "--gains", "params",
-            "-o", folder / "plan.json")
-        quantized = network.apply_plan(task, model, read_plan(folder / "plan.json"))
+        onnx_path, plan_path = minilm_plan(task, model, folder, "4,8")
+        quantized = network.apply_plan(task, model, read_plan(plan_path))
         texts = (task._tokens["queries"], task._tokens["documents"])
         with torch.no_grad():
             minilm.encode(quantized, torch.cat(texts))
