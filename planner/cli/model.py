@@ -18,12 +18,10 @@ from planner.units import si, unit
 def inspect(model: str, shape_texts, no_pin: bool, pin_bits: int, as_json: bool) -> None:
     """List the layers of MODEL (ONNX) with their MACs, precision groups and pins (and, for a QDQ
     model, each layer's weight and input bits read from its Q/DQ types)."""
-    from planner.costs.setup import pins_for
+    from planner.costs.setup import load_pinned_graph
     from planner.export.qdq import layer_bits
-    from planner.graph import load_graph
 
-    pin_first, pin_last = pins_for(no_pin=no_pin, pin_bits=pin_bits)
-    graph = load_graph(model, input_shapes(shape_texts), pin_first=pin_first, pin_last=pin_last)
+    graph = load_pinned_graph(model, input_shapes=input_shapes(shape_texts), no_pin=no_pin, pin_bits=pin_bits)
     quantized = layer_bits(graph)
     has_qdq = any(b["w_bits"] or any(b["a_bits"]) for b in quantized.values())
     if as_json:

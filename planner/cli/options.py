@@ -164,7 +164,7 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.tty, leave=False)
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
-        self.done = 0
+        self.done = self.shown = 0
         self.start = self.last = time.monotonic()
 
     def __enter__(self):
@@ -180,14 +180,14 @@ class Progress:
             self._line()
 
     def _line(self) -> None:
-        self.last = time.monotonic()
+        self.last, self.shown = time.monotonic(), self.done
         total = f"/{self.total}" if self.total else ""
         click.echo(f"{self.desc}: {self.done}{total} {self.unit}, {self.last - self.start:.0f} s", err=True)
 
     def __exit__(self, *exc):
         self.bar.close()
-        if not self.tty and exc[0] is None and time.monotonic() - self.start >= self.every_s:
-            self._line()
+        if not self.tty and exc[0] is None and self.done != self.shown and time.monotonic() - self.start >= self.every_s:
+            self._line()  # the final count, unless the last line already showed it
 
 
 # Shared options ------------------------------------------------------------------------------

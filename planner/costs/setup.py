@@ -46,6 +46,16 @@ def precisions_for(spec, bits: list[int] | None = None) -> list[int]:
     return list(bits)
 
 
+def load_pinned_graph(model: str, spec=None, *, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                      no_pin: bool = False, pin_bits: int | None = None):
+    """The LayerGraph of the ONNX ``model`` with its first and last layers pinned by
+    :func:`pins_for` (``spec`` may be None). Raises MpqError for an unreadable model."""
+    from planner.graph import load_graph
+
+    pin_first, pin_last = pins_for(spec, no_pin=no_pin, pin_bits=pin_bits)
+    return load_graph(model, input_shapes or {}, pin_first=pin_first, pin_last=pin_last)
+
+
 @dataclass
 class Setup:
     """What planning starts from: the spec, the layer graph with its pins, and the cost table
@@ -67,11 +77,9 @@ def prepare(model: str, hw: str, *, cost_model: str | None = None, lut: str | No
     from hw import load_spec
 
     from planner.costs.table import cost_table
-    from planner.graph import load_graph
 
     spec = load_spec(hw)
-    pin_first, pin_last = pins_for(spec, no_pin=no_pin, pin_bits=pin_bits)
-    graph = load_graph(model, input_shapes or {}, pin_first=pin_first, pin_last=pin_last)
+    graph = load_pinned_graph(model, spec, input_shapes=input_shapes, no_pin=no_pin, pin_bits=pin_bits)
     table = cost_table(graph, spec, cost_model_for(spec, cost_model, lut))
     if bits is not None:
         allowed = precisions_for(spec, bits)
@@ -85,13 +93,10 @@ def graph_and_precisions(model: str, *, hw: str | None = None, bits: list[int] |
     """For gain estimation alone: the layer graph and the precisions to estimate, from the spec
     ``hw`` when given (its pins and precisions) else from ``bits`` with 8-bit pins.
     Returns ``(graph, precisions)``."""
-    from planner.graph import load_graph
-
     spec = None
     if hw:
         from hw import load_spec
 
         spec = load_spec(hw)
-    pin_first, pin_last = pins_for(spec, no_pin=no_pin, pin_bits=pin_bits)
-    graph = load_graph(model, input_shapes or {}, pin_first=pin_first, pin_last=pin_last)
+    graph = load_pinned_graph(model, spec, input_shapes=input_shapes, no_pin=no_pin, pin_bits=pin_bits)
     return graph, (list(spec.precisions) if spec is not None else list(bits or (2, 4, 8)))
