@@ -541,3 +541,80 @@ def test_inspect_measures_shapes_of_a_model_with_large_packed_weights(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)])
     shapes = run_for_shapes(model, {"x": (3, rows)}, ["x2", "y"], str(tmp_path / "m.onnx"))
     assert shapes == {"x2": (3, rows), "y": (3, cols)}
+
+
+# ------------------------------------------------------------------------------ what the export reads besides the plan
+
+class _Detector(nn.Module):
+    """A small fully convolutional detector: any input height and width."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                  nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(16, 6, 1)
+
+    def forward(self, images):
+        return self.head(self.body(images))
+
+
+def _detector(tmp_path) -> tuple[nn.Module, Path]:
+    """The detector exported with symbolic batch, height and width, as detectors ship."""
+    torch.manual_seed(0)
+    model = _Detector().eval()
+    path = export(model, torch.randn(1, 3, 32, 48), tmp_path / "detector.onnx", "torchscript", input_names=["images"],
+                  dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
+    return model, path
+
+
+def test_a_model_with_symbolic_dims_exports_at_the_shapes_it_was_planned_at(tmp_path):
+    """Planning such a model needs --input-shape; every export format then takes the shapes from
+    the plan (it asked for an --input-shape that mpq export does not have), and so does mpq cost
+    --plan. The QDQ model keeps the symbolic dimensions: it runs at another size, close to the
+    torch network at 8 bits."""
+    model, path = _detector(tmp_path)
+    unshaped = mpq("plan", path, "--hw", "northpole", "--bits", "8", "--budget", "latency=1", "-o", tmp_path / "x.json")
+    assert unshaped.returncode == 2 and "--input-shape" in unshaped.stderr
+    plan = tmp_path / "plan.json"
+    result = mpq("plan", path, "--hw", "northpole", "--bits", "8", "--no-pin", "--budget", "latency=1",
+                 "--input-shape", "images=1x3x32x48", "-o", plan)
+    assert result.returncode == 0, result.stderr
+    for fmt, out in (("qdq", "q.onnx"), ("ort-overrides", "overrides.json"), ("aimet", "encodings.json")):
+        result = mpq("export", plan, path, "--format", fmt, "-o", tmp_path / out)
+        assert result.returncode == 0, (fmt, result.stderr)
+        assert (tmp_path / out).exists()
+    costed = mpq("cost", path, "--hw", "northpole", "--plan", plan, "--no-pin", "--json")
+    assert costed.returncode == 0, costed.stderr
+    assert json.loads(costed.stdout)["what"] == f"plan {plan}"
+    qdq = onnx.load(tmp_path / "q.onnx")
+    dims = [d.dim_param or d.dim_value for d in qdq.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 40, 64)).astype(np.float32)
+    (got,) = session(tmp_path / "q.onnx").run(None, {"images": x})
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape == (2, 6, 20, 32)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+
+
+def test_an_already_quantized_model_plans_but_does_not_export(tmp_path):
+    """A QDQ model (mpq's own export) and a dynamically quantized one (ConvInteger, by
+    onnxruntime's quantize_dynamic) can be planned, but exporting a plan on them would stack a
+    second grid on the first (the QDQ one: 2 x the Q/DQ pairs, exit 0) or hand ConvInteger float
+    operands (an invalid model, exit 0): exit 2 naming the layer, and no output file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, path = _detector(tmp_path)
+    shape = ("--input-shape", "images=1x3x32x48")
+    float_plan = _plan(path, tmp_path, "det8", "--bits", "8", "--no-pin", "--budget", "latency=1", *shape)
+    assert mpq("export", float_plan, path, "-o", tmp_path / "qdq.onnx").returncode == 0
+    quantize_dynamic(str(path), str(tmp_path / "dynamic.onnx"), weight_type=QuantType.QUInt8)
+    assert "ConvInteger" in {n.op_type for n in onnx.load(tmp_path / "dynamic.onnx").graph.node}
+    for model, words in ((tmp_path / "qdq.onnx", "through DequantizeLinear"), (tmp_path / "dynamic.onnx", "ConvInteger")):
+        plan = _plan(model, tmp_path, model.stem, "--budget", "latency=0.5", *shape)
+        for fmt in ("qdq", "ort-overrides", "aimet"):
+            out = tmp_path / f"again-{model.stem}-{fmt}.json"
+            result = mpq("export", plan, model, "--format", fmt, "-o", out)
+            assert result.returncode == 2 and "already quantized" in result.stderr and words in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+            assert not out.exists() and not out.with_suffix(".onnx").exists()

@@ -127,6 +127,11 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, shape_texts, no_pin, 
     """Per-layer and total cost of MODEL on an accelerator, at uniform precision or for a plan."""
     from planner.costs.report import cost_report
 
+    if plan_path and not shape_texts:  # a model with symbolic dimensions is costed at the plan's shapes
+        from planner.export.plan import read_plan
+
+        shape_texts = tuple(f"{name}={'x'.join(map(str, shape))}"
+                            for name, shape in read_plan(plan_path).input_shapes.items())
     setup = prepare(model, hw_name, cost_model, lut, shape_texts, no_pin, pin_bits)
     report = cost_report(setup, bits=bits, plan_path=plan_path, force=force)
     if as_json:

@@ -144,6 +144,23 @@ def check_plan_of_checkpoint(checkpoint: str, plan_path: str, force: bool) -> No
                    f"than {plan_path}; use that plan, fine-tune for this one, or pass --force")
 
 
+#: Layer ops whose operands are already integers: a model with them was quantized before mpq saw it.
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+
+
+def check_float_model(graph, onnx_path) -> None:
+    """MpqError when ``graph``'s model is already quantized (a layer of an integer op, or a weight
+    behind DequantizeLinear): quantizing it again would stack a second grid on the first (or, for
+    the integer ops, give them float operands), so the plan is exported on the float model. Planning
+    such a model stays possible (its costs and EAGL read the integer weights)."""
+    for layer in graph.layers:
+        if layer.op_type in INTEGER_OPS or layer.weight_scale is not None:
+            how = (f"is {layer.op_type}" if layer.op_type in INTEGER_OPS
+                   else f"reads its weight '{layer.weight}' through DequantizeLinear")
+            raise MpqError(f"{onnx_path} is already quantized (layer '{layer.name}' {how}); export the plan on the "
+                           "float model it was made from (plan that model with mpq plan if the plan is for this one)")
+
+
 def export_qdq(plan, onnx_path: str | Path, *, task=None, model=None, feeds=None,
                per_channel: bool = True, max_opset: int = 25, force: bool = False):
     """The standard QDQ export (:class:`planner.export.qdq.QdqExport`) of a plan.
@@ -164,8 +181,9 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model=None, feeds=None
     from planner.export.qdq import calibrate, qdq_model
     from planner.quant.lsq import learned_steps
 
-    reference = load_graph(onnx_path, pin_first=None, pin_last=None)
+    reference = load_graph(onnx_path, plan.input_shapes, pin_first=None, pin_last=None)
     plan.check_model(reference, force)
+    check_float_model(reference, onnx_path)
     w_bits = plan.bits_by_layer
     a_bits = {l["name"]: l["a_bits"] for l in plan.doc["layers"]}
     with tempfile.TemporaryDirectory() as folder:
@@ -184,7 +202,7 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model=None, feeds=None
             source = onnx.load(graph.model.path)
         folded, folds = fold_affine(source)
         onnx.save(folded, Path(folder) / "folded.onnx")
-        graph = load_graph(Path(folder) / "folded.onnx", pin_first=None, pin_last=None)
+        graph = load_graph(Path(folder) / "folded.onnx", plan.input_shapes, pin_first=None, pin_last=None)
         uncovered = {n: b for n, b in a_bits.items() if not (steps.get(n, {}).get("bits") == b == w_bits[n])}
         if uncovered and feeds is None and task is not None:
             feeds = list(task_feeds(task))
@@ -213,8 +231,9 @@ def export_ort_overrides(plan, onnx_path: str | Path, *, feeds=None, quantized_p
     from planner.graph import load_graph
     from planner.export.ortoverrides import ort_overrides, quantize_with_overrides
 
-    graph = load_graph(onnx_path, pin_first=None, pin_last=None)
+    graph = load_graph(onnx_path, plan.input_shapes, pin_first=None, pin_last=None)
     plan.check_model(graph, force)
+    check_float_model(graph, onnx_path)
     overrides, notes = ort_overrides(graph, plan.bits_by_layer, {l["name"]: l["a_bits"] for l in plan.doc["layers"]})
     if quantized_path is None:
         return overrides, notes, None

@@ -133,6 +133,12 @@ class PlanFile:
         """Layer name -> planned weight bits."""
         return {l["name"]: l["w_bits"] for l in self.doc["layers"]}
 
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> the shape the plan was made at ({} when the plan records none). A model
+        with symbolic dimensions is loaded at these shapes again wherever the plan is applied."""
+        return {name: tuple(shape) for name, shape in self.doc["model"].get("input_shapes", {}).items()}
+
     def check_model(self, graph: LayerGraph, force: bool = False) -> None:
         """Raise MpqError unless the plan's layers are ``graph``'s layers (same names and weights)
         and, unless ``force``, the plan records ``graph``'s model sha256."""

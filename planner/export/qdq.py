@@ -37,6 +37,7 @@ rounding.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import ml_dtypes
@@ -419,12 +420,12 @@ def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def session(model: onnx.ModelProto | str):
+def session(model: onnx.ModelProto | str | os.PathLike):
     """An onnxruntime CPU InferenceSession for an exported model (a path or a ModelProto) with
     ``DISABLED_OPTIMIZERS`` off (see the module docstring)."""
     import onnxruntime as ort
 
-    source = model if isinstance(model, str) else model.SerializeToString()
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(source, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
