@@ -618,3 +618,30 @@ def test_an_already_quantized_model_plans_but_does_not_export(tmp_path):
             assert result.returncode == 2 and "already quantized" in result.stderr and words in result.stderr, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1
             assert not out.exists() and not out.with_suffix(".onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_inception_v1"])
+def test_old_zoo_models_with_ir_3_export_and_run(name, tmp_path):
+    """The ``light`` zoo models that ship with the onnx package (IR version 3, opset 9: every
+    initializer is also a graph input; weights made by ConstantOfShape): the export converts them
+    to the Q/DQ opset, where IR 3 is invalid (the checker raised, exit 1). Now: exit 0, a newer IR
+    version, only the image as graph input, and onnxruntime's output equals the float model's."""
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
+    source = onnx.load(path)
+    assert source.ir_version == 3 and len(source.graph.input) > 1
+    plan = _plan(path, tmp_path, name, "--budget", "latency=0.5")
+    out = tmp_path / f"{name}.qdq.onnx"
+    result = mpq("export", plan, path, "-o", out)
+    assert result.returncode == 0, result.stderr
+    exported = onnx.load(out)
+    stored = {t.name for t in source.graph.initializer}
+    assert exported.ir_version >= 4
+    assert [i.name for i in exported.graph.input] == [i.name for i in source.graph.input if i.name not in stored]
+    (image,) = exported.graph.input
+    x = np.random.default_rng(0).random([d.dim_value for d in image.type.tensor_type.shape.dim], dtype=np.float32)
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 3  # IR 3: a warning per initializer listed as an input
+    float_session = ort.InferenceSession(str(path), quiet, providers=["CPUExecutionProvider"])
+    want = float_session.run(None, {image.name: x})[0]
+    got = session(out).run(None, {image.name: x})[0]
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)  # constant weights sit on every grid

@@ -208,6 +208,12 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
             raise MpqError(f"{graph.model.path}: cannot convert the model to opset {opset} for its Q/DQ types "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                            "try a lower --max-opset") from None
+    if model.ir_version < 4:  # IR 3 lists every initializer as a graph input too; the new opset needs a newer IR
+        stored = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in stored]
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import, ignore_unknown=True))
     builder = _Builder(model)
     notes = [f"{b}-bit levels in {c}-bit Q/DQ types (no {b}-bit type up to opset {max_opset})"
              for b, c in sorted(containers.items()) if b != c]
