@@ -18,6 +18,7 @@ import stat
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,6 +205,16 @@ def inputs(tmp_path_factory) -> Path:
     (d / "lut_header.csv").write_text("name,precision,time\nx,8,1\n")
     (d / "lut_bits.csv").write_text("layer,bits,latency_s\n/stem/Conv,eight,1\n")
     (d / "lut_missing.csv").write_text("layer,bits,latency_s\n/stem/Conv,8,1e-3\n")
+    # input batches (--inputs; the model reads one float32 input of 1x1x28x28)
+    for name, batch in (("rank", np.zeros((1, 28, 28), np.float32)), ("dims", np.zeros((1, 1, 28, 27), np.float32)),
+                        ("dtype", np.zeros((1, 1, 28, 28), np.int64)), ("strings", np.array(["a", "b"]))):
+        (d / f"in_{name}").mkdir()
+        np.save(d / f"in_{name}" / "0.npy", batch)
+    (d / "in_names").mkdir()
+    np.savez(d / "in_names" / "0.npz", image=np.zeros((1, 1, 28, 28), np.float32))
+    (d / "in_empty").mkdir()
+    (d / "in_pickle").mkdir()
+    np.save(d / "in_pickle" / "0.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     # user code
     (d / "cm.py").write_text(COST_MODELS)
     (d / "cm_exit.py").write_text("import sys\nsys.exit(3)\n")
@@ -444,6 +455,16 @@ CASES: dict[str, list] = {
     "export plan w_bits 99": ["export", "p_w99.json", "m.onnx", "-o", "q.onnx"],
     "export plan binary": ["export", "p_binary.json", "m.onnx", "-o", "q.onnx"],
     "export --checkpoint without --task": EXPORT + ["--checkpoint", "ckpt.pt", "-o", "q.onnx"],
+    "export --inputs of another rank": EXPORT + ["--inputs", "in_rank", "-o", "q.onnx"],
+    "export --inputs of another size": EXPORT + ["--inputs", "in_dims", "-o", "q.onnx"],
+    "export --inputs of int64": EXPORT + ["--inputs", "in_dtype", "-o", "q.onnx"],
+    "export --inputs of strings": EXPORT + ["--inputs", "in_strings", "-o", "q.onnx"],
+    "export --inputs with another name": EXPORT + ["--inputs", "in_names", "-o", "q.onnx"],
+    "export --inputs empty folder": EXPORT + ["--inputs", "in_empty", "-o", "q.onnx"],
+    "export --inputs pickled objects": EXPORT + ["--inputs", "in_pickle", "-o", "q.onnx"],
+    "export --format ort-overrides --calibrate with --inputs of another size":
+        EXPORT + ["--format", "ort-overrides", "--calibrate", "c.onnx", "--inputs", "in_dims", "-o", "o.json"],
+    "frontier --inputs of another size": FRONTIER + ["--inputs", "in_dims", "--csv", "f.csv"],
     "finetune plan NaN": ["finetune", "p_nan.json", "--task", TINY, "--checkpoint", "ckpt.pt", "-o", "f.pt"],
     "evaluate plan deep": ["evaluate", "--task", TINY, "--checkpoint", "ckpt.pt", "--plan", "p_deep.json"],
     # ---- latency tables and cost-model plugins

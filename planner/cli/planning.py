@@ -142,7 +142,7 @@ def frontier(model, hw_name, cost_model, lut, metric, between_text, points, gain
     if inputs_folder:
         from planner.export.handoff import folder_feeds
 
-        feeds = folder_feeds(inputs_folder)
+        feeds = folder_feeds(inputs_folder, model)
     store = JobStore(resume_file) if resume_file else None
     methods = list(dict.fromkeys(gains_names or ("eagl",)))
     with Progress(len(methods) * points, "frontier", unit="point") as bar:

@@ -68,7 +68,7 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
         check_plan_of_checkpoint(checkpoint, plan_path, force)
     plan = read_plan(plan_path)
     task = load_task(task_ref) if task_ref else None
-    feeds = folder_feeds(inputs_folder) if inputs_folder else None
+    feeds = folder_feeds(inputs_folder, model) if inputs_folder else None
     torch_model = None
     out = Handoff()
     if fmt == "ort-overrides":
@@ -261,21 +261,79 @@ def task_feeds(task, batches: int = 4, split: str = "train"):
         yield (x.numpy(),)
 
 
-def folder_feeds(folder: str | Path) -> list:
-    """Calibration inputs from a folder, in sorted file order: each ``.npy`` file one batch of a
-    single-input model's input, each ``.npz`` one batch of several inputs keyed by input name.
-    Raises MpqError when the folder has neither."""
+def folder_feeds(folder: str | Path, model: str | Path) -> list[dict]:
+    """Calibration inputs from a folder, in sorted file order, checked against the ONNX ``model``:
+    each ``.npy`` file one batch of a single-input model's input, each ``.npz`` one batch of several
+    inputs keyed by input name. Returns one {input name: array} per file (see :func:`fit_batch`).
+    Raises MpqError when the folder has no batches, a file cannot be read or a batch does not fit
+    the model's inputs."""
     import numpy as np
 
     folder = Path(folder)
     files = sorted(p for p in folder.glob("*") if p.suffix in (".npy", ".npz")) if folder.is_dir() else []
     if not files:
         raise MpqError(f"{folder}: no .npy or .npz input batches found; save batches of the model's input with numpy.save")
+    inputs = model_inputs(model)
     feeds = []
     for f in files:
         try:
             data = np.load(f)
+            batch = dict(data) if f.suffix == ".npz" else data
         except (OSError, ValueError) as e:
             raise MpqError(f"{f}: not a readable numpy file ({e})") from None
-        feeds.append(dict(data) if f.suffix == ".npz" else (data,))
+        feeds.append(fit_batch(batch, inputs, f, model))
     return feeds
+
+
+def model_inputs(model: str | Path) -> dict[str, tuple]:
+    """The ONNX ``model``'s graph inputs that are not initializers: name -> (numpy dtype or None
+    where the model leaves it open, dims), each dim an int (fixed) or None (symbolic, or <= 0 as
+    some exporters write unknown ones). MpqError for a missing or non-ONNX file."""
+    from onnx import helper
+
+    from planner.graph.onnxfile import read_model
+
+    graph = read_model(model)[0].graph  # MpqError for a missing or non-ONNX file
+    stored = {t.name for t in graph.initializer}
+    out = {}
+    for value in graph.input:
+        if value.name in stored:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
+        out[value.name] = (helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None, dims)
+    return out
+
+
+def fit_batch(batch, inputs: dict[str, tuple], where, model) -> dict:
+    """One batch (an array for a single-input model, else {name: array}) as {input name: array},
+    checked against ``inputs`` (:func:`model_inputs`): every input given and no other, the model's
+    element type (float64 is cast to float32 where the model reads float32), its rank and its fixed
+    dimensions. MpqError naming the file ``where`` and the first misfit otherwise."""
+    import numpy as np
+
+    if isinstance(batch, dict):
+        missing, extra = sorted(set(inputs) - set(batch)), sorted(set(batch) - set(inputs))
+        if missing or extra:
+            raise MpqError(f"{where}: {model} reads inputs {', '.join(inputs)}; the batch "
+                           + (f"lacks '{missing[0]}'" if missing else f"has '{extra[0]}', which the model lacks")
+                           + " (save one array per input name with numpy.savez)")
+    elif len(inputs) != 1:
+        raise MpqError(f"{where}: {model} reads {len(inputs)} inputs ({', '.join(inputs)}); save each batch as .npz "
+                       "with one array per input name")
+    else:
+        batch = {next(iter(inputs)): batch}
+    out = {}
+    for name, (dtype, dims) in inputs.items():
+        array = np.asarray(batch[name])
+        if array.dtype == np.float64 and dtype == np.float32:
+            array = array.astype(np.float32)
+        expected = "x".join("N" if d is None else str(d) for d in dims)
+        if dtype is not None and array.dtype != dtype:
+            raise MpqError(f"{where}: input '{name}' is {array.dtype}; {model} reads {np.dtype(dtype).name} "
+                           f"(shape {expected})")
+        if array.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims, array.shape)):
+            raise MpqError(f"{where}: input '{name}' has shape {'x'.join(map(str, array.shape))}; {model} reads "
+                           f"{expected} (N: any size)")
+        out[name] = array
+    return out
