@@ -33,7 +33,9 @@ class LutCost:
     @staticmethod
     def _read(path: Path) -> dict[tuple[str, int], float]:
         if not path.is_file():
-            raise MpqError(f"{path}: no such latency table")
+            from planner.userfiles import not_a_file
+
+            raise not_a_file(path, "no such latency table")
         table: dict[tuple[str, int], float] = {}
         try:
             return LutCost._parse(path, table)

@@ -27,6 +27,16 @@ def one_line(text: object) -> str:
     return " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def not_a_file(path: Path, missing: str) -> MpqError:
+    """The error for a ``path`` that is not a regular file: ``missing`` (e.g. "no such plan file")
+    when nothing is there, else what is there instead: a folder, or a device, pipe or socket,
+    which mpq must not read (/dev/zero never ends)."""
+    if not path.exists():
+        return MpqError(f"{path}: {missing}")
+    what = "a folder" if path.is_dir() else "a device, pipe or socket"
+    return MpqError(f"{path}: is {what}, not a file; give the path of a file")
+
+
 def _user_code_failed(what: str, where: str, error: BaseException) -> MpqError:
     detail = one_line(error) or "no message"
     if isinstance(error, SystemExit):
@@ -48,7 +58,7 @@ def load_object(ref: str, what: str):
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise MpqError(f"{what}: no such file {path}")
+            raise not_a_file(path, f"no such file (for {what})")
         spec = importlib.util.spec_from_file_location(f"mpq_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         try:
@@ -115,7 +125,7 @@ def read_bytes(path: Path, kind: str, limit: int) -> bytes:
     """The bytes of the user's ``kind`` file at ``path`` ("spec", "plan", ...). Raises MpqError
     when there is no such file or it is larger than ``limit`` bytes."""
     if not path.is_file():
-        raise MpqError(f"{path}: no such {kind} file")
+        raise not_a_file(path, f"no such {kind} file")
     size = path.stat().st_size
     if size > limit:
         raise MpqError(f"{path}: {size:,} bytes is too large for a {kind} file (at most {limit:,})")

@@ -131,7 +131,7 @@ def cost(model, hw_name, cost_model, lut, bits, plan_path, shape_texts, no_pin, 
         from planner.export.plan import read_plan
 
         shape_texts = tuple(f"{name}={'x'.join(map(str, shape))}"
-                            for name, shape in read_plan(plan_path).input_shapes.items())
+                            for name, shape in read_plan(plan_path).input_shapes_for(model).items())
     setup = prepare(model, hw_name, cost_model, lut, shape_texts, no_pin, pin_bits)
     report = cost_report(setup, bits=bits, plan_path=plan_path, force=force)
     if as_json:

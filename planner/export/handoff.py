@@ -181,7 +181,8 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model=None, feeds=None
     from planner.export.qdq import calibrate, qdq_model
     from planner.quant.lsq import learned_steps
 
-    reference = load_graph(onnx_path, plan.input_shapes, pin_first=None, pin_last=None)
+    shapes = plan.input_shapes_for(onnx_path)
+    reference = load_graph(onnx_path, shapes, pin_first=None, pin_last=None)
     plan.check_model(reference, force)
     check_float_model(reference, onnx_path)
     w_bits = plan.bits_by_layer
@@ -202,7 +203,7 @@ def export_qdq(plan, onnx_path: str | Path, *, task=None, model=None, feeds=None
             source = onnx.load(graph.model.path)
         folded, folds = fold_affine(source)
         onnx.save(folded, Path(folder) / "folded.onnx")
-        graph = load_graph(Path(folder) / "folded.onnx", plan.input_shapes, pin_first=None, pin_last=None)
+        graph = load_graph(Path(folder) / "folded.onnx", shapes, pin_first=None, pin_last=None)
         uncovered = {n: b for n, b in a_bits.items() if not (steps.get(n, {}).get("bits") == b == w_bits[n])}
         if uncovered and feeds is None and task is not None:
             feeds = list(task_feeds(task))
@@ -231,7 +232,7 @@ def export_ort_overrides(plan, onnx_path: str | Path, *, feeds=None, quantized_p
     from planner.graph import load_graph
     from planner.export.ortoverrides import ort_overrides, quantize_with_overrides
 
-    graph = load_graph(onnx_path, plan.input_shapes, pin_first=None, pin_last=None)
+    graph = load_graph(onnx_path, plan.input_shapes_for(onnx_path), pin_first=None, pin_last=None)
     plan.check_model(graph, force)
     check_float_model(graph, onnx_path)
     overrides, notes = ort_overrides(graph, plan.bits_by_layer, {l["name"]: l["a_bits"] for l in plan.doc["layers"]})
@@ -273,6 +274,8 @@ def folder_feeds(folder: str | Path, model: str | Path) -> list[dict]:
     files = sorted(p for p in folder.glob("*") if p.suffix in (".npy", ".npz")) if folder.is_dir() else []
     if not files:
         raise MpqError(f"{folder}: no .npy or .npz input batches found; save batches of the model's input with numpy.save")
+    from planner.graph.onnxfile import model_inputs
+
     inputs = model_inputs(model)
     feeds = []
     for f in files:
@@ -285,29 +288,9 @@ def folder_feeds(folder: str | Path, model: str | Path) -> list[dict]:
     return feeds
 
 
-def model_inputs(model: str | Path) -> dict[str, tuple]:
-    """The ONNX ``model``'s graph inputs that are not initializers: name -> (numpy dtype or None
-    where the model leaves it open, dims), each dim an int (fixed) or None (symbolic, or <= 0 as
-    some exporters write unknown ones). MpqError for a missing or non-ONNX file."""
-    from onnx import helper
-
-    from planner.graph.onnxfile import read_model
-
-    graph = read_model(model)[0].graph  # MpqError for a missing or non-ONNX file
-    stored = {t.name for t in graph.initializer}
-    out = {}
-    for value in graph.input:
-        if value.name in stored:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-        out[value.name] = (helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None, dims)
-    return out
-
-
 def fit_batch(batch, inputs: dict[str, tuple], where, model) -> dict:
     """One batch (an array for a single-input model, else {name: array}) as {input name: array},
-    checked against ``inputs`` (:func:`model_inputs`): every input given and no other, the model's
+    checked against ``inputs`` (:func:`planner.graph.onnxfile.model_inputs`): every input given and no other, the model's
     element type (float64 is cast to float32 where the model reads float32), its rank and its fixed
     dimensions. MpqError naming the file ``where`` and the first misfit otherwise."""
     import numpy as np

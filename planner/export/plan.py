@@ -135,9 +135,22 @@ class PlanFile:
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Input name -> the shape the plan was made at ({} when the plan records none). A model
-        with symbolic dimensions is loaded at these shapes again wherever the plan is applied."""
+        """Input name -> the shape the plan was made at ({} when the plan records none)."""
         return {name: tuple(shape) for name, shape in self.doc["model"].get("input_shapes", {}).items()}
+
+    def input_shapes_for(self, model) -> dict[str, tuple[int, ...]]:
+        """The recorded :attr:`input_shapes` that fit the ONNX ``model``'s inputs (same name and
+        rank, equal fixed dimensions): the shapes a model with symbolic dimensions is loaded at
+        wherever the plan is applied. Shapes that do not fit are left out, so that a plan for
+        another model is refused for its layers (:meth:`check_model`), not for its shapes."""
+        from planner.graph.onnxfile import model_inputs
+
+        if not self.input_shapes:
+            return {}
+        inputs = model_inputs(model)
+        return {name: shape for name, shape in self.input_shapes.items()
+                if name in inputs and len(inputs[name][1]) == len(shape)
+                and all(d is None or d == n for d, n in zip(inputs[name][1], shape))}
 
     def check_model(self, graph: LayerGraph, force: bool = False) -> None:
         """Raise MpqError unless the plan's layers are ``graph``'s layers (same names and weights)

@@ -46,6 +46,8 @@ def read_model(model: str | os.PathLike | onnx.ModelProto, *,
         raise MpqError(f"{path}: no such file; give the path of an .onnx model")
     if path.is_dir():
         raise MpqError(f"{path}: is a folder; give the path of an .onnx model file")
+    if not path.is_file():  # a device or a pipe: /dev/zero would be read until memory runs out
+        raise MpqError(f"{path}: is a device, pipe or socket, not a file; give the path of an .onnx model file")
     try:
         digest = _sha256_in_background(path) if lazy_digest else _sha256(path)
         data = _lean_bytes(path)
@@ -509,3 +511,19 @@ def _constant_value(node: onnx.NodeProto, where: str) -> TensorProto | None:
             dtype = np.float32 if "float" in attr.name else np.int64
             return numpy_helper.from_array(np.array(value, dtype=dtype), node.output[0])
     return None
+
+
+def model_inputs(model: str | Path) -> dict[str, tuple]:
+    """The ONNX ``model``'s graph inputs that are not initializers: name -> (numpy dtype or None
+    where the model leaves it open, dims), each dim an int (fixed) or None (symbolic, or <= 0 as
+    some exporters write unknown ones). MpqError for a missing or non-ONNX file."""
+    graph = read_model(model)[0].graph
+    stored = {t.name for t in graph.initializer}
+    out = {}
+    for value in graph.input:
+        if value.name in stored:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
+        out[value.name] = (helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None, dims)
+    return out

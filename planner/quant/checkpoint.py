@@ -15,6 +15,7 @@ from torch import nn
 from planner.atomic import atomic_path
 from planner.errors import MpqError
 from planner.quant.lsq import apply_bits, bits_of
+from planner.userfiles import not_a_file
 
 FORMAT = "mpq.checkpoint/v1"
 
@@ -33,7 +34,7 @@ def read_checkpoint(path: str | Path) -> dict:
     the CPU with weights only. Raises MpqError when the file is missing or is not an mpq checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise MpqError(f"{path}: no such checkpoint")
+        raise not_a_file(path, "no such checkpoint")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
