@@ -270,12 +270,12 @@ def folder_feeds(folder: str | Path, model: str | Path) -> list[dict]:
     the model's inputs."""
     import numpy as np
 
+    from planner.graph.onnxfile import model_inputs
+
     folder = Path(folder)
     files = sorted(p for p in folder.glob("*") if p.suffix in (".npy", ".npz")) if folder.is_dir() else []
     if not files:
         raise MpqError(f"{folder}: no .npy or .npz input batches found; save batches of the model's input with numpy.save")
-    from planner.graph.onnxfile import model_inputs
-
     inputs = model_inputs(model)
     feeds = []
     for f in files:
@@ -290,9 +290,10 @@ def folder_feeds(folder: str | Path, model: str | Path) -> list[dict]:
 
 def fit_batch(batch, inputs: dict[str, tuple], where, model) -> dict:
     """One batch (an array for a single-input model, else {name: array}) as {input name: array},
-    checked against ``inputs`` (:func:`planner.graph.onnxfile.model_inputs`): every input given and no other, the model's
-    element type (float64 is cast to float32 where the model reads float32), its rank and its fixed
-    dimensions. MpqError naming the file ``where`` and the first misfit otherwise."""
+    checked against ``inputs`` (:func:`planner.graph.onnxfile.model_inputs`): every input given
+    and no other, the model's element type (float64 is cast to float32 where the model reads
+    float32), its rank and its fixed dimensions. MpqError naming the file ``where`` and the first
+    misfit otherwise."""
     import numpy as np
 
     if isinstance(batch, dict):
