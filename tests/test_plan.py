@@ -129,14 +129,16 @@ def test_file_tensor_read_into_a_buffer_refuses_a_short_file(tmp_path):
         FileTensor(path, 8, np.float32, (3, 4)).read_into(np.empty(12, np.float32))
 
 
-@pytest.mark.parametrize("n, keys", [(1, 4096), (65536, 4096), (70_000, 4096), (4093, 4096), (300_001, 65536),
-                                     (100_000, 16)])
-def test_sorted_key_counts_by_binary_search_and_by_runs_equal_bincount(n, keys):
+@pytest.mark.parametrize("n, keys, extremes", [(1, 4096, False), (65536, 4096, True), (70_000, 4096, False),
+                                               (4093, 4096, True), (300_001, 65536, True), (100_000, 16, False)])
+def test_sorted_key_counts_by_binary_search_and_by_runs_equal_bincount(n, keys, extremes):
     """Both ways of counting a chunk's sorted keys (binary search where the keys are few, runs
-    otherwise) give np.bincount of the keys, whichever keys occur."""
+    otherwise) give np.bincount of the keys, whichever keys occur (with and without the
+    smallest and largest possible key)."""
     rng = np.random.default_rng(n)
-    drawn = np.clip(rng.normal(keys / 3, keys / 20, n), 0, keys - 1).astype(np.uint16)  # some keys never occur
-    drawn[: min(n, 3)] = [0, keys - 1, keys // 2][: min(n, 3)]
+    drawn = np.clip(rng.normal(keys / 3, keys / 20, n), 1, keys - 2).astype(np.uint16)  # some keys never occur
+    if extremes:
+        drawn[:2] = [0, keys - 1]
     counts = np.full(keys, 5, np.int64)
     grid._add_sorted_counts(np.sort(drawn), counts)
     assert np.array_equal(counts - 5, np.bincount(drawn, minlength=keys))

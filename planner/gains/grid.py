@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 CHUNK = 1 << 16  # elements per chunk: 256 KB of float32, small enough to stay in cache
-SORT_CHUNK = 1 << 19  # elements per chunk of level counting: 4 MB of buffers (in L3); larger sorts amortise the count
+SORT_CHUNK = 1 << 18  # elements per chunk of level counting: 2 MB of buffers, in L2/L3
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -145,13 +145,14 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float
 def _add_sorted_counts(keys: np.ndarray, by_key: np.ndarray) -> None:
     """Add to ``by_key[k]`` the number of times k occurs in the sorted uint16 ``keys`` (all below
     ``by_key.size``). Few possible keys (at most one per 16 weights): a binary search for where
-    each key starts (O(keys' range x log n), no pass over the weights); else the lengths of the
-    runs of equal keys (one comparison pass)."""
+    each key from the first to the last starts (O(range x log n), no pass over the weights); else
+    the lengths of the runs of equal keys (one comparison pass)."""
     n = keys.size
     if by_key.size * 16 <= n:
-        starts = np.searchsorted(keys, np.arange(by_key.size, dtype=np.uint16))
-        by_key[:-1] += np.diff(starts)
-        by_key[-1] += n - starts[-1]
+        first, last = int(keys[0]), int(keys[-1])
+        starts = np.searchsorted(keys, np.arange(first, last + 1, dtype=np.uint16))
+        by_key[first:last] += np.diff(starts)
+        by_key[last] += n - starts[-1]
         return
     edges = np.flatnonzero(keys[1:] != keys[:-1])
     edges = np.concatenate(([0], edges + 1, [n]))
