@@ -119,9 +119,10 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
                  extra=extra)
 
 
-def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str,
-                      learned: dict[int, float] | None) -> tuple[dict[int, float] | None, str | None]:
-    """Entropies of one layer's weights and how its step was chosen."""
+def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str, learned: dict[int, float] | None,
+                      buffers: threading.local) -> tuple[dict[int, float] | None, str | None]:
+    """Entropies of one layer's weights and how its step was chosen. ``buffers``: per-thread
+    read buffers shared by the jobs of one EAGL run (see :func:`_buffer`)."""
     view = layer_weights(graph, graph.layer(name), stream=step != "mse")  # read once, front to back
     if view is None:
         return None, None
@@ -131,21 +132,19 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
                 f"model scale ({view.model_bits}-bit grid)")
     values = view.values if view.scale is None else view.values * view.scale
     if hasattr(values, "chunks") and values.size * values.dtype.itemsize <= READ_WHOLE_BYTES:
-        values = values.read_into(_buffer(values.size, values.dtype))  # read once for both passes (mean |w|, levels)
+        values = values.read_into(_buffer(buffers, values.size, values.dtype))  # read once for both passes
     how = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
     return layer_entropies(values, needed, step=step, learned=learned), how
 
 
-_local = threading.local()
-
-
-def _buffer(size: int, dtype) -> np.ndarray:
-    """A flat array of at least ``size`` items of ``dtype``, reused by the calling thread from one
-    tensor to the next (at most READ_WHOLE_BYTES per thread): reading into memory already touched
-    costs a copy, reading into fresh memory a page fault per 4 KB as well."""
-    buffer = getattr(_local, "buffer", None)
+def _buffer(buffers: threading.local, size: int, dtype) -> np.ndarray:
+    """A flat array of at least ``size`` items of ``dtype``, kept in ``buffers`` for the calling
+    thread and reused from one tensor to the next (at most READ_WHOLE_BYTES per thread, freed
+    with ``buffers``): reading into memory already touched costs a copy, reading into fresh
+    memory a page fault per 4 KB as well."""
+    buffer = getattr(buffers, "buffer", None)
     if buffer is None or buffer.dtype != dtype or buffer.size < size:
-        buffer = _local.buffer = np.empty(size, dtype)
+        buffer = buffers.buffer = np.empty(size, dtype)
     return buffer
 
 
@@ -160,11 +159,12 @@ def _map_layers(graph: LayerGraph, jobs: list[tuple], workers: int | None) -> li
     if workers is None:
         total = sum(graph.layer(j[0]).params for j in jobs)
         workers = (os.cpu_count() or 1) if total > 4_000_000 else 1
+    buffers = threading.local()
     if workers <= 1 or len(jobs) < 2:
-        return [layer_entropy_job(graph, *job) for job in jobs]
+        return [layer_entropy_job(graph, *job, buffers) for job in jobs]
     largest_first = sorted(range(len(jobs)), key=lambda k: -graph.layer(jobs[k][0]).params)
     with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
-        futures = {k: pool.submit(layer_entropy_job, graph, *jobs[k]) for k in largest_first}
+        futures = {k: pool.submit(layer_entropy_job, graph, *jobs[k], buffers) for k in largest_first}
         return [futures[k].result() for k in range(len(jobs))]
 
 
