@@ -38,24 +38,19 @@ def mean_abs(values) -> float:
 def abs_stats(values) -> tuple[float, float]:
     """(mean |w|, max |w|) of an array or chunk source (see :func:`chunks`), in one pass. The mean:
     per chunk of CHUNK weights a float32 (pairwise) sum of |w|, the chunks' sums added in order in
-    float64; the whole chunks of a float32 array are summed 4 at a time (the same sums, fewer
-    calls). The max is NaN where a weight is NaN, 0 for no weights."""
-    count, total, peaks, buffer = values.size, 0.0, [0.0], None
-    flat = None if hasattr(values, "chunks") else np.asarray(values).reshape(-1)
-    if flat is not None and flat.dtype == np.float32 and flat.size >= CHUNK:
-        whole = flat.size // CHUNK
-        table = flat[:whole * CHUNK].reshape(whole, CHUNK)
-        block = np.empty((min(4, whole), CHUNK), np.float32)  # 1 MB of |w|, in L2
-        for start in range(0, whole, len(block)):
-            rows = np.abs(table[start:start + len(block)], out=block[:min(len(block), whole - start)])
-            for row_sum in np.add.reduce(rows, axis=1).tolist():
+    float64. The weights come in pieces of 4 chunks (1 MB of float32, in L2), whose chunks are
+    summed in one call (the same sums, fewer calls). The max is NaN where a weight is NaN, 0 for
+    no weights."""
+    count, total, peaks, block = values.size, 0.0, [0.0], None
+    for piece in chunks(values, 4 * CHUNK):  # whole chunks, but for the last piece
+        block = np.empty(piece.size, np.float32) if block is None else block
+        magnitudes = np.abs(piece, out=block[:piece.size])
+        whole = piece.size // CHUNK
+        if whole:
+            for row_sum in np.add.reduce(magnitudes[:whole * CHUNK].reshape(whole, CHUNK), axis=1).tolist():
                 total += row_sum
-            peaks.append(rows.max())
-        values = flat[whole * CHUNK:]
-    for chunk in chunks(values):
-        buffer = np.empty_like(chunk) if buffer is None or buffer.shape != chunk.shape else buffer
-        magnitudes = np.abs(chunk, out=buffer)
-        total += float(magnitudes.sum())  # float32 pairwise sum per chunk
+        if piece.size % CHUNK:
+            total += float(magnitudes[whole * CHUNK:].sum())  # float32 pairwise sum of the last chunk
         peaks.append(magnitudes.max())
     return total / max(count, 1), float(np.max(peaks))  # np.max: a NaN wins over numbers
 
