@@ -71,8 +71,8 @@ def level_counts(values, steps: dict[int, float | np.ndarray], peak: float | Non
 
     One pass per tensor for all precisions: in each chunk (sized to the cache) the level indices of
     several grids are packed into one 16-bit key (4 and 8 bits: index_4 + 16 * index_8), the keys
-    sorted (numpy sorts 16-bit integers vectorised), and every grid's counts read from the runs of
-    equal keys. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
+    sorted (numpy sorts 16-bit integers vectorised) and counted (:func:`_add_sorted_counts`), and
+    every grid's counts summed from the keys' counts once per tensor. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
     broadcastable against ``values`` (per-channel scales); then the tensor is divided by it whole
     (float32) and the quotient counted on the unit grid. ``peak``: max |w| where known (see
     :func:`abs_stats`); a grid on which -peak and peak land inside the levels needs no clipping.
@@ -158,8 +158,8 @@ def _inside(bits: int, inverse: np.float32, peak: float | None) -> bool:
     """True where every |w| <= ``peak`` lands inside the b-bit levels without clipping."""
     if peak is None or not np.isfinite(peak):
         return False
-    edges = np.array([-peak, peak], np.float32) * inverse + np.float32(qrange(bits)[0] + 0.5)
-    return bool(edges[0] >= 0 and edges[1] <= np.float32(2 ** bits - 0.5))
+    offset = np.float32(qrange(bits)[0] + 0.5)  # float32 scalars: the same roundings as the counting loop
+    return bool(np.float32(-peak) * inverse + offset >= 0 and np.float32(peak) * inverse + offset <= np.float32(2 ** bits - 0.5))
 
 
 def entropy(counts: np.ndarray) -> float:
