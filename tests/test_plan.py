@@ -111,9 +111,37 @@ def test_weights_streamed_from_the_file_equal_onnx_load(exported, monkeypatch):
             definition += float(np.abs(flat[start:start + size]).sum(dtype=np.float32))
         assert grid.mean_abs(stream) == grid.mean_abs(expected) == definition / flat.size
     assert np.array_equal(np.asarray(stream), expected)
+    buffer = np.full(stream.size + 7, np.nan, np.float32)  # a reused buffer, larger than the tensor
+    assert np.array_equal(stream.read_into(buffer), expected) and np.isnan(buffer[stream.size:]).all()
     steps = {2: 0.05, 4: 0.01, 8: 0.001}
     from_file, from_array = grid.level_counts(stream, steps), grid.level_counts(expected, steps)
     assert all(np.array_equal(from_file[b], from_array[b]) for b in steps)
+
+
+def test_file_tensor_read_into_a_buffer_refuses_a_short_file(tmp_path):
+    from planner.graph.onnxfile import FileTensor
+
+    path = tmp_path / "w.bin"
+    np.arange(10, dtype=np.float32).tofile(path)
+    assert np.array_equal(FileTensor(path, 8, np.float32, (2, 4)).read_into(np.empty(16, np.float32)),
+                          np.arange(2, 10, dtype=np.float32).reshape(2, 4))
+    with pytest.raises(MpqError, match="ends inside a tensor's data"):
+        FileTensor(path, 8, np.float32, (3, 4)).read_into(np.empty(12, np.float32))
+
+
+@pytest.mark.parametrize("n, keys, extremes", [(1, 4096, False), (65536, 4096, True), (70_000, 4096, False),
+                                               (4093, 4096, True), (300_001, 65536, True), (100_000, 16, False)])
+def test_sorted_key_counts_by_binary_search_and_by_runs_equal_bincount(n, keys, extremes):
+    """Both ways of counting a chunk's sorted keys (binary search where the keys are few, runs
+    otherwise) give np.bincount of the keys, whichever keys occur (with and without the
+    smallest and largest possible key)."""
+    rng = np.random.default_rng(n)
+    drawn = np.clip(rng.normal(keys / 3, keys / 20, n), 1, keys - 2).astype(np.uint16)  # some keys never occur
+    if extremes:
+        drawn[:2] = [0, keys - 1]
+    counts = np.full(keys, 5, np.int64)
+    grid._add_sorted_counts(np.sort(drawn), counts)
+    assert np.array_equal(counts - 5, np.bincount(drawn, minlength=keys))
 
 
 def test_level_counts_skip_clipping_only_where_the_peak_fits():

@@ -25,6 +25,8 @@ layers' values at each precision; ``extra["estimated_layers"]`` lists them.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from planner.errors import MpqError
@@ -36,7 +38,7 @@ from planner.gains.datadriven import group_gains
 STEP_CHOICES = ("auto", "lsq", "mse")
 MODES = ("entropy", "difference")
 WEIGHTINGS = ("none", "params")
-READ_WHOLE_BYTES = 16 << 20  # a streamed weight up to this size is read into memory once, larger ones twice in chunks
+READ_WHOLE_BYTES = 16 << 20  # a streamed weight up to this size is read once into a buffer reused per thread, larger ones twice in chunks
 
 
 def layer_entropies(values: np.ndarray, bits: list[int], *, step: str = "auto", model_step=None,
@@ -117,9 +119,10 @@ def eagl(graph: LayerGraph, precisions: list[int], *, step: str = "auto", mode: 
                  extra=extra)
 
 
-def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str,
-                      learned: dict[int, float] | None) -> tuple[dict[int, float] | None, str | None]:
-    """Entropies of one layer's weights and how its step was chosen."""
+def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str, learned: dict[int, float] | None,
+                      buffers: threading.local) -> tuple[dict[int, float] | None, str | None]:
+    """Entropies of one layer's weights and how its step was chosen. ``buffers``: per-thread
+    read buffers shared by the jobs of one EAGL run (see :func:`_buffer`)."""
     view = layer_weights(graph, graph.layer(name), stream=step != "mse")  # read once, front to back
     if view is None:
         return None, None
@@ -129,25 +132,40 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
                 f"model scale ({view.model_bits}-bit grid)")
     values = view.values if view.scale is None else view.values * view.scale
     if hasattr(values, "chunks") and values.size * values.dtype.itemsize <= READ_WHOLE_BYTES:
-        values = np.asarray(values)  # read once for both passes (mean |w|, then the levels)
+        values = values.read_into(_buffer(buffers, values.size, values.dtype))  # read once for both passes
     how = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
     return layer_entropies(values, needed, step=step, learned=learned), how
 
 
+def _buffer(buffers: threading.local, size: int, dtype) -> np.ndarray:
+    """A flat array of at least ``size`` items of ``dtype``, kept in ``buffers`` for the calling
+    thread and reused from one tensor to the next (at most READ_WHOLE_BYTES per thread, freed
+    with ``buffers``): reading into memory already touched costs a copy, reading into fresh
+    memory a page fault per 4 KB as well."""
+    buffer = getattr(buffers, "buffer", None)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = buffers.buffer = np.empty(size, dtype)
+    return buffer
+
+
 def _map_layers(graph: LayerGraph, jobs: list[tuple], workers: int | None) -> list:
-    """``layer_entropy_job`` over ``jobs`` in order, on ``workers`` threads (numpy releases the
-    GIL in the loops that count levels). Default: one per CPU for models of more than 4M
-    weights, else one."""
+    """``layer_entropy_job`` over ``jobs``, results in the order of ``jobs``, on ``workers``
+    threads (numpy releases the GIL in the loops that count levels). Default: one per CPU for
+    models of more than 4M weights, else one. The threads take the largest layers first, so that
+    no large layer is left to one thread at the end."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     if workers is None:
         total = sum(graph.layer(j[0]).params for j in jobs)
         workers = (os.cpu_count() or 1) if total > 4_000_000 else 1
+    buffers = threading.local()
     if workers <= 1 or len(jobs) < 2:
-        return [layer_entropy_job(graph, *job) for job in jobs]
+        return [layer_entropy_job(graph, *job, buffers) for job in jobs]
+    largest_first = sorted(range(len(jobs)), key=lambda k: -graph.layer(jobs[k][0]).params)
     with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
-        return list(pool.map(lambda job: layer_entropy_job(graph, *job), jobs))
+        futures = {k: pool.submit(layer_entropy_job, graph, *jobs[k], buffers) for k in largest_first}
+        return [futures[k].result() for k in range(len(jobs))]
 
 
 def _layer_values(graph: LayerGraph, entropies, bits: list[int], mode: str, weighting: str) -> dict[str, dict[int, float]]:

@@ -38,24 +38,19 @@ def mean_abs(values) -> float:
 def abs_stats(values) -> tuple[float, float]:
     """(mean |w|, max |w|) of an array or chunk source (see :func:`chunks`), in one pass. The mean:
     per chunk of CHUNK weights a float32 (pairwise) sum of |w|, the chunks' sums added in order in
-    float64; the whole chunks of a float32 array are summed 4 at a time (the same sums, fewer
-    calls). The max is NaN where a weight is NaN, 0 for no weights."""
-    count, total, peaks, buffer = values.size, 0.0, [0.0], None
-    flat = None if hasattr(values, "chunks") else np.asarray(values).reshape(-1)
-    if flat is not None and flat.dtype == np.float32 and flat.size >= CHUNK:
-        whole = flat.size // CHUNK
-        table = flat[:whole * CHUNK].reshape(whole, CHUNK)
-        block = np.empty((min(4, whole), CHUNK), np.float32)  # 1 MB of |w|, in L2
-        for start in range(0, whole, len(block)):
-            rows = np.abs(table[start:start + len(block)], out=block[:min(len(block), whole - start)])
-            for row_sum in np.add.reduce(rows, axis=1).tolist():
+    float64. The weights come in pieces of 4 chunks (1 MB of float32, in L2), whose chunks are
+    summed in one call (the same sums, fewer calls). The max is NaN where a weight is NaN, 0 for
+    no weights."""
+    count, total, peaks, block = values.size, 0.0, [0.0], None
+    for piece in chunks(values, 4 * CHUNK):  # whole chunks, but for the last piece
+        block = np.empty(piece.size, np.float32) if block is None else block
+        magnitudes = np.abs(piece, out=block[:piece.size])
+        whole = piece.size // CHUNK
+        if whole:
+            for row_sum in np.add.reduce(magnitudes[:whole * CHUNK].reshape(whole, CHUNK), axis=1).tolist():
                 total += row_sum
-            peaks.append(rows.max())
-        values = flat[whole * CHUNK:]
-    for chunk in chunks(values):
-        buffer = np.empty_like(chunk) if buffer is None or buffer.shape != chunk.shape else buffer
-        magnitudes = np.abs(chunk, out=buffer)
-        total += float(magnitudes.sum())  # float32 pairwise sum per chunk
+        if piece.size % CHUNK:
+            total += float(magnitudes[whole * CHUNK:].sum())  # float32 pairwise sum of the last chunk
         peaks.append(magnitudes.max())
     return total / max(count, 1), float(np.max(peaks))  # np.max: a NaN wins over numbers
 
@@ -76,8 +71,8 @@ def level_counts(values, steps: dict[int, float | np.ndarray], peak: float | Non
 
     One pass per tensor for all precisions: in each chunk (sized to the cache) the level indices of
     several grids are packed into one 16-bit key (4 and 8 bits: index_4 + 16 * index_8), the keys
-    sorted (numpy sorts 16-bit integers vectorised), and every grid's counts read from the runs of
-    equal keys. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
+    sorted (numpy sorts 16-bit integers vectorised) and counted (:func:`_add_sorted_counts`), and
+    every grid's counts summed from the keys' counts once per tensor. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
     broadcastable against ``values`` (per-channel scales); then the tensor is divided by it whole
     (float32) and the quotient counted on the unit grid. ``peak``: max |w| where known (see
     :func:`abs_stats`); a grid on which -peak and peak land inside the levels needs no clipping.
@@ -111,16 +106,15 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float
     [0, 2^bits - 1/2] at w = -peak and w = peak is not clipped: float32 rounding is monotone, so
     every weight's y lies between those two.
 
-    Each chunk's packed keys are sorted and the length of every run of equal keys is added to a
-    histogram of the keys (2^(sum of bits) counts); each grid's counts are that histogram summed
-    over the other grids' digits, once per tensor."""
+    Each chunk's packed keys are sorted and the number of each key added to a histogram of the
+    keys (2^(sum of bits) counts, see :func:`_add_sorted_counts`); each grid's counts are that
+    histogram summed over the other grids' digits, once per tensor."""
     total = grids[0][1].size
     size = min(SORT_CHUNK, max(total, 1))
     sources = list({id(values): values for _, values, _ in grids}.values())
     slot = [next(k for k, v in enumerate(sources) if v is values) for _, values, _ in grids]
     by_key = np.zeros(1 << sum(bits for bits, *_ in grids), dtype=np.int64)
     y, key, index = np.empty(size, np.float32), np.empty(size, np.uint16), np.empty(size, np.uint16)
-    differs = np.empty(size, np.bool_)
     clips = [not _inside(bits, inverse, peak) for bits, _, inverse in grids]
     for chunk in zip(*(chunks(values, size) for values in sources)):
         n = chunk[0].size
@@ -136,22 +130,36 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float
                 index_n *= np.uint16(place)
                 key_n += index_n
             place <<= bits
-        ordered = key_n.view(np.int16)
-        ordered.sort()  # equal keys end up adjacent (in int16 order; the order is irrelevant)
-        edges = np.flatnonzero(np.not_equal(ordered[1:], ordered[:-1], out=differs[:n - 1]))
-        edges = np.concatenate(([0], edges + 1, [n]))
-        by_key[key_n[edges[:-1]]] += np.diff(edges)  # the keys at run starts are distinct
+        key_n.sort()  # numpy sorts 16-bit integers vectorised
+        _add_sorted_counts(key_n, by_key)
     digits = by_key.reshape([1 << bits for bits, *_ in reversed(grids)])  # the last grid is the leading axis
     for axis, (bits, *_) in enumerate(reversed(grids)):
         counts[bits] += digits.sum(axis=tuple(a for a in range(len(grids)) if a != axis))
+
+
+def _add_sorted_counts(keys: np.ndarray, by_key: np.ndarray) -> None:
+    """Add to ``by_key[k]`` the number of times k occurs in the sorted uint16 ``keys`` (all below
+    ``by_key.size``). Few possible keys (at most one per 16 weights): a binary search for where
+    each key from the first to the last starts (O(range x log n), no pass over the weights); else
+    the lengths of the runs of equal keys (one comparison pass)."""
+    n = keys.size
+    if by_key.size * 16 <= n:
+        first, last = int(keys[0]), int(keys[-1])
+        starts = np.searchsorted(keys, np.arange(first, last + 1, dtype=np.uint16))
+        by_key[first:last] += np.diff(starts)
+        by_key[last] += n - starts[-1]
+        return
+    edges = np.flatnonzero(keys[1:] != keys[:-1])
+    edges = np.concatenate(([0], edges + 1, [n]))
+    by_key[keys[edges[:-1]]] += np.diff(edges)  # the keys at run starts are distinct
 
 
 def _inside(bits: int, inverse: np.float32, peak: float | None) -> bool:
     """True where every |w| <= ``peak`` lands inside the b-bit levels without clipping."""
     if peak is None or not np.isfinite(peak):
         return False
-    edges = np.array([-peak, peak], np.float32) * inverse + np.float32(qrange(bits)[0] + 0.5)
-    return bool(edges[0] >= 0 and edges[1] <= np.float32(2 ** bits - 0.5))
+    offset = np.float32(qrange(bits)[0] + 0.5)  # float32 scalars: the same roundings as the counting loop
+    return bool(np.float32(-peak) * inverse + offset >= 0 and np.float32(peak) * inverse + offset <= np.float32(2 ** bits - 0.5))
 
 
 def entropy(counts: np.ndarray) -> float:

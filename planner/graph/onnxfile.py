@@ -476,6 +476,22 @@ class FileTensor:
                     np.copyto(converted[:n], raw[:n], casting="unsafe")
                 yield converted[:n]
 
+    def read_into(self, buffer: np.ndarray) -> np.ndarray:
+        """The whole tensor read into ``buffer`` (a flat array of ``self.dtype`` with at least
+        ``self.size`` items, e.g. one reused across tensors so that no fresh memory is touched);
+        returns the view ``buffer[:size]`` in the tensor's shape. Raises MpqError where the file
+        ends early."""
+        values = buffer[:self.size]
+        view = memoryview(values).cast("B")
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset)
+            got = 0
+            while got < len(view) and (more := f.readinto(view[got:])):
+                got += more
+        if got != len(view):
+            raise MpqError(f"{self.path}: ends inside a tensor's data; copy the file again")
+        return values.reshape(self.shape)
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         values = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset).reshape(self.shape)
         return values if dtype is None else values.astype(dtype, copy=False)
