@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.errors import MpqError
+from planner.solve import near_lagrangian
 
 Costs = list[dict[int, dict[str, float]]]   # costs[group][bits][metric]
 GainTable = list[dict[int, float]]           # gains[group][bits]
@@ -327,6 +328,11 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     reduced = [{b: max(r.values()) - v for b, v in r.items()} for r in reduced]
     incumbent = greedy(gains, costs, budgets, options)
     lower = objective(gains, incumbent) if incumbent else -math.inf
+    known = None  # the best plan of the enumeration near the Lagrangian optimum: only a hint
+    if metrics and math.isfinite(upper) and incumbent is not None and upper > lower:
+        known = near_lagrangian.best_near(gains, costs, options, budgets, metrics, lam, reduced, upper - lower)
+        if known is not None and objective(gains, known) <= lower:
+            known = None
     if not math.isfinite(upper) or incumbent is None:
         upper, margin = math.inf, math.inf  # no usable bound: one round over every option
     else:
@@ -336,7 +342,8 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
         allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
                    for g, opts in enumerate(options)]
         complete = all(len(a) == len(o) for a, o in zip(allowed, options))
-        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, incumbent,
+        hint = known if known is not None and all(b in a for b, a in zip(known, allowed)) else incumbent
+        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, hint,
                                                 max(0.1, deadline - time.perf_counter()), workers)
 
     def widen(margin):
