@@ -328,11 +328,8 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     reduced = [{b: max(r.values()) - v for b, v in r.items()} for r in reduced]
     incumbent = greedy(gains, costs, budgets, options)
     lower = objective(gains, incumbent) if incumbent else -math.inf
-    known = None  # the best plan of the enumeration near the Lagrangian optimum: only a hint
-    if metrics and math.isfinite(upper) and incumbent is not None and upper > lower:
-        known = near_lagrangian.best_near(gains, costs, options, budgets, metrics, lam, reduced, upper - lower)
-        if known is not None and objective(gains, known) <= lower:
-            known = None
+    known = _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower) \
+        if metrics and incumbent is not None and math.isfinite(upper) and upper > lower else None
     if not math.isfinite(upper) or incumbent is None:
         upper, margin = math.inf, math.inf  # no usable bound: one round over every option
     else:
@@ -378,6 +375,20 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
                 if bits is None or objective(gains, bits) <= lower:
                     return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
                 best_known = objective(gains, bits)  # the optimum: go on round by round until reached
+
+
+def _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower) -> list[int] | None:
+    """The optimum, when an enumeration near the Lagrangian bound finds it and it is unique: every
+    other plan that CP-SAT's integer model may admit (totals up to each budget's tolerance) has
+    less gain by more than the model's rounding of gains (``2^-40`` of the largest gain per group,
+    twice) and of floating-point sums can blur. Such a plan is the only optimum of every round
+    whose options include it, so hinting CP-SAT with it changes no plan. None otherwise (not found
+    below the incumbent's deficit ``upper - lower``, not unique, or the enumeration gave up)."""
+    largest = max((abs(gains[g][b]) for g, opts in enumerate(options) for b in opts), default=0.0)
+    tie = 2 * len(options) * largest / _GAIN_GRID + 1e-10 * (abs(upper) + math.fsum(
+        float(l) * abs(budgets[m]) for l, m in zip(lam, metrics)) + 1.0)
+    found = near_lagrangian.best_near(costs, options, budgets, metrics, lam, reduced, upper - lower, tie, _TOLERANCE)
+    return found.bits if found.unique else None
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):

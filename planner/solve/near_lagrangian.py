@@ -1,4 +1,4 @@
-"""The best plan near the Lagrangian optimum, by exhaustive enumeration: a finder for the CP-SAT rounds.
+"""The optimum near the Lagrangian bound, by exhaustive enumeration: a hint for the CP-SAT rounds.
 
 With multipliers ``lam >= 0`` of the budgets (from the LP relaxation), every plan x satisfies
 
@@ -11,15 +11,20 @@ most G deviates from the base plan only in options of reduced cost <= G whose re
 at most G.
 
 ``search`` enumerates those sets of deviations group by group, keeping a partial set only while a
-lower bound on the deficit of its every completion stays within G and within the best deficit found
-so far; the bound is the LP relaxation of what the remaining groups can still do with the slack the
-partial set leaves (priced by lam; see ``_Remaining``). Every partial set is itself a plan (the
-remaining groups at their base options), so plans are found along the way and tighten the pruning.
-The enumeration is exhaustive: it returns the plan of least deficit among all plans of deficit <= G
-(in floating point), or says it found none, or gives up when more than ``max_states`` partial sets
-would have to be kept at once. The solver uses it to hand CP-SAT the optimum as its incumbent and
-hint: on instances whose optimum fits the budgets tightly (thousands of groups, several budgets),
-CP-SAT proves such an incumbent optimal in a fraction of the time it needs to find it.
+lower bound on the deficit of its every completion stays within the limit and within the best
+deficit found so far; the bound is the LP relaxation of what the remaining groups can still do with
+the slack the partial set leaves (priced by lam; see ``_Remaining``). Every partial set is itself a
+plan (the remaining groups at their base options), so plans are found along the way and tighten the
+pruning. The enumeration is exhaustive: it finds the plan of least deficit among all plans of
+deficit <= the limit and says whether it is the only one within ``tie`` of it, or it gives up when
+more than ``max_states`` partial sets would have to be kept at once.
+
+The solver hints CP-SAT with that plan only when it is unique by more than the integer model's
+rounding of gains can blur, among every plan the integer model may admit (totals up to the budgets'
+tolerance): it is then the only optimum of any round that allows its options, the one CP-SAT
+returns with or without the hint, so plans stay those of the rounds alone, ties included. On
+instances whose optimum fits the budgets tightly (thousands of groups, several budgets) CP-SAT
+proves such a hint optimal in a fraction of the time it needs to find the optimum.
 """
 from __future__ import annotations
 
@@ -31,10 +36,14 @@ import numpy as np
 
 @dataclass
 class Found:
-    """A search's result: ``bits`` (bits per group) of the best plan found, None if none;
-    ``exhaustive`` True when no plan of deficit <= the limit is better (False: gave up)."""
+    """A search's result. ``bits``: the plan of least deficit within the limit (bits per group), None
+    when there is none or it misses a budget when summed exactly; ``deficit``: its deficit (inf if
+    none); ``unique``: the search was exhaustive and every other plan within the budgets' tolerance
+    has a deficit above ``deficit + tie``; ``exhaustive``: False when the search gave up."""
 
     bits: list[int] | None
+    deficit: float
+    unique: bool
     exhaustive: bool
 
 
@@ -43,66 +52,135 @@ def base_plan(options: list[list[int]], reduced: list[dict[int, float]]) -> list
     return [min(opts, key=lambda b: (reduced[g][b], b)) for g, opts in enumerate(options)]
 
 
-def search(gains, costs, options, budgets: dict[str, float], metrics: list[str], lam: np.ndarray,
-           reduced: list[dict[int, float]], limit: float, max_states: int = 200_000) -> Found:
+def search(costs, options, budgets: dict[str, float], metrics: list[str], lam, reduced: list[dict[int, float]],
+           limit: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 200_000) -> Found:
     """The plan of least deficit among the plans of deficit <= ``limit`` (see the module docstring).
 
-    ``options[g]``: the options of group g the plan may use; ``reduced[g][b]``: the reduced cost of
-    option b under the multipliers ``lam`` (one per metric of ``metrics``, >= 0), as the solver
-    computes them. Budgets are met exactly (totals <= B, summed with ``math.fsum``); a plan that
-    does not is never returned. Gives up (``exhaustive`` False, the best plan found so far) when
-    more than ``max_states`` partial sets of deviations would be kept at once.
+    ``options[g]``: the options group g may take; ``reduced[g][b]``: the reduced cost of option b
+    under the multipliers ``lam`` (one per metric of ``metrics``, >= 0), as the solver computes
+    them. Rival plans may exceed each budget B by ``tolerance * |B|``; the plan returned meets every
+    budget exactly (totals summed with ``math.fsum``). ``tie``: how close in deficit another plan
+    may come before the best one is not ``unique``. Gives up when more than ``max_states`` partial
+    sets of deviations would be kept at once.
     """
-    base = base_plan(options, reduced)
-    lam = np.asarray(lam, dtype=float)
-    limits = np.array([budgets[m] for m in metrics])
-    spare = limits - np.array([math.fsum(costs[g][base[g]][m] for g in range(len(base))) for m in metrics])
-    scale = np.maximum(np.abs(limits), 1e-300)
-    groups = []  # (group, [(option, reduced cost, cost change per metric)])
-    for g, opts in enumerate(options):
-        moves = [(b, reduced[g][b] - reduced[g][base[g]], np.array([costs[g][b][m] - costs[g][base[g]][m] for m in metrics]))
-                 for b in opts if b != base[g] and reduced[g][b] - reduced[g][base[g]] <= limit]
-        if moves:
-            groups.append((g, moves))
-    groups.sort(key=lambda item: _order(item, lam))
-    remaining = _Remaining([moves for _, moves in groups], lam, len(metrics))
+    deviations = _Deviations(costs, options, budgets, metrics, lam, reduced, limit + tie, tolerance)
+    return deviations.search(limit, tie, max_states)
 
-    spent = np.zeros(1)                      # sum of reduced costs of each partial set
-    change = np.zeros((len(metrics), 1))     # its cost change per metric
-    history = []                             # per level: (parent index, move taken: 0 stay, k: moves[k-1])
-    best, where = limit, None                # least deficit found, (level, index) of its partial set
 
-    def consider(level: int) -> None:
-        nonlocal best, where
-        meets = np.all(change <= spare[:, None], axis=0)
-        if meets.any():
-            deficit = np.where(meets, spent + lam @ (spare[:, None] - change), np.inf)
+def best_near(costs, options, budgets: dict[str, float], metrics: list[str], lam, reduced: list[dict[int, float]],
+              gap: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 200_000,
+              growth: float = 1.2) -> Found:
+    """``search`` with a growing limit: the optimum, if its deficit is below ``gap``.
+
+    ``gap``: the deficit of a known plan (upper bound - its gain). The enumeration grows steeply
+    with the limit, so the first limit above the optimum's deficit is the cheapest that finds it:
+    the limit starts at gap / 1000 and grows by ``growth`` until a search finds a plan within it
+    (the plan of least deficit of all, then), gives up, or reaches ``gap``. Returns that search's
+    result.
+    """
+    deviations = _Deviations(costs, options, budgets, metrics, lam, reduced, gap + tie, tolerance)
+    limit = gap / 1000
+    while True:
+        limit = min(limit, gap)
+        found = deviations.search(limit, tie, max_states)
+        if found.deficit <= limit or not found.exhaustive or limit >= gap:
+            return found
+        limit *= growth
+
+
+class _Deviations:
+    """The base plan, its spare budget per metric and every group's moves away from it (options of
+    reduced cost <= ``widest`` above the base option's), prepared once for searches of any limit
+    up to ``widest`` (tie included)."""
+
+    def __init__(self, costs, options, budgets, metrics, lam, reduced, widest: float, tolerance: float):
+        self.costs, self.budgets, self.metrics = costs, budgets, metrics
+        self.lam = np.asarray(lam, dtype=float)
+        self.base = base_plan(options, reduced)
+        limits = np.array([budgets[m] for m in metrics], dtype=float)
+        self.spare = limits - np.array([math.fsum(costs[g][b][m] for g, b in enumerate(self.base)) for m in metrics])
+        self.over = tolerance * np.abs(limits)                    # how far a rival may exceed each budget
+        self.noise = 1e-12 * np.maximum(np.abs(limits), 1e-300)   # floating-point room of the feasibility test
+        self.groups = []  # (group, [(option, reduced cost, cost change per metric)])
+        for g, opts in enumerate(options):
+            here = reduced[g][self.base[g]]
+            moves = [(b, reduced[g][b] - here) for b in opts if b != self.base[g] and reduced[g][b] - here <= widest]
+            if moves:
+                self.groups.append((g, [(b, r, np.array([costs[g][b][m] - costs[g][self.base[g]][m] for m in metrics]))
+                                        for b, r in moves]))
+
+    def search(self, limit: float, tie: float, max_states: int) -> Found:
+        """``search`` of the module with this limit (limit + tie <= ``widest``)."""
+        lam, spare = self.lam, self.spare
+        room = spare + self.over
+        priced_over = float(lam @ self.over)  # how far below lam . (B - C) a rival's slack may go
+        groups = [(g, kept) for g, moves in self.groups if (kept := [move for move in moves if move[1] <= limit + tie])]
+        groups.sort(key=lambda item: _order(item, lam))
+        remaining = _Remaining([moves for _, moves in groups], lam, len(spare))
+        spent = np.zeros(1)                      # sum of reduced costs of each partial set
+        change = np.zeros((len(spare), 1))       # its cost change per metric
+        history = []                             # per level: (parent index, move taken: 0 none, k: moves[k-1])
+        best, second, where = math.inf, math.inf, None  # two least deficits found, (level, index) of the best
+
+        def within(bound: np.ndarray) -> np.ndarray:  # the partial sets whose change fits ``bound`` per metric
+            fits = change[0] <= bound[0]
+            for m in range(1, len(bound)):
+                fits &= change[m] <= bound[m]
+            return fits
+
+        def consider(level: int, new: np.ndarray | None) -> None:
+            """Take the plans of this level that are new (a move was taken here) into the two least."""
+            nonlocal best, second, where
+            fits = within(room)
+            if new is not None:
+                fits &= new
+            if not fits.any():
+                return
+            deficit = np.where(fits, spent + (spare @ lam - lam @ change), np.inf)
             k = int(np.argmin(deficit))
-            if deficit[k] <= best:
-                best, where = float(deficit[k]), (level, k)
+            runner = float(np.partition(deficit, 1)[1]) if deficit.size > 1 else math.inf
+            if deficit[k] < best:
+                second, best, where = min(best, runner), float(deficit[k]), (level, k)
+            else:
+                second = min(second, float(deficit[k]))
 
-    consider(0)
-    for level, (g, moves) in enumerate(groups, start=1):
-        n = spent.size
-        spent = np.concatenate([spent] + [spent + r for _, r, _ in moves])
-        change = np.concatenate([change] + [change + delta[:, None] for _, _, delta in moves], axis=1)
-        parent = np.tile(np.arange(n, dtype=np.int64), len(moves) + 1)
-        taken = np.repeat(np.arange(len(moves) + 1, dtype=np.int8), n)
-        history.append((parent, taken))
-        consider(level)
-        bound = spent + remaining.bound(level, lam @ (spare[:, None] - change))
-        keep = (bound <= best) & np.all(change + remaining.lowest[level][:, None] <= spare[:, None] + 1e-12 * scale[:, None], axis=0)
-        index = np.flatnonzero(keep)
-        if where is not None and where[0] == level:  # the best partial set stays, for its plan
-            kept = np.searchsorted(index, where[1])
-            if kept >= index.size or index[kept] != where[1]:
-                index = np.insert(index, kept, where[1])
-            where = (level, int(kept))
-        spent, change = spent[index], change[:, index]
-        history[-1] = (parent[index], taken[index])
-        if spent.size > max_states:
-            return Found(_plan(base, groups, history, where, costs, budgets, metrics), False)
-    return Found(_plan(base, groups, history, where, costs, budgets, metrics), True)
+        consider(0, None)
+        for level, (g, moves) in enumerate(groups, start=1):
+            n = spent.size
+            spent = np.concatenate([spent] + [spent + r for _, r, _ in moves])
+            change = np.concatenate([change] + [change + delta[:, None] for _, _, delta in moves], axis=1)
+            consider(level, np.arange(spent.size) >= n)
+            threshold = min(best, limit) + tie
+            bound = spent + remaining.bound(level, spare @ lam - lam @ change + priced_over) - priced_over
+            keep = (bound <= threshold) & within(room - remaining.lowest[level] + self.noise)
+            index = np.flatnonzero(keep)
+            if where is not None and where[0] == level:  # the best partial set stays, for its plan
+                kept = int(np.searchsorted(index, where[1]))
+                if kept >= index.size or index[kept] != where[1]:
+                    index = np.insert(index, kept, where[1])
+                where = (level, kept)
+            spent, change = spent[index], change[:, index]
+            history.append((index % n, (index // n).astype(np.int8)))
+            if spent.size > max_states:
+                return Found(None, math.inf, False, False)
+        if best > limit:
+            return Found(None, math.inf, False, True)
+        bits = self.plan(groups, history, where)
+        return Found(bits, best, bits is not None and second > best + tie, True)
+
+    def plan(self, groups, history, where) -> list[int] | None:
+        """The bits of the partial set at ``where`` (level, index), the other groups at their base
+        options; None if it misses a budget when summed exactly."""
+        bits = list(self.base)
+        level, k = where
+        for depth in range(level, 0, -1):
+            parent, taken = history[depth - 1]
+            g, moves = groups[depth - 1]
+            if taken[k]:
+                bits[g] = moves[taken[k] - 1][0]
+            k = int(parent[k])
+        spent = {m: math.fsum(self.costs[g][b][m] for g, b in enumerate(bits)) for m in self.metrics}
+        return None if any(spent[m] > self.budgets[m] for m in self.metrics) else bits
 
 
 def _order(item, lam):
@@ -115,24 +193,6 @@ def _order(item, lam):
     if up > 0:
         return (0, -up, g)
     return (1, -max(abs(float(lam @ delta)) for _, _, delta in moves), g)
-
-
-def _plan(base, groups, history, where, costs, budgets, metrics) -> list[int] | None:
-    """The bits of the partial set at ``where`` (level, index), the other groups at their base
-    options; None if there is none or it misses a budget when summed exactly."""
-    if where is None:
-        return None
-    bits = list(base)
-    level, k = where
-    for depth in range(level, 0, -1):
-        parent, taken = history[depth - 1]
-        g, moves = groups[depth - 1]
-        if taken[k]:
-            bits[g] = moves[taken[k] - 1][0]
-        k = int(parent[k])
-    if any(math.fsum(costs[g][b][m] for g, b in enumerate(bits)) > budgets[m] for m in metrics):
-        return None
-    return bits
 
 
 class _Remaining:
@@ -183,22 +243,3 @@ def _hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         out.append((step[1] - w0, step[2] - r0))
         w0, r0 = step[1], step[2]
 
-
-def best_near(gains, costs, options, budgets: dict[str, float], metrics: list[str], lam: np.ndarray,
-              reduced: list[dict[int, float]], gap: float, max_states: int = 200_000, growth: float = 1.2) -> list[int] | None:
-    """The optimum by ``search`` with a growing deficit limit, or the best plan found before it gave up.
-
-    ``gap``: the deficit of a known plan (upper bound - its gain); a better plan has a smaller one.
-    The limit starts at gap / 1000 and grows by ``growth`` (the enumeration's size grows steeply
-    with it, so the first limit above the optimum's deficit is the cheapest that finds it) until
-    a search finds a plan within it (then the plan of least deficit of all: the optimum), gives up,
-    or reaches ``gap``. Returns bits per group, or None when no plan better than the known one
-    was found.
-    """
-    limit = gap / 1000
-    while True:
-        limit = min(limit, gap)
-        found = search(gains, costs, options, budgets, metrics, lam, reduced, limit, max_states)
-        if found.bits is not None or not found.exhaustive or limit >= gap:
-            return found.bits
-        limit *= growth
