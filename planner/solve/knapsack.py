@@ -37,6 +37,7 @@ GainTable = list[dict[int, float]]           # gains[group][bits]
 _GAIN_GRID = 2.0 ** 40   # integer units of the largest gain magnitude
 _TOLERANCE = 1e-9        # relative room of a budget for floating-point rounding
 _MAX_COEFFICIENT_SUM = 2.0 ** 60  # keep CP-SAT's linear sums far from int64 overflow
+_SEARCH_FROM = 100       # free groups of a CP-SAT round from which the optimum is first enumerated
 
 
 @dataclass
@@ -328,17 +329,21 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
     reduced = [{b: max(r.values()) - v for b, v in r.items()} for r in reduced]
     incumbent = greedy(gains, costs, budgets, options)
     lower = objective(gains, incumbent) if incumbent else -math.inf
-    known = _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower) \
-        if metrics and incumbent is not None and math.isfinite(upper) and upper > lower else None
+    known, searched = None, False  # the unique optimum (see _unique_optimum), once searched for
     if not math.isfinite(upper) or incumbent is None:
         upper, margin = math.inf, math.inf  # no usable bound: one round over every option
     else:
         margin = max((upper - lower) / 1000, 1e-12 * (abs(upper) + 1.0))
 
     def solve_round(margin):
+        nonlocal known, searched
         allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
                    for g, opts in enumerate(options)]
         complete = all(len(a) == len(o) for a, o in zip(allowed, options))
+        if not searched and sum(len(a) > 1 for a in allowed) >= _SEARCH_FROM and metrics and incumbent is not None \
+                and math.isfinite(upper) and upper > lower:
+            searched = True  # before the first round big enough that CP-SAT may take long to find the optimum
+            known = _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower)
         hint = known if known is not None and all(b in a for b, a in zip(known, allowed)) else incumbent
         return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, hint,
                                                 max(0.1, deadline - time.perf_counter()), workers)

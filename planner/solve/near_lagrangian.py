@@ -53,7 +53,7 @@ def base_plan(options: list[list[int]], reduced: list[dict[int, float]]) -> list
 
 
 def search(costs, options, budgets: dict[str, float], metrics: list[str], lam, reduced: list[dict[int, float]],
-           limit: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 200_000) -> Found:
+           limit: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 1_000_000) -> Found:
     """The plan of least deficit among the plans of deficit <= ``limit`` (see the module docstring).
 
     ``options[g]``: the options group g may take; ``reduced[g][b]``: the reduced cost of option b
@@ -68,7 +68,7 @@ def search(costs, options, budgets: dict[str, float], metrics: list[str], lam, r
 
 
 def best_near(costs, options, budgets: dict[str, float], metrics: list[str], lam, reduced: list[dict[int, float]],
-              gap: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 200_000,
+              gap: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 1_000_000,
               growth: float = 1.2) -> Found:
     """``search`` with a growing limit: the optimum, if its deficit is below ``gap``.
 
@@ -117,52 +117,57 @@ class _Deviations:
         groups = [(g, kept) for g, moves in self.groups if (kept := [move for move in moves if move[1] <= limit + tie])]
         groups.sort(key=lambda item: _order(item, lam))
         remaining = _Remaining([moves for _, moves in groups], lam, len(spare))
+        # metrics that no set of moves can push over their room need no test
+        rising = np.sum([np.max([np.maximum(delta, 0.0) for _, _, delta in moves], axis=0) for _, moves in groups], axis=0) \
+            if groups else np.zeros(len(spare))
+        rows = [m for m in range(len(spare)) if rising[m] > room[m] - self.noise[m]]
         spent = np.zeros(1)                      # sum of reduced costs of each partial set
-        change = np.zeros((len(spare), 1))       # its cost change per metric
+        value = np.full(1, float(spare @ lam))   # its priced slack lam . (B - C): deficit = spent + value
+        change = np.zeros((len(rows), 1))        # its cost change per tested metric
         history = []                             # per level: (parent index, move taken: 0 none, k: moves[k-1])
         best, second, where = math.inf, math.inf, None  # two least deficits found, (level, index) of the best
 
-        def within(bound: np.ndarray) -> np.ndarray:  # the partial sets whose change fits ``bound`` per metric
-            fits = change[0] <= bound[0]
-            for m in range(1, len(bound)):
-                fits &= change[m] <= bound[m]
-            return fits
+        def fits(changes: np.ndarray, bound: np.ndarray) -> np.ndarray:  # the columns of ``changes`` within ``bound``
+            ok = np.ones(changes.shape[1], dtype=bool)
+            for i, m in enumerate(rows):
+                ok &= changes[i] <= bound[m]
+            return ok
 
-        def consider(level: int, new: np.ndarray | None) -> None:
-            """Take the plans of this level that are new (a move was taken here) into the two least."""
+        def consider(level: int, start: int) -> None:
+            """Take the plans from index ``start`` on (new at this level) into the two least deficits."""
             nonlocal best, second, where
-            fits = within(room)
-            if new is not None:
-                fits &= new
-            if not fits.any():
-                return
-            deficit = np.where(fits, spent + (spare @ lam - lam @ change), np.inf)
+            deficit = np.where(fits(change[:, start:], room), spent[start:] + value[start:], np.inf)
             k = int(np.argmin(deficit))
+            if not math.isfinite(deficit[k]):
+                return
             runner = float(np.partition(deficit, 1)[1]) if deficit.size > 1 else math.inf
             if deficit[k] < best:
-                second, best, where = min(best, runner), float(deficit[k]), (level, k)
+                second, best, where = min(best, runner), float(deficit[k]), (level, start + k)
             else:
                 second = min(second, float(deficit[k]))
 
-        consider(0, None)
+        consider(0, 0)
         for level, (g, moves) in enumerate(groups, start=1):
             n = spent.size
             spent = np.concatenate([spent] + [spent + r for _, r, _ in moves])
-            change = np.concatenate([change] + [change + delta[:, None] for _, _, delta in moves], axis=1)
-            consider(level, np.arange(spent.size) >= n)
+            value = np.concatenate([value] + [value - float(lam @ delta) for _, _, delta in moves])
+            change = np.concatenate([change] + [change + delta[rows, None] for _, _, delta in moves], axis=1)
+            consider(level, n)
             threshold = min(best, limit) + tie
-            bound = spent + remaining.bound(level, spare @ lam - lam @ change + priced_over) - priced_over
-            keep = (bound <= threshold) & within(room - remaining.lowest[level] + self.noise)
+            keep = spent + remaining.bound(level, value + priced_over) - priced_over <= threshold
+            keep &= fits(change, room - remaining.lowest[level] + self.noise)
             index = np.flatnonzero(keep)
             if where is not None and where[0] == level:  # the best partial set stays, for its plan
                 kept = int(np.searchsorted(index, where[1]))
                 if kept >= index.size or index[kept] != where[1]:
                     index = np.insert(index, kept, where[1])
                 where = (level, kept)
-            spent, change = spent[index], change[:, index]
-            history.append((index % n, (index // n).astype(np.int8)))
+            spent, value, change = spent[index], value[index], change[:, index]
+            history.append(((index % n).astype(np.int32), (index // n).astype(np.int8)))
             if spent.size > max_states:
                 return Found(None, math.inf, False, False)
+            if not spent.size:  # no partial set can still lead to a plan within the threshold
+                break
         if best > limit:
             return Found(None, math.inf, False, True)
         bits = self.plan(groups, history, where)
@@ -209,14 +214,19 @@ class _Remaining:
     remaining groups can lower the totals (for the feasibility test)."""
 
     def __init__(self, moves_per_group, lam, n_metrics: int):
-        hulls = [_hull([(float(lam @ delta), r) for _, r, delta in moves]) for moves in moves_per_group]
+        items = [(level, w, r) for level, moves in enumerate(moves_per_group)
+                 for w, r in _hull([(float(lam @ delta), r) for _, r, delta in moves])]
+        level_of = np.array([t[0] for t in items], dtype=np.int64)
+        w_all = np.array([t[1] for t in items], dtype=float)
+        r_all = np.array([t[2] for t in items], dtype=float)
+        order = np.argsort(r_all / np.where(w_all > 0, w_all, 1.0), kind="stable") if items else np.zeros(0, np.int64)
+        level_of, w_all, r_all = level_of[order], w_all[order], r_all[order]
         self.tables = []
         for level in range(len(moves_per_group) + 1):
-            items = sorted((r / w, w, r) for hull in hulls[level:] for w, r in hull)
-            w = np.concatenate([[0.0], np.cumsum([t[1] for t in items])])
-            r = np.concatenate([[0.0], np.cumsum([t[2] for t in items])])
-            ratio = np.array([t[0] for t in items] + [1.0])
-            self.tables.append((w, r, ratio))
+            mine = level_of >= level  # the increments of the groups from this level on, by ratio
+            w, r = w_all[mine], r_all[mine]
+            self.tables.append((np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(r)]),
+                                np.concatenate([r / w, [1.0]])))
         lowest = [np.minimum(0.0, np.min([delta for _, _, delta in moves], axis=0)) for moves in moves_per_group]
         suffix = np.zeros((len(moves_per_group) + 1, n_metrics))
         for level in range(len(moves_per_group) - 1, -1, -1):
