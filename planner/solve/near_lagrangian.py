@@ -75,15 +75,16 @@ def best_near(costs, options, budgets: dict[str, float], metrics: list[str], lam
     ``gap``: the deficit of a known plan (upper bound - its gain). The enumeration grows steeply
     with the limit, so the first limit above the optimum's deficit is the cheapest that finds it:
     the limit starts at gap / 1000 and grows by ``growth`` until a search finds a plan within it
-    (the plan of least deficit of all, then), gives up, or reaches ``gap``. Returns that search's
-    result.
+    (the plan of least deficit of all, then), gives up, or reaches ``gap + tie`` (where it finds the
+    known plan at least). Returns that search's result.
     """
-    deviations = _Deviations(costs, options, budgets, metrics, lam, reduced, gap + tie, tolerance)
+    widest = gap + tie  # the known plan itself, its deficit summed another way
+    deviations = _Deviations(costs, options, budgets, metrics, lam, reduced, widest + tie, tolerance)
     limit = gap / 1000
     while True:
-        limit = min(limit, gap)
+        limit = min(limit, widest)
         found = deviations.search(limit, tie, max_states)
-        if found.deficit <= limit or not found.exhaustive or limit >= gap:
+        if found.deficit <= limit or not found.exhaustive or limit >= widest:
             return found
         limit *= growth
 
@@ -171,7 +172,7 @@ class _Deviations:
         if best > limit:
             return Found(None, math.inf, False, True)
         bits = self.plan(groups, history, where)
-        return Found(bits, best, bits is not None and second > best + tie, True)
+        return Found(bits, best, bool(bits is not None and second > best + tie), True)
 
     def plan(self, groups, history, where) -> list[int] | None:
         """The bits of the partial set at ``where`` (level, index), the other groups at their base
