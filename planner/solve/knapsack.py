@@ -343,7 +343,7 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
         if not searched and sum(len(a) > 1 for a in allowed) >= _SEARCH_FROM and metrics and incumbent is not None \
                 and math.isfinite(upper) and upper > lower:
             searched = True  # before the first round big enough that CP-SAT may take long to find the optimum
-            known = _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower)
+            known = _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower, deadline)
         hint = known if known is not None and all(b in a for b, a in zip(known, allowed)) else incumbent
         return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, hint,
                                                 max(0.1, deadline - time.perf_counter()), workers)
@@ -382,17 +382,21 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
                 best_known = objective(gains, bits)  # the optimum: go on round by round until reached
 
 
-def _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower) -> list[int] | None:
+def _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower,
+                    deadline: float = math.inf) -> list[int] | None:
     """The optimum, when an enumeration near the Lagrangian bound finds it and it is unique: every
     other plan that CP-SAT's integer model may admit (totals up to each budget's tolerance) has
     less gain by more than the model's rounding of gains (``2^-40`` of the largest gain per group,
     twice) and of floating-point sums can blur. Such a plan is the only optimum of every round
     whose options include it, so hinting CP-SAT with it changes no plan. None otherwise (not found
-    below the incumbent's deficit ``upper - lower``, not unique, or the enumeration gave up)."""
+    below the incumbent's deficit ``upper - lower``, not unique, or the enumeration gave up: too
+    many partial sets, or half the time left to ``deadline`` (``time.perf_counter()``) spent)."""
     largest = max((abs(gains[g][b]) for g, opts in enumerate(options) for b in opts), default=0.0)
     tie = 2 * len(options) * largest / _GAIN_GRID + 1e-10 * (abs(upper) + math.fsum(
         float(l) * abs(budgets[m]) for l, m in zip(lam, metrics)) + 1.0)
-    found = near_lagrangian.best_near(costs, options, budgets, metrics, lam, reduced, upper - lower, tie, _TOLERANCE)
+    now = time.perf_counter()
+    found = near_lagrangian.best_near(costs, options, budgets, metrics, lam, reduced, upper - lower, tie, _TOLERANCE,
+                                      deadline=now + (deadline - now) / 2)
     return found.bits if found.unique else None
 
 

@@ -17,7 +17,7 @@ the slack the partial set leaves (priced by lam; see ``_Remaining``). Every part
 plan (the remaining groups at their base options), so plans are found along the way and tighten the
 pruning. The enumeration is exhaustive: it finds the plan of least deficit among all plans of
 deficit <= the limit and says whether it is the only one within ``tie`` of it, or it gives up when
-more than ``max_states`` partial sets would have to be kept at once.
+more than ``max_states`` partial sets would have to be kept at once or its ``deadline`` passes.
 
 The solver hints CP-SAT with that plan only when it is unique by more than the integer model's
 rounding of gains can blur, among every plan the integer model may admit (totals up to the budgets'
@@ -29,6 +29,7 @@ proves such a hint optimal in a fraction of the time it needs to find the optimu
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,8 @@ def base_plan(options: list[list[int]], reduced: list[dict[int, float]]) -> list
 
 
 def search(costs, options, budgets: dict[str, float], metrics: list[str], lam, reduced: list[dict[int, float]],
-           limit: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 1_000_000) -> Found:
+           limit: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 500_000,
+           deadline: float = math.inf) -> Found:
     """The plan of least deficit among the plans of deficit <= ``limit`` (see the module docstring).
 
     ``options[g]``: the options group g may take; ``reduced[g][b]``: the reduced cost of option b
@@ -61,15 +63,16 @@ def search(costs, options, budgets: dict[str, float], metrics: list[str], lam, r
     them. Rival plans may exceed each budget B by ``tolerance * |B|``; the plan returned meets every
     budget exactly (totals summed with ``math.fsum``). ``tie``: how close in deficit another plan
     may come before the best one is not ``unique``. Gives up when more than ``max_states`` partial
-    sets of deviations would be kept at once.
+    sets of deviations would be kept at once (about 100 bytes each, while a group is expanded), or
+    when ``time.perf_counter()`` passes ``deadline``.
     """
     deviations = _Deviations(costs, options, budgets, metrics, lam, reduced, limit + tie, tolerance)
-    return deviations.search(limit, tie, max_states)
+    return deviations.search(limit, tie, max_states, deadline)
 
 
 def best_near(costs, options, budgets: dict[str, float], metrics: list[str], lam, reduced: list[dict[int, float]],
-              gap: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 1_000_000,
-              growth: float = 1.2) -> Found:
+              gap: float, tie: float = 0.0, tolerance: float = 0.0, max_states: int = 500_000,
+              growth: float = 1.2, deadline: float = math.inf) -> Found:
     """``search`` with a growing limit: the optimum, if its deficit is below ``gap``.
 
     ``gap``: the deficit of a known plan (upper bound - its gain). The enumeration grows steeply
@@ -83,7 +86,7 @@ def best_near(costs, options, budgets: dict[str, float], metrics: list[str], lam
     limit = gap / 1000
     while True:
         limit = min(limit, widest)
-        found = deviations.search(limit, tie, max_states)
+        found = deviations.search(limit, tie, max_states, deadline)
         if found.deficit <= limit or not found.exhaustive or limit >= widest:
             return found
         limit *= growth
@@ -110,7 +113,7 @@ class _Deviations:
                 self.groups.append((g, [(b, r, np.array([costs[g][b][m] - costs[g][self.base[g]][m] for m in metrics]))
                                         for b, r in moves]))
 
-    def search(self, limit: float, tie: float, max_states: int) -> Found:
+    def search(self, limit: float, tie: float, max_states: int, deadline: float = math.inf) -> Found:
         """``search`` of the module with this limit (limit + tie <= ``widest``)."""
         lam, spare = self.lam, self.spare
         room = spare + self.over
@@ -165,7 +168,7 @@ class _Deviations:
                 where = (level, kept)
             spent, value, change = spent[index], value[index], change[:, index]
             history.append(((index % n).astype(np.int32), (index // n).astype(np.int8)))
-            if spent.size > max_states:
+            if spent.size > max_states or time.perf_counter() > deadline:
                 return Found(None, math.inf, False, False)
             if not spent.size:  # no partial set can still lead to a plan within the threshold
                 break
