@@ -344,9 +344,11 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
                 and math.isfinite(upper) and upper > lower:
             searched = True  # before the first round big enough that CP-SAT may take long to find the optimum
             known = _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper, lower, deadline)
-        hint = known if known is not None and all(b in a for b, a in zip(known, allowed)) else incumbent
-        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed, hint,
-                                                max(0.1, deadline - time.perf_counter()), workers)
+        optimum_allowed = known is not None and all(b in a for b, a in zip(known, allowed))
+        return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed,
+                                                known if optimum_allowed else incumbent,
+                                                max(0.1, deadline - time.perf_counter()), workers,
+                                                hint_is_unique_optimum=optimum_allowed)
 
     def widen(margin):
         if margin * 10 >= upper - lower:
@@ -400,8 +402,13 @@ def _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper
     return found.bits if found.unique else None
 
 
-def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers):
+def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers,
+                 hint_is_unique_optimum: bool = False):
     """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales).
+
+    ``hint_is_unique_optimum``: the hint is the round's only optimum (see ``_unique_optimum``), so
+    only its proof is left: the LP-based search does that faster than the core-based one (about 2x
+    on the 5,000-group benchmark), and with a single optimum the search cannot change the plan.
 
     The model is written straight into CP-SAT's protocol buffer (one Boolean per free option,
     exactly one per group, one row per budget, the gain objective, the hint), as
@@ -442,7 +449,8 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
         model.solution_hint.values.extend(int(hint[g] == b) for g, b in keys)
     parameters = helper.SatParameters()
     parameters.num_workers = workers
-    parameters.optimize_with_core = True  # proves the bound fast on near-symmetric instances (LLM blocks)
+    parameters.optimize_with_core = not hint_is_unique_optimum  # proves the bound fast on near-symmetric
+    # instances (LLM blocks), which have ties, so no unique optimum
     parameters.linearization_level = 2
     parameters.max_time_in_seconds = time_limit_s
     parameters.random_seed = 0
