@@ -15,7 +15,10 @@ much the integer optimum's total gain can fall short of the real optimum's.
 Before CP-SAT, an exact reduction keeps the model small: options dominated by another option of
 their group are dropped, and, with the Lagrangian bound of the LP relaxation (OR-Tools GLOP) and
 a feasible plan, options that provably cannot be part of a better plan are fixed out
-(reduced-cost fixing). The paper's case (two precisions, one budget)
+(reduced-cost fixing). Before the first CP-SAT round of 100 or more free groups, an exhaustive
+enumeration near the Lagrangian bound (``near_lagrangian``) looks for the optimum; when it finds it
+and it is the only optimum, CP-SAT's rounds get it as their hint (the rounds themselves, and so the
+plan and the solver record, are those without it). The paper's case (two precisions, one budget)
 can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``), after the same dominance
 reduction, which makes every item's weight and profit positive whatever the order of the costs
 and the signs of the gains.

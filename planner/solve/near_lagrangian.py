@@ -214,8 +214,10 @@ class _Remaining:
     deficit is therefore at least spent + min over the moves' choice of (sum r + max(0, value -
     sum w)), and at least that of the LP relaxation: each group's moves on the lower convex hull of
     the points (w, r) from (0, 0) become increments taken fractionally in the order of r / w;
-    increments with r / w >= 1 never lower the sum. ``lowest[level]`` is per metric the most the
-    remaining groups can lower the totals (for the feasibility test)."""
+    increments with r / w >= 1 never lower the sum. (Rivals may overrun each budget by its
+    tolerance: the search passes value + lam . overrun and subtracts lam . overrun from the bound.)
+    ``lowest[level]`` is per metric the most the remaining groups can lower the totals (for the
+    feasibility test)."""
 
     def __init__(self, moves_per_group, lam, n_metrics: int):
         items = [(level, w, r) for level, moves in enumerate(moves_per_group)
