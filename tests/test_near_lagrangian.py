@@ -26,7 +26,8 @@ def random_instance(rng, n: int, n_budgets: int, kind: str):
     costs, gains = [], []
     for _ in range(n):
         if kind == "ties":
-            costs.append({b: {f"m{k}": float(rng.choice([1.0, 2.0, 3.0])) * b for k in range(n_budgets)} for b in bits})
+            costs.append({b: {f"m{k}": float(rng.choice([1.0, 2.0, 3.0])) * b for k in range(n_budgets)}
+                          for b in bits})
             gains.append({b: float(rng.choice([0, 1, 2])) for b in bits})
         elif kind == "rising":
             size = rng.lognormal(0, 1.5, n_budgets)
@@ -49,7 +50,8 @@ def reduction(gains, costs, budgets):
     metrics = sorted(budgets)
     options = knapsack._undominated(gains, costs, metrics)
     lam, upper = knapsack._lagrangian(gains, costs, options, budgets, metrics)
-    value = [{b: knapsack._lagrangian_value(gains, costs, g, b, metrics, lam) for b in opts} for g, opts in enumerate(options)]
+    value = [{b: knapsack._lagrangian_value(gains, costs, g, b, metrics, lam) for b in opts}
+             for g, opts in enumerate(options)]
     reduced = [{b: max(v.values()) - x for b, x in v.items()} for v in value]
     return options, metrics, lam, upper, reduced
 

@@ -122,8 +122,9 @@ class _Deviations:
         groups.sort(key=lambda item: _order(item, lam))
         remaining = _Remaining([moves for _, moves in groups], lam, len(spare))
         # metrics that no set of moves can push over their room need no test
-        rising = np.sum([np.max([np.maximum(delta, 0.0) for _, _, delta in moves], axis=0) for _, moves in groups], axis=0) \
-            if groups else np.zeros(len(spare))
+        rising = np.zeros(len(spare))  # per metric, the most all moves together can add
+        for _, moves in groups:
+            rising += np.max([np.maximum(delta, 0.0) for _, _, delta in moves], axis=0)
         rows = [m for m in range(len(spare)) if rising[m] > room[m] - self.noise[m]]
         spent = np.zeros(1)                      # sum of reduced costs of each partial set
         value = np.full(1, float(spare @ lam))   # its priced slack lam . (B - C): deficit = spent + value
