@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from _common import CACHE, child_peak_rss, figure, show, write_results
 
@@ -74,10 +75,11 @@ def main() -> None:
         start = time.perf_counter()
         info = archs.decoder_onnx(model, blocks=options.blocks, hidden=options.hidden, ffn=options.ffn,
                                   heads=options.heads, vocab=options.vocab)
-        info = {k: str(v) if k == "data" else v for k, v in info.items()}
+        info = {k: Path(v).name if k == "data" else v for k, v in info.items()}  # beside the model: the folder may move
         info_path.write_text(json.dumps(info))
         print(f"built {model} in {time.perf_counter() - start:.0f} s")
     info = json.loads(info_path.read_text())
+    info["data"] = str(folder / Path(info["data"]).name)
     print(f"model: {options.blocks} blocks, hidden {options.hidden}, gated MLP {options.ffn}, vocab {options.vocab}: "
           f"{info['params'] / 1e9:.2f} B weights, external data {info['bytes'] / 2**30:.2f} GiB, "
           f"largest tensor {info['largest'] / 2**20:.0f} MiB")
