@@ -1078,12 +1078,17 @@ def verdict(name: str, result: dict) -> list[str]:
             if c is None:
                 parts.append(f"{m} is itself the best baseline's equal")
                 continue
-            sig = (c["lo"] > 0 or c["hi"] < 0) and c["p"] < 0.05  # both the interval and the sign test
-            word = ("beats" if c["mean"] > 0 else "loses to") if sig else "is not distinguishable from"
+            by_interval, by_sign = c["lo"] > 0 or c["hi"] < 0, c["p"] < 0.05
+            direction = "beats" if c["mean"] > 0 else "loses to"
+            word = (direction if by_interval and by_sign else
+                    f"{direction} by the bootstrap interval but not by the sign test (so: not shown to differ from)"
+                    if by_interval else f"{direction} by the sign test but not by the bootstrap interval (so: not shown "
+                                        "to differ from)" if by_sign else "is not distinguishable from")
             parts.append(f"{m} {word} the best baseline ({comp['best']}): {c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], "
                          f"{c['wins']}/{c['ties']}/{c['losses']}, p {c['p']:.3g}")
         out.append("2. *It beats commensurate methods over the whole frontier* (paired over "
-                   f"{comp['pairs']} (run, budget) pairs, after fine-tuning). " + "; ".join(parts) + ".")
+                   f"{comp['pairs']} (run, budget) pairs, after fine-tuning; a difference counts when both the 95% "
+                   "bootstrap interval excludes 0 and the sign test gives p < 0.05). " + "; ".join(parts) + ".")
     times = {m: statistics.fmean(t for t in ts if t is not None) for m, ts in result["gain_times"].items()
              if any(t is not None for t in ts) and m not in result.get("gain_resumed", [])}
     if "eagl" in times:
