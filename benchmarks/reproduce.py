@@ -129,7 +129,8 @@ def setups(quick: bool) -> dict[str, Setup]:
         "mnist-deep": Setup("mnist-deep", "mnist-deep", [(0, 0), (1, 1), (2, 2)], [0.0, 0.25, 0.5, 0.75, 1.0],
                             ALL_METHODS, finetune_epochs=1, finetune_lr=0.01, noise_seeds=4, alps_epochs=0.25,
                             alps_epoch_study=[0.1, 0.25, 1.0], premise=True, single_thread_timing=True),
-        "minilm": Setup("minilm", "planner.tasks.minilm:val100_task", [(0, 0), (0, 1), (0, 2)], [0.0, 0.5, 1.0],
+        "minilm": Setup("minilm", "planner.tasks.minilm:val100_task", [(0, 0), (0, 1), (0, 2), (1, 1), (2, 2)],
+                        [0.0, 0.5, 1.0],
                         [m for m in ALL_METHODS if m != "alps-accuracy"], finetune_epochs=0.1,
                         finetune_lr=1e-3, noise_seeds=3, alps_epochs=0.1, alps_metric="accuracy",
                         sensitivity_metric="accuracy", base_epochs=0.5, trained=True, hessian_samples=4, premise=True,
@@ -703,14 +704,13 @@ much). Planned: 34 free groups, the 22 free Linear groups (Q/K/V of a block are 
 the 12 attention MatMuls** (Q·Kᵀ and P·V, activation x activation), at their planned bits in
 fine-tuning and scoring; the first block's Q/K/V and the last block's output dense are pinned,
 the embeddings and pooling are not quantized.
-**Scaled recipe** (2 CPU cores shared with the MNIST run and other work, at nice 10): one 4-bit
-base (half an epoch of LSQ from the trained weights, seed 0) and one set of gains measured on it;
-the three runs are three fine-tuning seeds of every plan of that base (so the paired tests capture
-fine-tuning noise, not the variation between bases or between gain estimates: three pipeline
-seeds, with ALPS at about 50 minutes per base on this machine, did not fit the session);
-fine-tuning 0.1 epoch; ALPS fine-tunes each lowered group for 0.1 epoch (the paper: one) and
-scores it like sensitivity; the Hessian with 4 Rademacher samples. The noise: one plan fine-tuned
-with three more seeds, first.""",
+**Scaled recipe** (2 CPU cores shared with the MNIST run and other work, at nice 10): three
+pipeline seeds, each its own 4-bit base (half an epoch of LSQ from the trained weights, seed s),
+its own gains and plans; base 0's plans are fine-tuned with three seeds (runs 0/0, 0/1, 0/2) and
+bases 1 and 2 with one (runs 1/1, 2/2), so the paired tests see both the fine-tuning noise and the
+variation between bases and gain estimates; fine-tuning 0.1 epoch; ALPS fine-tunes each lowered
+group for 0.1 epoch (the paper: one) and scores it like sensitivity; the Hessian with 4
+Rademacher samples. The noise: one plan of base 0 fine-tuned with three more seeds, first.""",
 }
 
 
@@ -861,7 +861,10 @@ def write_task_outputs(name: str, result: dict, suffix: str) -> str:
         store = JobStore(store_path)
         result["started_utc"] = store.get(f"{name}:started_utc") or result.get("started_utc")
         seeds = sorted({b for b, _ in setup["runs"]})
-        result["gain_times"] = {m: [store.get(f"{name}:{b}:time:gains:{m}") for b in seeds] for m in result["gain_times"]}
+        # a base whose gain run was interrupted and resumed has no wall time (None)
+        result["gain_times"] = {m: [None if f"{name}:{b}:time:gains:{m}:resumed" in store
+                                    else store.get(f"{name}:{b}:time:gains:{m}") for b in seeds]
+                                for m in result["gain_times"]}
         result["gain_resumed"] = sorted(m for m in result["gain_times"]
                                         if any(f"{name}:{b}:time:gains:{m}:resumed" in store for b in seeds))
     metric = setup["metric_name"]
@@ -939,7 +942,9 @@ def time_lines(result: dict) -> list[str]:
         with_executor = fmt(statistics.fmean(known), 3) if known else "-"
         alone = single.get(m) if parallel else (statistics.fmean(known) if known else None)
         if m in result.get("gain_resumed", []):
-            with_executor, alone = "interrupted and resumed: not measured", None
+            with_executor = (f"{with_executor} ({len(known)} of {len(ts)} bases; the others were interrupted and "
+                             "resumed)" if known else "interrupted and resumed: not measured")
+            alone = alone if known else None
         out.append(f"| {m} | {with_executor if parallel else with_executor + ' (in-process, one thread)'} | {fmt(alone, 3)} |")
     for k, v in single.items():
         if k.startswith("alps@"):
@@ -1079,18 +1084,22 @@ def verdict(name: str, result: dict) -> list[str]:
                 parts.append(f"{m} is itself the best baseline's equal")
                 continue
             by_interval, by_sign = c["lo"] > 0 or c["hi"] < 0, c["p"] < 0.05
-            direction = "beats" if c["mean"] > 0 else "loses to"
-            word = (direction if by_interval and by_sign else
-                    f"{direction} by the bootstrap interval but not by the sign test (so: not shown to differ from)"
-                    if by_interval else f"{direction} by the sign test but not by the bootstrap interval (so: not shown "
-                                        "to differ from)" if by_sign else "is not distinguishable from")
-            parts.append(f"{m} {word} the best baseline ({comp['best']}): {c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], "
+            side = "above" if c["mean"] > 0 else "below"
+            verdict = (f"{'beats' if c['mean'] > 0 else 'loses to'} the best baseline ({comp['best']})"
+                       if by_interval and by_sign else
+                       f"is {side} the best baseline ({comp['best']}) by the "
+                       f"{'bootstrap interval' if by_interval else 'sign test'} only, so not shown to differ"
+                       if by_interval or by_sign else f"is not distinguishable from the best baseline ({comp['best']})")
+            parts.append(f"{m} {verdict}: {c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], "
                          f"{c['wins']}/{c['ties']}/{c['losses']}, p {c['p']:.3g}")
+        floor = 2.0 ** (1 - comp["pairs"])  # the two-sided sign test's least p-value: every pair on one side
+        power = (f"; with {comp['pairs']} pairs the sign test cannot give p below {floor:.3g}, so no method can be "
+                 "shown to differ here" if floor >= 0.05 else "")
         out.append("2. *It beats commensurate methods over the whole frontier* (paired over "
                    f"{comp['pairs']} (run, budget) pairs, after fine-tuning; a difference counts when both the 95% "
-                   "bootstrap interval excludes 0 and the sign test gives p < 0.05). " + "; ".join(parts) + ".")
+                   f"bootstrap interval excludes 0 and the sign test gives p < 0.05{power}). " + "; ".join(parts) + ".")
     times = {m: statistics.fmean(t for t in ts if t is not None) for m, ts in result["gain_times"].items()
-             if any(t is not None for t in ts) and m not in result.get("gain_resumed", [])}
+             if any(t is not None for t in ts)}
     if "eagl" in times:
         others = ", ".join(f"{m} {t / times['eagl']:.0f}x" for m, t in times.items()
                            if m in ("alps", "alps-accuracy", "hessian", "sensitivity"))
