@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,18 +123,14 @@ def test_enumeration_gives_up_beyond_its_state_limit():
 
 
 def bench_like(n: int, seed: int):
-    """benchmarks/bench_plan.py's instance recipe: lognormal costs, 3 budgets half way."""
-    rng = np.random.default_rng(seed)
-    bits = [2, 4, 8]
-    macs, params = rng.lognormal(0, 1.5, n), rng.lognormal(0, 1.5, n)
-    noise = rng.uniform(0.9, 1.1, (n, 3))
-    costs = [{b: {"latency_s": macs[i] * b / 8 * noise[i, k], "weight_bytes": params[i] * b / 8,
-                  "energy_j": (macs[i] + params[i]) * (b / 8) ** 1.5} for k, b in enumerate(bits)} for i in range(n)]
-    step = rng.lognormal(0, 1, (n, 2))
-    gains = [{2: 0.0, 4: step[i, 0], 8: step[i, 0] + step[i, 1]} for i in range(n)]
-    budgets = {m: math.fsum(min(c[m] for c in o.values()) for o in costs) * 0.5
-               + math.fsum(max(c[m] for c in o.values()) for o in costs) * 0.5 for m in costs[0][2]}
-    return gains, costs, budgets
+    """The solver benchmark's own instance recipe (``benchmarks/bench_plan.py``: lognormal costs,
+    3 budgets half way)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from bench_plan import random_instance
+    finally:
+        sys.path.pop(0)
+    return random_instance(n, seed)
 
 
 @pytest.mark.parametrize("twins", [False, True])
