@@ -25,22 +25,23 @@ _HASH_CHUNK = 1 << 22
 
 
 def read_model(model: str | os.PathLike | onnx.ModelProto, *,
-               lazy_digest: bool = False) -> tuple[onnx.ModelProto, Path | None, str | Callable[[], str]]:
+               lazy_digest: bool = False, digest: bool = True
+               ) -> tuple[onnx.ModelProto, Path | None, str | Callable[[], str] | None]:
     """Parse ``model`` (a path or a ModelProto) without loading external data.
 
     Returns the ModelProto, the folder that external data paths are relative to (None for a
     ModelProto given in memory) and the sha256 of the serialized model (the ``.onnx`` file's
     bytes; external data files are not hashed). With ``lazy_digest`` the file is hashed on a
     background thread while the caller goes on, and the digest comes as a function that waits
-    for it (raising MpqError where the file could not be read to the end). Initializers of a file whose ``raw_data`` is
-    longer than ``_LEAVE_IN_FILE`` bytes come back as external data pointing into the file itself,
+    for it (raising MpqError where the file could not be read to the end); without ``digest`` the
+    file is not hashed and None comes back (a caller that only reads the graph). Initializers of a
+    file whose ``raw_data`` is longer than ``_LEAVE_IN_FILE`` bytes come back as external data pointing into the file itself,
     so parsing costs the memory of the graph, not of the weights. Raises MpqError for a missing, unreadable or
     non-ONNX file.
     """
     if isinstance(model, onnx.ModelProto):
-        digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
         _check_is_model(model, "the given ModelProto")
-        return model, None, digest
+        return model, None, hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest() if digest else None
     path = Path(model)
     if not path.exists():
         raise MpqError(f"{path}: no such file; give the path of an .onnx model")
@@ -49,7 +50,7 @@ def read_model(model: str | os.PathLike | onnx.ModelProto, *,
     if not path.is_file():  # a device or a pipe: /dev/zero would be read until memory runs out
         raise MpqError(f"{path}: is a device, pipe or socket, not a file; give the path of an .onnx model file")
     try:
-        digest = _sha256_in_background(path) if lazy_digest else _sha256(path)
+        sha = (_sha256_in_background(path) if lazy_digest else _sha256(path)) if digest else None
         data = _lean_bytes(path)
         if data is None:
             data = path.read_bytes()
@@ -63,7 +64,7 @@ def read_model(model: str | os.PathLike | onnx.ModelProto, *,
             f"{path}: not a valid ONNX model (protobuf parse failed: {e}); the file is truncated "
             "or not ONNX, export it again") from None
     _check_is_model(proto, str(path))
-    return proto, path.parent, digest
+    return proto, path.parent, sha
 
 
 def _sha256(path: Path) -> str:
@@ -533,7 +534,7 @@ def model_inputs(model: str | Path) -> dict[str, tuple]:
     """The ONNX ``model``'s graph inputs that are not initializers: name -> (numpy dtype or None
     where the model leaves it open, dims), each dim an int (fixed) or None (symbolic, or <= 0 as
     some exporters write unknown ones). MpqError for a missing or non-ONNX file."""
-    graph = read_model(model)[0].graph
+    graph = read_model(model, digest=False)[0].graph  # the graph only: no hash of the file
     stored = {t.name for t in graph.initializer}
     out = {}
     for value in graph.input:
