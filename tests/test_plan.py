@@ -146,18 +146,25 @@ def test_sorted_key_counts_by_binary_search_and_by_runs_equal_bincount(n, keys, 
 
 def test_level_counts_skip_clipping_only_where_the_peak_fits():
     """Given max |w| (grid.abs_stats), a grid on which +-peak land inside the levels is counted
-    without clipping: the counts equal the definition whether the peak fits, sits exactly on the
-    top level's edge, or overflows (then the grid is clipped)."""
+    without clipping, one whose levels fit int16 is clipped on the integers, others as float32:
+    the counts equal the definition whether the peak fits, sits exactly on the top level's edge,
+    overflows, or lies beyond int16's range, and whether the peak is given or not."""
     rng = np.random.default_rng(5)
     w = (rng.standard_t(3, size=300_007) * 0.02).astype(np.float32)
     mean, peak = grid.abs_stats(w)
     assert mean == grid.mean_abs(w) and peak == float(np.abs(w).max())
     qn8 = 2 ** 7
     exact_top = float(peak / np.float32(qn8 - 1))  # step where peak lands on level 127's upper edge or near it
-    for steps in ({4: 0.3 * peak, 8: 2 * peak / 250}, {8: exact_top}, {2: peak / 10, 8: peak / 300}):
-        counts = grid.level_counts(w, steps, peak=peak)
-        for b, step in steps.items():
-            assert (counts[b] == direct_counts(w, step, b)).all(), (steps, b)
+    tiny = peak / 40_000  # y beyond int16's range: clipped as float32
+    for steps in ({4: 0.3 * peak, 8: 2 * peak / 250}, {8: exact_top}, {2: peak / 10, 8: peak / 300},
+                  {4: tiny, 8: tiny}, {4: peak / 20, 15: peak / 20_000}, {16: peak / 40_000}):
+        for known_peak in (peak, None):
+            counts = grid.level_counts(w, steps, peak=known_peak)
+            for b, step in steps.items():
+                assert (counts[b] == direct_counts(w, step, b)).all(), (steps, b, known_peak)
+    assert [grid._clipping(b, np.float32(1 / s), peak) for b, s in ((4, peak / 20), (8, 2 * peak / 250),
+                                                                    (4, tiny), (16, peak / 40_000))] \
+        == ["int16", "none", "float", "float"]
     nan = w.copy()
     nan[7] = np.nan
     assert np.isnan(grid.abs_stats(nan)[1])

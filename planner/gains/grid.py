@@ -102,9 +102,8 @@ def _packs(grids: list[tuple]) -> list[list[tuple]]:
 def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float | None = None) -> None:
     """Add to ``counts`` the levels of ``grids`` [(bits, values, float32 1/step)], whose 2^bits
     multiply to at most 2^16, reading each distinct ``values`` once in chunks of SORT_CHUNK.
-    With ``peak`` (max |values|), a grid whose y = w * (1/step) + Q_N + 1/2 stays within
-    [0, 2^bits - 1/2] at w = -peak and w = peak is not clipped: float32 rounding is monotone, so
-    every weight's y lies between those two.
+    With ``peak`` (max |values|), a grid is clipped as cheaply as the peak allows: not at all,
+    or on int16 levels instead of float32 y (see :func:`_clipping`).
 
     Each chunk's packed keys are sorted and the number of each key added to a histogram of the
     keys (2^(sum of bits) counts, see :func:`_add_sorted_counts`); each grid's counts are that
@@ -115,7 +114,7 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float
     slot = [next(k for k, v in enumerate(sources) if v is values) for _, values, _ in grids]
     by_key = np.zeros(1 << sum(bits for bits, *_ in grids), dtype=np.int64)
     y, key, index = np.empty(size, np.float32), np.empty(size, np.uint16), np.empty(size, np.uint16)
-    clips = [not _inside(bits, inverse, peak) for bits, _, inverse in grids]
+    clips = [_clipping(bits, inverse, peak) for bits, _, inverse in grids]
     for chunk in zip(*(chunks(values, size) for values in sources)):
         n = chunk[0].size
         y_n, key_n, index_n = y[:n], key[:n], index[:n]
@@ -123,9 +122,15 @@ def _count_packed(grids: list[tuple], counts: dict[int, np.ndarray], peak: float
         for (bits, _, inverse), k, clip in zip(grids, slot, clips):
             np.multiply(chunk[k], inverse, out=y_n, dtype=np.float32)
             y_n += np.float32(qrange(bits)[0] + 0.5)
-            if clip:
+            level = key_n if place == 1 else index_n
+            if clip == "float":
                 np.clip(y_n, np.float32(0), np.float32(2 ** bits - 0.5), out=y_n)
-            np.copyto(key_n if place == 1 else index_n, y_n, casting="unsafe")  # truncation = floor for y >= 0
+            if clip == "int16":  # truncate, then clip the integers: the same levels, fewer bytes to clip
+                signed = level.view(np.int16)
+                np.copyto(signed, y_n, casting="unsafe")
+                np.clip(signed, 0, 2 ** bits - 1, out=signed)
+            else:
+                np.copyto(level, y_n, casting="unsafe")  # truncation = floor for y >= 0
             if place > 1:
                 index_n *= np.uint16(place)
                 key_n += index_n
@@ -154,12 +159,23 @@ def _add_sorted_counts(keys: np.ndarray, by_key: np.ndarray) -> None:
     by_key[keys[edges[:-1]]] += np.diff(edges)  # the keys at run starts are distinct
 
 
-def _inside(bits: int, inverse: np.float32, peak: float | None) -> bool:
-    """True where every |w| <= ``peak`` lands inside the b-bit levels without clipping."""
+def _clipping(bits: int, inverse: np.float32, peak: float | None) -> str:
+    """How the counting loop keeps the b-bit levels of weights |w| <= ``peak`` in range:
+    "none" where y = w * inverse + Q_N + 1/2 stays within [0, 2^b - 1/2] at w = -peak and
+    w = peak (float32 rounding is monotone, so every weight's y lies between those two);
+    "int16" where y stays strictly within int16's range (and b <= 15): y truncated to int16 and
+    the integers clipped to [0, 2^b - 1], which gives the levels of the float clip to
+    [0, 2^b - 1/2] followed by the truncation (every y < 0 becomes 0 either way); else "float"
+    (no finite peak known: clip y, then truncate)."""
     if peak is None or not np.isfinite(peak):
-        return False
+        return "float"
     offset = np.float32(qrange(bits)[0] + 0.5)  # float32 scalars: the same roundings as the counting loop
-    return bool(np.float32(-peak) * inverse + offset >= 0 and np.float32(peak) * inverse + offset <= np.float32(2 ** bits - 0.5))
+    low, high = np.float32(-peak) * inverse + offset, np.float32(peak) * inverse + offset
+    if low >= 0 and high <= np.float32(2 ** bits - 0.5):
+        return "none"
+    if bits <= 15 and low > -32768 and high < 32767:
+        return "int16"
+    return "float"
 
 
 def entropy(counts: np.ndarray) -> float:
