@@ -68,11 +68,13 @@ class FrontierResult:
 
 def frontier(setup: Setup, *, metric: str | None = None, between: tuple[int, int] | None = None, points: int = 11,
              gains: list[str] = ("eagl",), gain_options: dict | None = None, time_limit_s: float = 60.0,
-             resume=None, inputs: list | None = None, force: bool = False, progress=None) -> FrontierResult:
+             resume=None, inputs: list | None = None, force: bool = False, progress=None,
+             workers: int | None = None) -> FrontierResult:
     """Optimal plans of ``setup`` at ``points`` budgets of ``metric`` (default: the cost model's
     first) evenly spaced from the cheapest plan to the dearest (or uniform ``between`` bits), one
     curve per gain method. ``resume`` (a JobStore or None) keeps finished points, so a rerun
-    resumes; ``progress(done, total)`` follows the solves. With ``inputs`` (feeds: lists of
+    resumes; ``progress(done, total)`` follows the solves, ``workers`` of them at once (threads;
+    default: one per CPU; the points are the same whatever the number). With ``inputs`` (feeds: lists of
     {input name: array}), every plan's QDQ export is scored post-training against the float model
     in onnxruntime. Raises MpqError for an unknown metric or gains."""
     from planner.gains.registry import Source, estimate
@@ -86,7 +88,8 @@ def frontier(setup: Setup, *, metric: str | None = None, between: tuple[int, int
                   for m in methods]
     fractions = [round(k / (points - 1), 9) for k in range(points)]
     result = sweep(table, gains_list, metric, fractions, between=between, checkpoint=resume,
-                   key_prefix=frontier_key(setup, time_limit_s), progress=progress, time_limit_s=time_limit_s)
+                   key_prefix=frontier_key(setup, time_limit_s), progress=progress, time_limit_s=time_limit_s,
+                   workers=workers)
     uniform = {}
     for b in (2, 4, 8):
         choice = table.uniform(b)

@@ -50,19 +50,13 @@ def test_unknown_option_is_one_line():
     assert_user_error(mpq("inspect", "--frobnicate"), "No such option")
 
 
-def test_ctrl_c_stops_a_cpsat_solve_at_once():
-    """Ctrl-C during a CP-SAT search raises KeyboardInterrupt in the main thread within a moment
-    (CP-SAT's own handler would end the search as if its time were up and leave Python's handler
-    replaced)."""
-    import _thread
+def hard_cpsat_model():
+    """A CP-SAT model (1,500 groups of 3 options under 5 random knapsack budgets) and a solver on
+    2 workers with a 60 s limit, far from proved optimal in 0.3 s, with CP-SAT's SIGINT handling
+    off as planner.solve.knapsack sets it for every solve."""
     import random
-    import signal
-    import threading
-    import time
 
     from ortools.sat.python import cp_model
-
-    from planner.solve.knapsack import _solve_interruptibly
 
     rng = random.Random(1)
     model = cp_model.CpModel()
@@ -70,14 +64,29 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
     for options in x:
         model.add_exactly_one(options)
     variables = [v for options in x for v in options]
-    for _ in range(5):  # five random knapsack budgets: far from proved optimal in 0.3 s
+    for _ in range(5):
         weights = [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]
         model.add(cp_model.LinearExpr.weighted_sum(variables, weights) <= 1500 * 150)
     model.maximize(cp_model.LinearExpr.weighted_sum(variables, [rng.randint(1, 100) * (b + 1) for _ in x for b in range(3)]))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 60
     solver.parameters.num_workers = 2
-    solver.parameters.catch_sigint_signal = False  # as planner.solve.knapsack sets it for every solve
+    solver.parameters.catch_sigint_signal = False
+    return solver, model
+
+
+def test_ctrl_c_stops_a_cpsat_solve_at_once():
+    """Ctrl-C during a CP-SAT search raises KeyboardInterrupt in the main thread within a moment
+    (CP-SAT's own handler would end the search as if its time were up and leave Python's handler
+    replaced)."""
+    import _thread
+    import signal
+    import threading
+    import time
+
+    from planner.solve.knapsack import _solve_interruptibly
+
+    solver, model = hard_cpsat_model()
     timer = threading.Timer(0.3, _thread.interrupt_main)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh process has it
     start = time.perf_counter()
@@ -90,6 +99,29 @@ def test_ctrl_c_stops_a_cpsat_solve_at_once():
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_stop_event_ends_a_cpsat_search_in_a_worker_thread():
+    """A solve on a worker thread (a frontier point), where Ctrl-C never arrives, ends within a
+    moment once its ``stop`` event is set, with SearchStopped; set before, the search never starts."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from planner.solve.knapsack import SearchStopped, _solve_interruptibly
+
+    solver, model = hard_cpsat_model()
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        start = time.perf_counter()
+        future = pool.submit(_solve_interruptibly, solver, model, stop)
+        time.sleep(0.3)
+        stop.set()
+        with pytest.raises(SearchStopped):
+            future.result(timeout=10)
+        assert time.perf_counter() - start < 10
+        with pytest.raises(SearchStopped, match="before it began"):
+            pool.submit(_solve_interruptibly, *hard_cpsat_model(), stop).result(timeout=10)
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])

@@ -559,3 +559,41 @@ def test_frontier_resumes_from_its_checkpoint(exported, tmp_path):
                   progress=lambda d, t: calls.append(d))
     assert [p.objective for p in again[:2]] == [p.objective for p in first]
     assert len(JobStore(tmp_path / "ck.jsonl").done) == 3
+
+
+def test_frontier_points_do_not_depend_on_threads_and_ctrl_c_keeps_the_solved_ones(exported, tmp_path):
+    """The sweep solves its points on worker threads: they equal the one-thread sweep's (but for
+    solve times), in the same order. Ctrl-C (here a KeyboardInterrupt from the progress callback)
+    stops the searches still running, keeps every point already solved in the checkpoint, leaves
+    no worker thread behind, and a rerun on fewer threads resumes to the same points."""
+    import threading
+
+    from planner.jobs.store import JobStore
+    from planner.solve.frontier import sweep
+
+    graph = load_graph(exported("resnet18"))
+    table = cost_table(graph, load_spec("northpole"), load_cost_model("northpole"))
+    gains = [compute("eagl", graph, [2, 4, 8]), compute("params", graph, [2, 4, 8])]
+    fractions = [k / 8 for k in range(9)]
+
+    def plain(points):
+        return [{**p.to_json(), "solve_time_s": 0} for p in points]
+
+    serial = plain(sweep(table, gains, "latency_s", fractions, workers=1))
+    assert [(p["method"], p["fraction"]) for p in serial] == [(g.method, r) for g in gains for r in fractions]
+    assert plain(sweep(table, gains, "latency_s", fractions, workers=3)) == serial
+
+    def interrupt(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(table, gains, "latency_s", fractions, checkpoint=JobStore(tmp_path / "ck.jsonl"), progress=interrupt,
+              workers=3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("frontier")]
+    kept = JobStore(tmp_path / "ck.jsonl").done
+    assert 3 <= len(kept) < len(serial)
+    calls = []
+    resumed = sweep(table, gains, "latency_s", fractions, checkpoint=JobStore(tmp_path / "ck.jsonl"), workers=2,
+                    progress=lambda done, total: calls.append(done))
+    assert plain(resumed) == serial and calls == list(range(1, len(serial) + 1))

@@ -116,6 +116,8 @@ def _print_plan_summary(result, graph) -> None:
 @click.option("--csv", "csv_path", default=None, metavar="OUT.csv", help="Write the points as CSV "
               "(finished points are kept beside it in OUT.csv.partial.jsonl, so a rerun resumes).")
 @time_limit_option(" per point")
+@click.option("--workers", type=Number(int, 1, 256), default=None, metavar="N",
+              help="Points solved at once, on threads (default: one per CPU); the points do not depend on it.")
 @bits_restriction_option
 @input_shape_option
 @with_options(hw_pin_options)
@@ -125,7 +127,7 @@ def _print_plan_summary(result, graph) -> None:
                    "cosine of its QDQ export to the float model, beside the gain (table, JSON, CSV, plot).")
 @force_option
 def frontier(model, hw_name, cost_model, lut, metric, between_text, points, gains_names, step, mode, weighting, seed,
-             plot_path, csv_path, time_limit, restrict_bits, shape_texts, no_pin, pin_bits, as_json,
+             plot_path, csv_path, time_limit, workers, restrict_bits, shape_texts, no_pin, pin_bits, as_json,
              inputs_folder, force) -> None:
     """Optimal plans over a sweep of budgets, one curve per gain method (with --inputs, each plan's
     post-training fidelity to the float model, measured)."""
@@ -148,7 +150,7 @@ def frontier(model, hw_name, cost_model, lut, metric, between_text, points, gain
     with Progress(len(methods) * points, "frontier", unit="point") as bar:
         result = pipeline.frontier(setup, metric=metric, between=between(between_text), points=points, gains=methods,
                                    gain_options=gain_options(step, mode, weighting, seed), time_limit_s=time_limit,
-                                   resume=store, inputs=feeds, force=force,
+                                   resume=store, inputs=feeds, force=force, workers=workers,
                                    progress=lambda done, total: bar.update(1))
     if store:
         note_unused(store)

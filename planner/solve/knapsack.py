@@ -26,6 +26,7 @@ and the signs of the gains.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -120,13 +121,17 @@ def check_feasible(costs: Costs, budgets: dict[str, float]) -> None:
 
 
 def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: str = "cpsat",
-          time_limit_s: float = 60.0, workers: int = 1) -> Solution:
+          time_limit_s: float = 60.0, workers: int = 1, stop: threading.Event | None = None) -> Solution:
     """Maximise total gain under ``budgets`` ({metric: limit}); see the module docstring.
 
     ``gains[g]`` must give a value for every option in ``costs[g]``. Every gain, cost and limit
     must be a finite number. A limit above the dearest plan's total constrains nothing: it is
     solved as that total (every plan meets it), so huge limits (1e300) cannot overflow the
     integer model. Raises MpqError when an input is not finite or the budgets cannot be met.
+
+    ``stop``: for solves run beside others in worker threads; once it is set, the CP-SAT search in
+    progress is stopped and :class:`SearchStopped` raised (in the main thread Ctrl-C does that
+    without it, as a KeyboardInterrupt).
     """
     start = time.perf_counter()
     _check_finite(gains, costs, budgets)
@@ -136,10 +141,10 @@ def solve(gains: GainTable, costs: Costs, budgets: dict[str, float], *, method: 
     if method == "knapsack":
         solution = _knapsack(gains, costs, budgets, time_limit_s)
         if solution is None:
-            solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
+            solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop)
             solution.method = "cp-sat (the knapsack's integer weights were too coarse for this budget)"
     elif method == "cpsat":
-        solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers)
+        solution = _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop)
     else:
         raise MpqError(f"unknown solver method '{method}'; use cpsat or knapsack")
     solution.wall_time_s = time.perf_counter() - start
@@ -310,7 +315,7 @@ def objective(gains: GainTable, bits: list[int]) -> float:
 # CP-SAT
 
 
-def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
+def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop=None) -> Solution:
     """Exact solve by rounds: CP-SAT on the options whose Lagrangian reduced cost is within a
     margin, the margin widened tenfold until it covers the gap between the Lagrangian bound and
     the best plan found. A plan better than the incumbent can only use options whose reduced cost
@@ -351,7 +356,7 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers) -> Solution:
         return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed,
                                                 known if optimum_allowed else incumbent,
                                                 max(0.1, deadline - time.perf_counter()), workers,
-                                                hint_is_unique_optimum=optimum_allowed)
+                                                hint_is_unique_optimum=optimum_allowed, stop=stop)
 
     def widen(margin):
         if margin * 10 >= upper - lower:
@@ -406,7 +411,7 @@ def _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers,
-                 hint_is_unique_optimum: bool = False):
+                 hint_is_unique_optimum: bool = False, stop: threading.Event | None = None):
     """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales).
 
     ``hint_is_unique_optimum``: the hint is the round's only optimum (see ``_unique_optimum``), so
@@ -460,7 +465,7 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     parameters.catch_sigint_signal = False  # Ctrl-C goes to Python: see _solve_interruptibly
     solver = helper.SolveWrapper()
     solver.set_parameters(parameters)
-    response = _solve_interruptibly(solver, model)
+    response = _solve_interruptibly(solver, model, stop)
     name = response.status.name
     if response.status not in (helper.CpSolverStatus.OPTIMAL, helper.CpSolverStatus.FEASIBLE):
         return None, name, -math.inf, scales
@@ -482,14 +487,20 @@ def _add_terms(row, coefficients: list[int]) -> None:
     row.coeffs.extend(coefficients[k] for k in kept)
 
 
-def _solve_interruptibly(solver, model):
+class SearchStopped(Exception):
+    """A solve's ``stop`` event was set (see :func:`solve`): its search was stopped, no plan."""
+
+
+def _solve_interruptibly(solver, model, stop: threading.Event | None = None):
     """``solver.solve(model)`` (a CP-SAT ``SolveWrapper`` and a ``CpModelProto``; its response) in
     a helper thread, so that Ctrl-C reaches this (main) thread as a KeyboardInterrupt at once: the
     search is stopped and the interrupt re-raised. CP-SAT's own SIGINT handling must be off
     (``catch_sigint_signal``): it would end the search as if its time were up, and leave Python's
-    handler replaced."""
-    import threading
-
+    handler replaced. Called from a worker thread, where no KeyboardInterrupt arrives, ``stop``
+    does the same: once set (before or during the search), the search is stopped and
+    :class:`SearchStopped` raised."""
+    if stop is not None and stop.is_set():
+        raise SearchStopped("the search was stopped before it began")
     result: dict = {}
     done = threading.Event()  # not Thread.join: an interrupted join can leave the thread looking finished
 
@@ -504,7 +515,10 @@ def _solve_interruptibly(solver, model):
     threading.Thread(target=work, name="cp-sat", daemon=True).start()
     try:
         while not done.wait(0.05):
-            pass
+            if stop is not None and stop.is_set():
+                solver.stop_search()
+                done.wait()
+                raise SearchStopped("the search was stopped")
     except KeyboardInterrupt:
         solver.stop_search()
         while not done.wait(0.05):
