@@ -53,7 +53,8 @@ def sweep(table: CostTable, gains_list: list[Gains], metric: str, fractions: lis
 
     Points not in ``checkpoint`` are solved on ``workers`` threads (default: one per CPU), each
     point on its own: the same points whatever the number of threads, as CP-SAT searches on one
-    worker each and no point starts from another's plan. Each point is checkpointed as soon as it
+    worker each and no point starts from another's plan (unless a search ends at its time limit,
+    whose plan depends on the machine's speed on one thread too). Each point is checkpointed as soon as it
     is solved; ``progress(done, total)`` is called after each (checkpointed points first), from
     the calling thread. On Ctrl-C (or an error in one point) the searches still running are
     stopped, the points already solved are checkpointed, and the exception re-raised."""
