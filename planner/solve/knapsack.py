@@ -18,7 +18,10 @@ a feasible plan, options that provably cannot be part of a better plan are fixed
 (reduced-cost fixing). Before the first CP-SAT round of 100 or more free groups, an exhaustive
 enumeration near the Lagrangian bound (``near_lagrangian``) looks for the optimum; when it finds it
 and it is the only optimum, CP-SAT's rounds get it as their hint (the rounds themselves, and so the
-plan and the solver record, are those without it). The paper's case (two precisions, one budget)
+plan and the solver record, are those without it). A round with one budget that CP-SAT has not
+proved within a fixed amount of deterministic work (instances with many near-equal groups, such as
+an LLM's blocks, where the proof can take minutes) is finished by an exact dynamic programme on
+the same integers (``one_budget``). The paper's case (two precisions, one budget)
 can also go to OR-Tools' 0-1 knapsack solver (``method="knapsack"``), after the same dominance
 reduction, which makes every item's weight and profit positive whatever the order of the costs
 and the signs of the gains.
@@ -42,6 +45,7 @@ _GAIN_GRID = 2.0 ** 40   # integer units of the largest gain magnitude
 _TOLERANCE = 1e-9        # relative room of a budget for floating-point rounding
 _MAX_COEFFICIENT_SUM = 2.0 ** 60  # keep CP-SAT's linear sums far from int64 overflow
 _SEARCH_FROM = 100       # free groups of a CP-SAT round from which the optimum is first enumerated
+_ONE_BUDGET_WORK = 1.0   # CP-SAT deterministic time of a one-budget round before the programme certifies it
 
 
 @dataclass
@@ -343,6 +347,8 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop=None) -> 
     else:
         margin = max((upper - lower) / 1000, 1e-12 * (abs(upper) + 1.0))
 
+    certified = []  # one entry per round whose optimum the one-budget programme certified
+
     def solve_round(margin):
         nonlocal known, searched
         allowed = [sorted({b for b in opts if reduced[g][b] <= margin} | ({incumbent[g]} if incumbent else set()))
@@ -356,7 +362,8 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop=None) -> 
         return allowed, complete, *_cpsat_round(gains, costs, budgets, metrics, allowed,
                                                 known if optimum_allowed else incumbent,
                                                 max(0.1, deadline - time.perf_counter()), workers,
-                                                hint_is_unique_optimum=optimum_allowed, stop=stop)
+                                                hint_is_unique_optimum=optimum_allowed, stop=stop,
+                                                certified=certified)
 
     def widen(margin):
         if margin * 10 >= upper - lower:
@@ -375,9 +382,10 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop=None) -> 
             if incumbent is None:
                 raise MpqError(f"no plan found within {time_limit_s:g} s (solver status {status}); raise --time-limit")
             bound = min(upper, round_bound) if covers else upper
-            return _solution(gains, costs, incumbent, "FEASIBLE", max(bound, lower), allowed, scales, metrics)
+            return _solution(gains, costs, incumbent, "FEASIBLE", max(bound, lower), allowed, scales, metrics,
+                             certified)
         if covers:
-            return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
+            return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics, certified)
         margin = widen(margin)
         jump = margin
         while jump < upper - lower + 1e-12 * (abs(upper) + 1.0):
@@ -388,7 +396,8 @@ def _cpsat(gains, costs, budgets, metrics, time_limit_s, workers, stop=None) -> 
             allowed, _, bits, status, _, scales = solve_round(jump)
             if status == "OPTIMAL" and time.perf_counter() < deadline:
                 if bits is None or objective(gains, bits) <= lower:
-                    return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics)
+                    return _solution(gains, costs, incumbent, "OPTIMAL", lower, allowed, scales, metrics,
+                                     certified)
                 best_known = objective(gains, bits)  # the optimum: go on round by round until reached
 
 
@@ -411,12 +420,21 @@ def _unique_optimum(gains, costs, options, budgets, metrics, lam, reduced, upper
 
 
 def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, workers,
-                 hint_is_unique_optimum: bool = False, stop: threading.Event | None = None):
+                 hint_is_unique_optimum: bool = False, stop: threading.Event | None = None,
+                 certified: list | None = None):
     """One CP-SAT solve over the allowed options; returns (bits or None, status, bound, scales).
+    A round whose optimum the one-budget programme certified (below) appends to ``certified``.
 
     ``hint_is_unique_optimum``: the hint is the round's only optimum (see ``_unique_optimum``), so
     only its proof is left: the LP-based search does that faster than the core-based one (about 2x
     on the 5,000-group benchmark), and with a single optimum the search cannot change the plan.
+
+    With one budget the search stops after ``_ONE_BUDGET_WORK`` units of CP-SAT's deterministic
+    time (about 0.6 s here; the same point of the search on any machine) and, if it has not proved
+    its plan optimal by then, the integer model's optimum comes from ``one_budget.best_plan``:
+    CP-SAT's plan when it has that gain (the plan the unlimited search ends with: it would only
+    have proved it), else the programme's. The round is then OPTIMAL. Where the programme gives up
+    (too many partial plans), the search runs again without the limit, as it would have.
 
     The model is written straight into CP-SAT's protocol buffer (one Boolean per free option,
     exactly one per group, one row per budget, the gain objective, the hint), as
@@ -447,11 +465,14 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     for m in metrics:
         half_tolerance = abs(budgets[m]) * _TOLERANCE / 2
         capacity = math.floor((budgets[m] + half_tolerance - base[m]) * cost_scale[m])
+        cost_coefficients = [round(costs[g][b][m] * cost_scale[m]) for g, b in keys]
         row = model.constraints.add().linear
-        _add_terms(row, [round(costs[g][b][m] * cost_scale[m]) for g, b in keys])
+        _add_terms(row, cost_coefficients)
         row.domain.extend((-2 ** 63, capacity))
-    _add_terms(model.objective, [-round(gains[g][b] * gain_scale) for g, b in keys])  # CP-SAT minimises
+    gain_coefficients = [round(gains[g][b] * gain_scale) for g, b in keys]
+    _add_terms(model.objective, [-c for c in gain_coefficients])  # CP-SAT minimises
     model.objective.scaling_factor = -1
+    one_budget_work = len(metrics) == 1 and bool(keys)
     if hint is not None and keys:
         model.solution_hint.vars.extend(range(len(keys)))
         model.solution_hint.values.extend(int(hint[g] == b) for g, b in keys)
@@ -463,21 +484,63 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     parameters.max_time_in_seconds = time_limit_s
     parameters.random_seed = 0
     parameters.catch_sigint_signal = False  # Ctrl-C goes to Python: see _solve_interruptibly
+    if one_budget_work:
+        parameters.max_deterministic_time = _ONE_BUDGET_WORK
+    started = time.perf_counter()
     solver = helper.SolveWrapper()
     solver.set_parameters(parameters)
     response = _solve_interruptibly(solver, model, stop)
-    name = response.status.name
-    if response.status not in (helper.CpSolverStatus.OPTIMAL, helper.CpSolverStatus.FEASIBLE):
+    name, solution = response.status.name, list(response.solution)
+    optimum = None
+    if one_budget_work and name in ("FEASIBLE", "UNKNOWN") and response.deterministic_time >= _ONE_BUDGET_WORK:
+        sizes = [len(options[g]) for g in free]
+        optimum = _one_budget_optimum(sizes, cost_coefficients, gain_coefficients, capacity, solution)
+        if optimum is None:  # the programme gave up: the search CP-SAT would have gone on with
+            parameters.max_deterministic_time = math.inf  # its default
+            parameters.max_time_in_seconds = max(0.1, time_limit_s - (time.perf_counter() - started))
+            solver = helper.SolveWrapper()
+            solver.set_parameters(parameters)
+            response = _solve_interruptibly(solver, model, stop)
+            name, solution = response.status.name, list(response.solution)
+        else:
+            name, solution = "OPTIMAL", optimum[1]
+            if certified is not None:
+                certified.append(len(free))
+    if name not in ("OPTIMAL", "FEASIBLE"):
         return None, name, -math.inf, scales
-    chosen = {keys[k] for k, value in enumerate(response.solution) if value}
+    chosen = {keys[k] for k, value in enumerate(solution) if value}
     bits = [options[g][0] if len(options[g]) == 1 else next(b for b in options[g] if (g, b) in chosen)
             for g in range(n)]
     spent = totals(costs, bits)
     if any(spent[m] > _slack(budgets[m]) for m in metrics):  # only where the grid had to be coarsened
         return None, "ROUNDING", -math.inf, scales
     fixed_gain = math.fsum(gains[g][options[g][0]] for g in fixed)
-    bound = fixed_gain + response.best_objective_bound / gain_scale + 0.5 * len(free) / gain_scale
+    best_bound = optimum[0] if optimum is not None else response.best_objective_bound
+    bound = fixed_gain + best_bound / gain_scale + 0.5 * len(free) / gain_scale
     return bits, name, bound, scales
+
+
+def _one_budget_optimum(sizes: list[int], cost_coefficients: list[int], gain_coefficients: list[int], capacity: int,
+                        solution: list[int]) -> tuple[int, list[int]] | None:
+    """(optimal integer gain, the values of the variables in an optimal plan) of a round's integer
+    model with one budget row (see ``_cpsat_round``: variables in group order, ``sizes`` of them
+    per free group, their cost and gain coefficients, the row's ``capacity``), by
+    ``one_budget.best_plan``: the ``solution`` CP-SAT holds when it reaches that gain, else the
+    programme's plan. None where the programme gives up."""
+    from planner.solve import one_budget
+
+    starts = np.cumsum([0] + sizes[:-1]).tolist()
+    found = one_budget.best_plan([cost_coefficients[k:k + size] for k, size in zip(starts, sizes)],
+                                 [gain_coefficients[k:k + size] for k, size in zip(starts, sizes)], capacity)
+    if found is None:
+        return None
+    value, picks = found
+    if solution and sum(c for c, x in zip(gain_coefficients, solution) if x) == value:
+        return value, solution
+    plan = [0] * len(gain_coefficients)
+    for k, pick in zip(starts, picks):
+        plan[k + pick] = 1
+    return value, plan
 
 
 def _add_terms(row, coefficients: list[int]) -> None:
@@ -541,11 +604,13 @@ def _cost_scale(costs, options, free, limit: float, metric: str) -> float:
     return scale if total <= _MAX_COEFFICIENT_SUM else _MAX_COEFFICIENT_SUM / total * scale
 
 
-def _solution(gains, costs, bits, status, bound, options, scales, metrics) -> Solution:
+def _solution(gains, costs, bits, status, bound, options, scales, metrics, certified=()) -> Solution:
     gain_scale, cost_scale, free, fixed = scales
     value = objective(gains, bits)
+    method = "cp-sat" if not certified else (
+        f"cp-sat; {len(certified)} round(s) proved optimal by the one-budget dynamic programme")
     return Solution(bits=bits, status=status, objective=value, bound=max(bound, value), wall_time_s=0.0,
-                    method="cp-sat", totals=totals(costs, bits), gain_error_bound=free / gain_scale,
+                    method=method, totals=totals(costs, bits), gain_error_bound=free / gain_scale,
                     budget_slack_bound={m: max(0.5 * free / cost_scale[m], 0.0) for m in metrics}, fixed_groups=fixed)
 
 
