@@ -84,3 +84,28 @@ def test_plan_on_external_data_model(decoder, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
     assert doc["solver"]["status"] == "OPTIMAL" and len(doc["groups"]) == 8 * 6 + 1
+
+
+def test_eagl_leaves_the_cpu_that_hashes_the_model(decoder, monkeypatch):
+    """While the model file is still hashed on a background thread (mpq plan), EAGL's default
+    takes one thread fewer than the CPUs; once the hash is done, one per CPU."""
+    import concurrent.futures
+    import os
+
+    from planner.graph.onnxfile import _sha256_in_background
+
+    graph = load_graph(decoder[0], {"input_ids": (1, 32)})
+    pending = _sha256_in_background(decoder[0])
+    assert len(graph.model.sha256) == 64 and graph.model.hashing() is False  # read: done
+    graph.model.sha256 = pending
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    pools = []
+    real_pool = concurrent.futures.ThreadPoolExecutor
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor",
+                        lambda n, **kw: pools.append(n) or real_pool(n, **kw))
+    monkeypatch.setattr(pending, "running", lambda: True)
+    first = eagl(graph, [2, 4, 8])
+    assert pools == []  # one thread: the hash takes the other CPU
+    monkeypatch.setattr(pending, "running", lambda: False)
+    assert eagl(graph, [2, 4, 8]).by_group == first.by_group and pools == [2]
+    assert len(graph.model.sha256) == 64 and graph.model.hashing() is False

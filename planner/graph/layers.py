@@ -130,6 +130,11 @@ class ModelInfo:
         """Pickled and copied with the digest itself (never the function that waits for it)."""
         return {**self.__dict__, "_sha256": self.sha256}
 
+    def hashing(self) -> bool:
+        """True while the model file is still being hashed on a background thread (a CPU busy)."""
+        pending = self.__dict__.get("_sha256")
+        return callable(pending) and bool(getattr(pending, "running", lambda: False)())
+
 
 @dataclass
 class LayerGraph:

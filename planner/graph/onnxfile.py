@@ -78,8 +78,9 @@ def _sha256(path: Path) -> str:
 
 def _sha256_in_background(path: Path) -> Callable[[], str]:
     """Start hashing ``path`` on a daemon thread (hashlib releases the GIL while it hashes);
-    returns a function that waits for the hex digest. Raises OSError where the file cannot be
-    opened; the function raises MpqError where reading it failed later."""
+    returns a function that waits for the hex digest, whose ``running()`` says whether the thread
+    still hashes. Raises OSError where the file cannot be opened; the function raises MpqError
+    where reading it failed later."""
     import threading
 
     handle = open(path, "rb")
@@ -105,6 +106,7 @@ def _sha256_in_background(path: Path) -> Callable[[], str]:
             raise MpqError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})")
         return str(result["digest"])
 
+    wait.running = thread.is_alive  # whether the hash still takes a CPU (see ModelInfo.hashing)
     return wait
 
 
