@@ -41,6 +41,7 @@ def test_best_plan_gives_up_beyond_its_state_limit_and_handles_int64_sums():
     costs = [[0, 1 << k] for k in range(12)]  # 4,096 distinct totals, all fitting: every partial plan is kept
     gains = [[0, 1 << k] for k in range(12)]
     assert one_budget.best_plan(costs, gains, 1 << 13, max_states=1000) is None
+    assert one_budget.best_plan(costs, gains, 1 << 13, max_work=5000) is None
     assert one_budget.best_plan(costs, gains, 1 << 13)[0] == (1 << 12) - 1
     big = 1 << 58  # sums beyond float64's integers: still exact
     value, picks = one_budget.best_plan([[big, big + 1], [big, big + 1]], [[1, 2], [1, 2]], 2 * big + 1)

@@ -21,15 +21,16 @@ import numpy as np
 
 
 def best_plan(costs: list[list[int]], gains: list[list[int]], capacity: int,
-              max_states: int = 300_000) -> tuple[int, list[int]] | None:
+              max_states: int = 300_000, max_work: int = 10_000_000) -> tuple[int, list[int]] | None:
     """(optimal total gain, the option index chosen per group) of: one option k per group g,
     sum of ``costs[g][k]`` at most ``capacity``, greatest sum of ``gains[g][k]``; among optimal
     plans the cheapest, then the one kept first (lower option indices in later groups).
 
     Coefficients are integers whose sums fit int64 (the CP-SAT model's own bound). None when no
-    plan meets the capacity, or when more than ``max_states`` partial plans would have to be kept
-    after some group (the caller then needs another method). Time O(sum over groups of options x
-    partial plans kept x log)."""
+    plan meets the capacity, or when the programme gives up: more than ``max_states`` partial
+    plans would have to be kept after some group, or more than ``max_work`` extended partial plans
+    examined in all (about 0.5 s; the caller then needs another method). Time O(sum over groups of
+    options x partial plans kept x log)."""
     n = len(costs)
     cheapest = [min(c) for c in costs]
     rest = np.zeros(n + 1, dtype=np.int64)  # rest[g]: least cost of groups g.. (rest[n] = 0)
@@ -40,11 +41,15 @@ def best_plan(costs: list[list[int]], gains: list[list[int]], capacity: int,
     cost = np.zeros(1, dtype=np.int64)
     gain = np.zeros(1, dtype=np.int64)
     steps: list[tuple[np.ndarray, np.ndarray]] = []
+    work = 0
     for g in range(n):
         option_cost = np.asarray(costs[g], dtype=np.int64)
         option_gain = np.asarray(gains[g], dtype=np.int64)
         all_cost = (cost[None, :] + option_cost[:, None]).ravel()  # option-major: option k, state i at k * n + i
         all_gain = (gain[None, :] + option_gain[:, None]).ravel()
+        work += all_cost.size
+        if work > max_work:
+            return None
         parents = np.tile(np.arange(cost.size), option_cost.size)
         choices = np.repeat(np.arange(option_cost.size), cost.size)
         fits = np.flatnonzero(all_cost + rest[g + 1] <= capacity)
