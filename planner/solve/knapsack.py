@@ -434,7 +434,9 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     its plan optimal by then, the integer model's optimum comes from ``one_budget.best_plan``:
     CP-SAT's plan when it has that gain (the plan the unlimited search ends with: it would only
     have proved it), else the programme's. The round is then OPTIMAL. Where the programme gives up
-    (too many partial plans), the search runs again without the limit, as it would have.
+    (too many partial plans), the search runs again without the limit, as it would have. Once a
+    round of a solve needed the programme, the solve's later one-budget rounds ask the programme
+    first (CP-SAT searches only where it gives up): their instance is one where CP-SAT is slow.
 
     The model is written straight into CP-SAT's protocol buffer (one Boolean per free option,
     exactly one per group, one row per budget, the gain objective, the hint), as
@@ -486,26 +488,16 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     parameters.catch_sigint_signal = False  # Ctrl-C goes to Python: see _solve_interruptibly
     if one_budget_work:
         parameters.max_deterministic_time = _ONE_BUDGET_WORK
-    started = time.perf_counter()
-    solver = helper.SolveWrapper()
-    solver.set_parameters(parameters)
-    response = _solve_interruptibly(solver, model, stop)
-    name, solution = response.status.name, list(response.solution)
+    sizes = [len(options[g]) for g in free]
     optimum = None
-    if one_budget_work and name in ("FEASIBLE", "UNKNOWN") and response.deterministic_time >= _ONE_BUDGET_WORK:
-        sizes = [len(options[g]) for g in free]
-        optimum = _one_budget_optimum(sizes, cost_coefficients, gain_coefficients, capacity, solution)
-        if optimum is None:  # the programme gave up: the search CP-SAT would have gone on with
-            parameters.max_deterministic_time = math.inf  # its default
-            parameters.max_time_in_seconds = max(0.1, time_limit_s - (time.perf_counter() - started))
-            solver = helper.SolveWrapper()
-            solver.set_parameters(parameters)
-            response = _solve_interruptibly(solver, model, stop)
-            name, solution = response.status.name, list(response.solution)
-        else:
+    if one_budget_work and certified:  # an earlier round of this solve was slow: the programme first
+        optimum = _one_budget_optimum(sizes, cost_coefficients, gain_coefficients, capacity, [])
+        if optimum is not None:
+            certified.append(len(free))
             name, solution = "OPTIMAL", optimum[1]
-            if certified is not None:
-                certified.append(len(free))
+    if optimum is None:
+        name, solution, optimum, response = _search(helper, model, parameters, time_limit_s, stop, one_budget_work,
+                                                    sizes, cost_coefficients, gain_coefficients, capacity, certified)
     if name not in ("OPTIMAL", "FEASIBLE"):
         return None, name, -math.inf, scales
     chosen = {keys[k] for k, value in enumerate(solution) if value}
@@ -518,6 +510,33 @@ def _cpsat_round(gains, costs, budgets, metrics, options, hint, time_limit_s, wo
     best_bound = optimum[0] if optimum is not None else response.best_objective_bound
     bound = fixed_gain + best_bound / gain_scale + 0.5 * len(free) / gain_scale
     return bits, name, bound, scales
+
+
+def _search(helper, model, parameters, time_limit_s: float, stop, one_budget_work: bool, sizes: list[int],
+            cost_coefficients: list[int], gain_coefficients: list[int], capacity: int, certified: list | None):
+    """A round's CP-SAT search (see ``_cpsat_round``): (status name, the variables' values, the
+    one-budget programme's optimum or None, CP-SAT's response). A one-budget search stopped at
+    ``_ONE_BUDGET_WORK`` is finished by the programme (the round is then OPTIMAL and appends its
+    free group count to ``certified``) or, where the programme gives up, run again without that
+    limit within what is left of ``time_limit_s``."""
+    started = time.perf_counter()
+    solver = helper.SolveWrapper()
+    solver.set_parameters(parameters)
+    response = _solve_interruptibly(solver, model, stop)
+    name, solution = response.status.name, list(response.solution)
+    if not (one_budget_work and name in ("FEASIBLE", "UNKNOWN") and response.deterministic_time >= _ONE_BUDGET_WORK):
+        return name, solution, None, response
+    optimum = _one_budget_optimum(sizes, cost_coefficients, gain_coefficients, capacity, solution)
+    if optimum is not None:
+        if certified is not None:
+            certified.append(len(sizes))
+        return "OPTIMAL", optimum[1], optimum, response
+    parameters.max_deterministic_time = math.inf  # its default: the search CP-SAT would have gone on with
+    parameters.max_time_in_seconds = max(0.1, time_limit_s - (time.perf_counter() - started))
+    solver = helper.SolveWrapper()
+    solver.set_parameters(parameters)
+    response = _solve_interruptibly(solver, model, stop)
+    return response.status.name, list(response.solution), None, response
 
 
 def _one_budget_optimum(sizes: list[int], cost_coefficients: list[int], gain_coefficients: list[int], capacity: int,
