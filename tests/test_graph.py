@@ -213,6 +213,21 @@ def test_minus_one_dims_are_symbolic(exported, built, tmp_path):
     _assert_counts_match(graph, *built("resnet18"))
 
 
+
+def test_declared_output_shapes_do_not_override_the_given_input_shapes(exported, built, tmp_path):
+    """A model exported at batch 1 whose input was made dynamic afterwards (its output still
+    declares 1x1000), costed at batch 3: every layer, the classifier too, runs at batch 3, as the
+    torch module counts it at batch 3."""
+    model = onnx.load(str(exported("resnet18")))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 1000]
+    onnx.save(model, str(tmp_path / "batch_made_dynamic.onnx"))
+    graph = load_graph(tmp_path / "batch_made_dynamic.onnx", {model.graph.input[0].name: (3, 3, 224, 224)})
+    module, _ = built("resnet18")
+    macs, params = count_macs_params(module, (torch.randn(3, 3, 224, 224),))
+    assert graph.totals()["macs"] == macs and graph.totals()["params"] == params
+    assert graph.layers[-1].op_type == "Gemm" and graph.layers[-1].out_elems == 3 * 1000
+
 @pytest.mark.parametrize("where", ["onnx.shape_inference.infer_shapes", "onnxruntime.InferenceSession.run"])
 def test_a_bug_inside_shape_inference_stays_a_bug(monkeypatch, where):
     """Only errors about the model become MpqError (exit 2): a programming error injected into the

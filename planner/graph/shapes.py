@@ -145,6 +145,9 @@ def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
 def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
     """The model with its inputs fixed to ``input_shapes`` and without its large weights.
 
+    The graph outputs keep their element types but not their declared shapes: those were written
+    at export time (a batch of 1, say) and would override what inference derives from
+    ``input_shapes`` (ONNX keeps a declared dimension where it differs from the inferred one).
     Initializers of more than ``_KEEP_ELEMENTS`` elements, and external ones, become typed graph
     inputs (returned, so that a caller can feed them); their bytes are neither copied nor read.
     """
@@ -155,7 +158,7 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[o
     skeleton.functions.extend(model.functions)
     g = skeleton.graph
     g.node.extend(graph.node)
-    g.output.extend(graph.output)
+    g.output.extend(_without_shape(o) for o in graph.output)
     for value in graph_inputs(graph):
         elem = value.type.tensor_type.elem_type
         g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
@@ -168,6 +171,14 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[o
             g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
             stripped.append(tensor)
     return skeleton, stripped
+
+
+def _without_shape(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """``value`` with its tensor shape removed (other types unchanged)."""
+    value = onnx.ValueInfoProto.FromString(value.SerializeToString())
+    if value.type.HasField("tensor_type"):
+        value.type.tensor_type.ClearField("shape")
+    return value
 
 
 # Element types stored several to a byte (bits per element), which onnxruntime takes only as
