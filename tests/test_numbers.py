@@ -1,0 +1,39 @@
+"""Numbers mpq prints, checked against independent counts and formulas."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import mpq
+from planner.units import si
+
+_PREFIXES = {"T": 1e12, "G": 1e9, "M": 1e6, "K": 1e3, "": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def test_si_keeps_three_digits_below_each_prefix():
+    """Every value prints as a number below 1000 with a prefix, within 0.5% of the value (three
+    significant digits), also where rounding reaches the next prefix (999.6e6 is 1G)."""
+    values = [999.6e6, 999.96e3, 9.996e-7, 999.5, 1.5e-6, 4.61e6, 123456, 0.9996e-9, 2.5e-12, 7, 1e12, -999.7e3]
+    for value in values:
+        text = si(value, "s")
+        number, prefix = re.fullmatch(r"(-?[0-9.e+-]+?)([TGMKmun]?)s", text).groups()
+        assert abs(float(number) * _PREFIXES[prefix] - value) <= 5e-3 * abs(value), (value, text)
+        if abs(value) >= 1e-9:
+            assert "e" not in number and abs(float(number)) < 1000, (value, text)
+    assert si(999.6e6) == "1G" and si(1.5e-6, "s") == "1.5us" and si(0.9996e-9, "s") == "1ns"
+
+
+def test_inspect_prints_a_conv_just_below_a_billion_macs(tmp_path):
+    """A 3x3 conv, 64 -> 64 channels on 113x240 (padding 1): 113 x 240 x 64 x 64 x 9 = 999,751,680
+    MACs, printed as 1G."""
+    weight = numpy_helper.from_array(np.zeros((64, 64, 3, 3), np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([conv], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 113, 240])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "conv.onnx"))
+    result = mpq("inspect", tmp_path / "conv.onnx")
+    assert result.returncode == 0, result.stderr
+    assert f"{113 * 240 * 64 * 64 * 9:,} MACs (1G)" in result.stdout
