@@ -5,9 +5,11 @@ import re
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from archs import count_macs_params
 from conftest import export, mpq
 from planner import load_graph
 from planner.units import si
@@ -63,3 +65,22 @@ def test_a_weight_used_by_two_layers_counts_once_in_the_total(tmp_path):
     weights = sum(p.numel() for name, p in module.named_parameters() if name.endswith("weight"))
     assert graph.totals()["params"] == weights == 16 * 32 + 32 * 32 + 32 * 4
     assert f"{weights:,} params" in mpq("inspect", path).stdout
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "bert"])
+def test_models_saved_after_onnxruntime_optimization_keep_their_layers(exported, built, arch, tmp_path):
+    """onnxruntime's extended optimizations fuse Conv + Relu into com.microsoft FusedConv and
+    MatMul + Transpose / scale into FusedMatMul; the saved model has the same layers, MACs and
+    weights as the torch module (counted with forward hooks, attention matmuls included)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported(arch)), options, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node if n.domain == "com.microsoft"}
+    assert fused & {"FusedConv", "FusedMatMul"}
+    graph = load_graph(options.optimized_model_filepath)
+    macs, params = count_macs_params(*built(arch))
+    assert (graph.totals()["macs"], graph.totals()["params"]) == (macs, params)
+    assert len(graph.layers) == len(load_graph(exported(arch)).layers)

@@ -1,7 +1,8 @@
 """ONNX model -> LayerGraph: the layers, their costs' raw counts, precision groups and pins.
 
 A *layer* is a node that multiplies an activation by a weight (or by another activation):
-Conv, ConvTranspose, Gemm, MatMul and their integer / QLinear forms. A *group* is a set of
+Conv, ConvTranspose, Gemm, MatMul, their integer / QLinear forms and onnxruntime's fused
+FusedConv / FusedGemm / FusedMatMul. A *group* is a set of
 layers that read the same activation (after walking back through precision-transparent ops)
 and so must run at one precision. *First* layers read a graph input with no other layer
 upstream; *last* layers reach a graph output through non-layer ops and have no other layer
@@ -28,8 +29,13 @@ from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_
 LAYER_OPS: dict[str, tuple[int, int]] = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
     "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
+    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1),
 }
-_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul"}
+# onnxruntime's fusions (a Conv or Gemm with its activation, a MatMul with a Transpose or a scale),
+# which models saved after onnxruntime's graph optimizations hold: Conv, Gemm and MatMul with the
+# same operands and attributes, in the com.microsoft domain. Every other layer op is ONNX's.
+_MICROSOFT_LAYER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul"})
 
 # Ops whose output carries its (first) input's values at the same precision: a quantizer
 # placed on either side is the same quantizer. Groups are found by walking back through them.
@@ -404,7 +410,8 @@ def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[
 def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
     """True for a layer op with at least one operand that is not constant. Raises MpqError
     for a layer op that lacks one of its two operands."""
-    if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
+    domains = ("com.microsoft",) if node.op_type in _MICROSOFT_LAYER_OPS else ("", "ai.onnx")
+    if node.op_type not in LAYER_OPS or node.domain not in domains:
         return False
     a, w = LAYER_OPS[node.op_type]
     if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
@@ -479,13 +486,15 @@ def _make_layer(node, activations: list[str], weight_operand: str | None, shapes
 def _macs(node, left: Shape, right: Shape, out: Shape) -> int:
     """Multiply-accumulates of one inference, from the shapes of the two operands and the output."""
     op = node.op_type
-    if op in ("Conv", "ConvInteger", "QLinearConv"):  # W: (M, C/g, k...)
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    if op in ("Conv", "ConvInteger", "QLinearConv", "FusedConv"):  # W: (M, C/g, k...)
         return math.prod(out) * math.prod(right[1:])
     if op == "ConvTranspose":  # W: (C, M/g, k...): every input element meets M/g * k... weights
         return math.prod(left) * math.prod(right[1:])
-    if op == "Gemm":
-        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        return math.prod(out) * (left[0] if trans_a else left[-1])
+    if op in ("Gemm", "FusedGemm"):
+        return math.prod(out) * (left[0] if attrs.get("transA") else left[-1])
+    if op == "FusedMatMul" and attrs.get("transA"):  # K is A's second-last dim, or its first where
+        return math.prod(out) * (left[0] if attrs.get("transBatchA") else left[-2])  # transBatchA moves it
     return math.prod(out) * (left[-1] if left else 1)  # MatMul: (..., M, K) @ (..., K, N)
 
 
