@@ -6,11 +6,10 @@ import re
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from archs import count_macs_params
-from conftest import export, mpq
+from conftest import mpq
 from planner import load_graph
 from planner.units import si
 
@@ -41,30 +40,6 @@ def test_inspect_prints_a_conv_just_below_a_billion_macs(tmp_path):
     result = mpq("inspect", tmp_path / "conv.onnx")
     assert result.returncode == 0, result.stderr
     assert f"{113 * 240 * 64 * 64 * 9:,} MACs (1G)" in result.stdout
-
-
-class _SharedBlock(torch.nn.Module):
-    """One Linear applied twice (weight sharing, as ALBERT's blocks or an unrolled recurrence)."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed, self.shared, self.head = torch.nn.Linear(16, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.shared(torch.relu(self.shared(self.embed(x))))))
-
-
-def test_a_weight_used_by_two_layers_counts_once_in_the_total(tmp_path):
-    """Both uses are layers with their own MACs and weights, but the model has the parameter
-    count torch gives it: the shared weight once."""
-    module = _SharedBlock().eval()
-    path = export(module, (torch.randn(2, 16),), tmp_path / "shared.onnx", "torchscript")
-    graph = load_graph(path)
-    assert [l.params for l in graph.layers] == [16 * 32, 32 * 32, 32 * 32, 32 * 4]
-    assert graph.totals()["macs"] == 2 * (16 * 32 + 2 * 32 * 32 + 32 * 4)
-    weights = sum(p.numel() for name, p in module.named_parameters() if name.endswith("weight"))
-    assert graph.totals()["params"] == weights == 16 * 32 + 32 * 32 + 32 * 4
-    assert f"{weights:,} params" in mpq("inspect", path).stdout
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "bert"])

@@ -173,12 +173,10 @@ class LayerGraph:
 
     def totals(self) -> dict[str, int]:
         """Counts of the graph: ``layers``, ``groups``, ``pinned_groups``, ``macs`` (multiply-accumulates
-        per inference) and ``params`` (the model's weight elements: a weight that several layers
-        use, as a module called twice has, counts once, as in the model's own parameter count)."""
-        weights = {l.weight: l.params for l in self.layers if l.weight is not None}
+        per inference) and ``params`` (weights)."""
         return {"layers": len(self.layers), "groups": len(self.groups),
                 "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
-                "macs": sum(l.macs for l in self.layers), "params": sum(weights.values())}
+                "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}
 
     def to_json(self) -> dict:
         """The ``mpq inspect --json`` document of DESIGN.md."""
