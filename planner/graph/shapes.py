@@ -30,10 +30,11 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | None,
                      where: str) -> dict[str, Shape]:
-    """Resolve every graph input's shape: given shapes win, a symbolic first dimension is 1,
-    any other symbolic dimension is an error that names the input and the dimension. A
-    dimension is symbolic where it has a ``dim_param``, no value, or a value <= 0 (Paddle's
-    exporter writes -1 for unknown dimensions)."""
+    """Resolve every graph input's shape: given shapes win; a symbolic dimension named like one
+    of a given input (the same ``dim_param``: ``batch`` of image and metadata inputs) takes its
+    value; else a symbolic first dimension is 1, and any other symbolic dimension is an error
+    that names the input and the dimension. A dimension is symbolic where it has a
+    ``dim_param``, no value, or a value <= 0 (Paddle's exporter writes -1 for unknown dimensions)."""
     given = dict(input_shapes or {})
     inputs = graph_inputs(graph)
     names = [i.name for i in inputs]
@@ -41,6 +42,12 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
     if unknown:
         raise MpqError(f"{where}: --input-shape names '{unknown[0]}', which is not a graph input; "
                        f"the inputs are: {', '.join(names)}")
+    named: dict[str, int] = {}  # dim_param -> the value a given shape sets it to
+    for value in inputs:
+        if value.name in given and value.type.tensor_type.HasField("shape"):
+            for d, want in zip(value.type.tensor_type.shape.dim, given[value.name]):
+                if d.dim_param and not (d.HasField("dim_value") and d.dim_value > 0):
+                    named.setdefault(d.dim_param, int(want))
     resolved: dict[str, Shape] = {}
     for value in inputs:
         tensor_type = value.type.tensor_type
@@ -68,6 +75,8 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(int(d.dim_value))
+            elif d.dim_param in named:
+                shape.append(named[d.dim_param])
             elif axis == 0:
                 shape.append(1)
             else:
