@@ -6,10 +6,11 @@ import re
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from archs import count_macs_params
-from conftest import mpq
+from conftest import EXPORTERS, export, mpq
 from planner import load_graph
 from planner.units import si
 
@@ -59,3 +60,36 @@ def test_models_saved_after_onnxruntime_optimization_keep_their_layers(exported,
     macs, params = count_macs_params(*built(arch))
     assert (graph.totals()["macs"], graph.totals()["params"]) == (macs, params)
     assert len(graph.layers) == len(load_graph(exported(arch)).layers)
+
+
+class _EinsumAttention(torch.nn.Module):
+    """Attention written with torch.einsum, as Keras' EinsumDense and many research codes write it:
+    Q/K/V projections (activation x weight) and the two attention products (activation x activation)."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv = torch.nn.Parameter(torch.randn(3, hidden, heads, hidden // heads) / hidden ** 0.5)
+        self.out = torch.nn.Parameter(torch.randn(heads, hidden // heads, hidden) / hidden ** 0.5)
+
+    def forward(self, x):  # x: (batch, seq, hidden)
+        q, k, v = (torch.einsum("bsd,dhe->bhse", x, w) for w in self.qkv)
+        attention = torch.einsum("bhqe,bhke->bhqk", q, k).softmax(-1)
+        return torch.einsum("bhse,hed->bsd", torch.einsum("bhqk,bhke->bhqe", attention, v), self.out)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_einsum_products_are_layers(exporter, tmp_path):
+    """Every two-operand product of the einsum attention is a layer (the Einsum nodes of the
+    TorchScript export, the MatMuls the dynamo exporter makes of them), with the MACs of the
+    hand formulas at batch 2 x sequence 10: 3 projections and the output projection of
+    b*s*d*d each, and the two attention products of b*h*s*s*e each."""
+    b, s, d, h = 2, 10, 32, 4
+    module = _EinsumAttention(d, h).eval()
+    path = export(module, (torch.randn(b, s, d),), tmp_path / "einsum.onnx", exporter)
+    graph = load_graph(path)
+    if exporter == "torchscript":
+        assert {l.op_type for l in graph.layers} == {"Einsum"}
+    assert graph.totals()["macs"] == 4 * b * s * d * d + 2 * b * h * s * s * (d // h)
+    assert graph.totals()["params"] == 4 * d * d
+    assert sorted(l.macs for l in graph.layers if l.weight is None) == [b * h * s * s * (d // h)] * 2

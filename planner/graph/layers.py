@@ -1,8 +1,8 @@
 """ONNX model -> LayerGraph: the layers, their costs' raw counts, precision groups and pins.
 
 A *layer* is a node that multiplies an activation by a weight (or by another activation):
-Conv, ConvTranspose, Gemm, MatMul, their integer / QLinear forms and onnxruntime's fused
-FusedConv / FusedGemm / FusedMatMul. A *group* is a set of
+Conv, ConvTranspose, Gemm, MatMul, Einsum of two operands, their integer / QLinear forms and
+onnxruntime's fused FusedConv / FusedGemm / FusedMatMul. A *group* is a set of
 layers that read the same activation (after walking back through precision-transparent ops)
 and so must run at one precision. *First* layers read a graph input with no other layer
 upstream; *last* layers reach a graph output through non-layer ops and have no other layer
@@ -29,9 +29,9 @@ from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_
 LAYER_OPS: dict[str, tuple[int, int]] = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
     "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
-    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1),
+    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1), "Einsum": (0, 1),
 }
-_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul"}
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "Einsum"}
 # onnxruntime's fusions (a Conv or Gemm with its activation, a MatMul with a Transpose or a scale),
 # which models saved after onnxruntime's graph optimizations hold: Conv, Gemm and MatMul with the
 # same operands and attributes, in the com.microsoft domain. Every other layer op is ONNX's.
@@ -214,7 +214,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
 
     found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
-        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
+        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm, MatMul or Einsum on an "
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     folded: dict[str, np.ndarray] = {}
@@ -411,6 +411,8 @@ def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
     domains = ("com.microsoft",) if node.op_type in _MICROSOFT_LAYER_OPS else ("", "ai.onnx")
     if node.op_type not in LAYER_OPS or node.domain not in domains:
         return False
+    if node.op_type == "Einsum" and (len(node.input) != 2 or not all(node.input)):
+        return False  # a trace, transpose or three-way product: not a product of two operands
     a, w = LAYER_OPS[node.op_type]
     if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
         raise MpqError(f"{where}: {node.op_type} node '{node.name or node.op_type}' has {len(node.input)} "
@@ -491,9 +493,29 @@ def _macs(node, left: Shape, right: Shape, out: Shape) -> int:
         return math.prod(left) * math.prod(right[1:])
     if op in ("Gemm", "FusedGemm"):
         return math.prod(out) * (left[0] if attrs.get("transA") else left[-1])
+    if op == "Einsum":
+        return _einsum_macs(next(a.s.decode() for a in node.attribute if a.name == "equation"), left, right, out)
     if op == "FusedMatMul" and attrs.get("transA"):  # K is A's second-last dim, or its first where
         return math.prod(out) * (left[0] if attrs.get("transBatchA") else left[-2])  # transBatchA moves it
     return math.prod(out) * (left[-1] if left else 1)  # MatMul: (..., M, K) @ (..., K, N)
+
+
+def _einsum_macs(equation: str, left: Shape, right: Shape, out: Shape) -> int:
+    """Multiply-accumulates of a two-operand Einsum: every output element sums over the
+    letters that the operands have and the output lacks (``bsk,nk->bsn``: k), so it is the
+    output's elements times the product of their sizes. Without ``->`` the output holds the
+    letters that occur once (numpy's implicit mode); ``...`` stands for broadcast dimensions."""
+    terms, arrow, output = equation.replace(" ", "").partition("->")
+    operands = terms.split(",")
+    if not arrow:
+        letters = "".join(operands).replace("...", "")
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    sizes: dict[str, int] = {}
+    for term, shape in zip(operands, (left, right)):
+        head, _, tail = term.partition("...")
+        for letter, size in [*zip(head, shape), *zip(tail, shape[len(shape) - len(tail):] if tail else ())]:
+            sizes[letter] = max(sizes.get(letter, 1), size)  # a dimension of 1 broadcasts
+    return math.prod(out) * math.prod(size for letter, size in sizes.items() if letter not in output)
 
 
 def _layer_dag(nodes, layers: list[Layer], graph: onnx.GraphProto) -> nx.DiGraph:
