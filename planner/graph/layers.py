@@ -173,7 +173,8 @@ class LayerGraph:
 
     def totals(self) -> dict[str, int]:
         """Counts of the graph: ``layers``, ``groups``, ``pinned_groups``, ``macs`` (multiply-accumulates
-        per inference) and ``params`` (weights)."""
+        per inference) and ``params`` (weight elements summed over the layers: a weight that two
+        layers use counts for each, as it does in the cost models' ``weight_bytes``)."""
         return {"layers": len(self.layers), "groups": len(self.groups),
                 "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
                 "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}
