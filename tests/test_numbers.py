@@ -93,3 +93,28 @@ def test_einsum_products_are_layers(exporter, tmp_path):
     assert graph.totals()["macs"] == 4 * b * s * d * d + 2 * b * h * s * s * (d // h)
     assert graph.totals()["params"] == 4 * d * d
     assert sorted(l.macs for l in graph.layers if l.weight is None) == [b * h * s * s * (d // h)] * 2
+
+
+def test_a_model_quantized_by_onnxruntime_in_qoperator_format_keeps_its_layers(exported, built, tmp_path):
+    """onnxruntime's quantize_static in QOperator format writes QLinearConv for the convs and
+    com.microsoft QGemm for the classifier: all 21 layers of ResNet-18 stay, with the torch
+    module's MACs and weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    source = exported("resnet18")
+    name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.left = [{name: rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(2)]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    quantize_static(str(source), str(tmp_path / "qop.onnx"), Samples(), quant_format=QuantFormat.QOperator)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "qop.onnx")).graph.node}
+    assert {"QLinearConv", "QGemm"} <= ops and not ops & {"Conv", "Gemm"}
+    graph = load_graph(tmp_path / "qop.onnx")
+    assert len(graph.layers) == 21 and graph.layers[-1].op_type == "QGemm"
+    assert (graph.totals()["macs"], graph.totals()["params"]) == count_macs_params(*built("resnet18"))

@@ -2,7 +2,7 @@
 
 A *layer* is a node that multiplies an activation by a weight (or by another activation):
 Conv, ConvTranspose, Gemm, MatMul, Einsum of two operands, their integer / QLinear forms and
-onnxruntime's fused FusedConv / FusedGemm / FusedMatMul. A *group* is a set of
+onnxruntime's FusedConv / FusedGemm / FusedMatMul / QGemm. A *group* is a set of
 layers that read the same activation (after walking back through precision-transparent ops)
 and so must run at one precision. *First* layers read a graph input with no other layer
 upstream; *last* layers reach a graph output through non-layer ops and have no other layer
@@ -29,13 +29,15 @@ from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_
 LAYER_OPS: dict[str, tuple[int, int]] = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
     "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
-    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1), "Einsum": (0, 1),
+    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1), "QGemm": (0, 3), "Einsum": (0, 1),
 }
-_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "Einsum"}
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "QGemm", "Einsum"}
 # onnxruntime's fusions (a Conv or Gemm with its activation, a MatMul with a Transpose or a scale),
-# which models saved after onnxruntime's graph optimizations hold: Conv, Gemm and MatMul with the
-# same operands and attributes, in the com.microsoft domain. Every other layer op is ONNX's.
-_MICROSOFT_LAYER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul"})
+# which models saved after onnxruntime's graph optimizations hold, and its quantized Gemm (QGemm,
+# from quantize_static's QOperator format, operands laid out as QLinearMatMul's): Conv, Gemm and
+# MatMul with the same operands and attributes, in the com.microsoft domain. Every other layer op
+# is ONNX's.
+_MICROSOFT_LAYER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "QGemm"})
 
 # Ops whose output carries its (first) input's values at the same precision: a quantizer
 # placed on either side is the same quantizer. Groups are found by walking back through them.
@@ -492,7 +494,7 @@ def _macs(node, left: Shape, right: Shape, out: Shape) -> int:
         return math.prod(out) * math.prod(right[1:])
     if op == "ConvTranspose":  # W: (C, M/g, k...): every input element meets M/g * k... weights
         return math.prod(left) * math.prod(right[1:])
-    if op in ("Gemm", "FusedGemm"):
+    if op in ("Gemm", "FusedGemm", "QGemm"):
         return math.prod(out) * (left[0] if attrs.get("transA") else left[-1])
     if op == "Einsum":
         return _einsum_macs(next(a.s.decode() for a in node.attribute if a.name == "equation"), left, right, out)
