@@ -118,3 +118,22 @@ def test_a_model_quantized_by_onnxruntime_in_qoperator_format_keeps_its_layers(e
     graph = load_graph(tmp_path / "qop.onnx")
     assert len(graph.layers) == 21 and graph.layers[-1].op_type == "QGemm"
     assert (graph.totals()["macs"], graph.totals()["params"]) == count_macs_params(*built("resnet18"))
+
+
+def test_a_dynamically_quantized_transformer_saved_after_optimization_keeps_its_layers(exported, built, tmp_path):
+    """quantize_dynamic, then onnxruntime's extended optimizations: the projections become
+    com.microsoft DynamicQuantizeMatMul / MatMulIntegerToFloat and the attention products
+    FusedMatMul. The BERT encoder keeps every layer, with the torch module's MACs and weights."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(exported("bert")), str(tmp_path / "dynamic.onnx"), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "dynamic.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    graph = load_graph(options.optimized_model_filepath)
+    assert len(graph.layers) == len(load_graph(exported("bert")).layers)
+    assert (graph.totals()["macs"], graph.totals()["params"]) == count_macs_params(*built("bert"))

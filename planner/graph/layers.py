@@ -2,7 +2,8 @@
 
 A *layer* is a node that multiplies an activation by a weight (or by another activation):
 Conv, ConvTranspose, Gemm, MatMul, Einsum of two operands, their integer / QLinear forms and
-onnxruntime's FusedConv / FusedGemm / FusedMatMul / QGemm. A *group* is a set of
+onnxruntime's com.microsoft forms of them (FusedConv, FusedGemm, FusedMatMul, QGemm,
+DynamicQuantizeMatMul, MatMulIntegerToFloat). A *group* is a set of
 layers that read the same activation (after walking back through precision-transparent ops)
 and so must run at one precision. *First* layers read a graph input with no other layer
 upstream; *last* layers reach a graph output through non-layer ops and have no other layer
@@ -29,15 +30,18 @@ from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_
 LAYER_OPS: dict[str, tuple[int, int]] = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
     "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
-    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1), "QGemm": (0, 3), "Einsum": (0, 1),
+    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1), "QGemm": (0, 3),
+    "DynamicQuantizeMatMul": (0, 1), "MatMulIntegerToFloat": (0, 1), "Einsum": (0, 1),
 }
-_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "QGemm", "Einsum"}
-# onnxruntime's fusions (a Conv or Gemm with its activation, a MatMul with a Transpose or a scale),
-# which models saved after onnxruntime's graph optimizations hold, and its quantized Gemm (QGemm,
-# from quantize_static's QOperator format, operands laid out as QLinearMatMul's): Conv, Gemm and
-# MatMul with the same operands and attributes, in the com.microsoft domain. Every other layer op
-# is ONNX's.
-_MICROSOFT_LAYER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "QGemm"})
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "QGemm",
+                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Einsum"}
+# onnxruntime's fusions (a Conv or Gemm with its activation, a MatMul with a Transpose or a scale,
+# a dynamically quantized MatMul with its quantizer or dequantizer), which models saved after
+# onnxruntime's graph optimizations hold, and its quantized Gemm (QGemm, from quantize_static's
+# QOperator format, operands laid out as QLinearMatMul's): Conv, Gemm and MatMul with the same
+# operands and attributes, in the com.microsoft domain. Every other layer op is ONNX's.
+_MICROSOFT_LAYER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "QGemm", "DynamicQuantizeMatMul",
+                                  "MatMulIntegerToFloat"})
 
 # Ops whose output carries its (first) input's values at the same precision: a quantizer
 # placed on either side is the same quantizer. Groups are found by walking back through them.
