@@ -137,3 +137,31 @@ def test_a_dynamically_quantized_transformer_saved_after_optimization_keeps_its_
     graph = load_graph(options.optimized_model_filepath)
     assert len(graph.layers) == len(load_graph(exported("bert")).layers)
     assert (graph.totals()["macs"], graph.totals()["params"]) == count_macs_params(*built("bert"))
+
+
+def test_a_model_of_qgemm_layers_plans_but_does_not_export(tmp_path):
+    """An MLP quantized by onnxruntime in QOperator format is all QGemm: its integer weights are
+    costed and planned, and exporting a plan on it is refused as for QLinearConv (quantizing its
+    int8 weights again would stack a second grid on the first)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                 torch.nn.Linear(32, 4)).eval()
+    source = export(module, (torch.randn(1, 16),), tmp_path / "mlp.onnx", "torchscript", input_names=["x"])
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.left = [{"x": np.random.default_rng(k).standard_normal((1, 16)).astype(np.float32)} for k in range(2)]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    quantize_static(str(source), str(tmp_path / "qgemm.onnx"), Samples(), quant_format=QuantFormat.QOperator)
+    graph = load_graph(tmp_path / "qgemm.onnx")
+    assert [l.op_type for l in graph.layers] == ["QGemm"] * 3
+    assert graph.totals()["macs"] == graph.totals()["params"] == 16 * 32 + 32 * 32 + 32 * 4
+    plan = tmp_path / "plan.json"
+    assert mpq("plan", tmp_path / "qgemm.onnx", "--hw", "northpole", "--budget", "latency=0.5", "-o", plan).returncode == 0
+    result = mpq("export", plan, tmp_path / "qgemm.onnx", "-o", tmp_path / "again.onnx")
+    assert result.returncode == 2 and "already quantized" in result.stderr and "QGemm" in result.stderr, result.stderr
+    assert not (tmp_path / "again.onnx").exists()
