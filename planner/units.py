@@ -20,6 +20,7 @@ def si(value: float, unit: str = "") -> str:
     Prefixes run from T (1e12) down to n (1e-9); smaller values keep the plain number."""
     if value == 0:
         return f"0{unit}"
+    value = float(f"{value:.3g}")  # rounded first: 999.6e6 is 1G, not 1e+03M
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
         if abs(value) >= factor:
             return f"{value / factor:.3g}{prefix}{unit}"

@@ -138,6 +138,34 @@ def test_gpu_has_no_2bit_and_depthwise_convs_are_memory_bound(exported, built):
         assert table.layers[layer.name][8]["latency_s"] == pytest.approx(memory_s + 2e-6, rel=1e-12)
 
 
+
+def test_uniform_plans_never_hold_a_free_layer_at_another_width(exported, built, tmp_path):
+    """On edge_npu with 1 MB of SRAM, ResNet-18's layer4 3x3 convs (512x512x3x3 weights: 2.36 MB at
+    8 bits, 1.18 MB at 4) run at 2 bits only. No uniform 8- or 4-bit plan exists then; the uniform
+    2-bit one is every free layer at 2 bits and the pinned conv1 and fc at 8, its latency counted
+    from the torch module's MACs and the spec's MAC rates."""
+    data = yaml.safe_load(open(load_spec("edge_npu").path))
+    data["memory"]["on_chip_bytes"] = 1.0e6
+    spec_path = tmp_path / "edge_1mb.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    rows = torch_layer_shapes(*built("resnet18"))
+    model = exported("resnet18")
+    graph = load_graph(model)
+    table = cost_table(graph, load_spec(spec_path), load_cost_model("northpole"))
+    only_2bit = [l.name for l in graph.layers if list(table.layers[l.name]) == [2]]
+    assert len(only_2bit) == 3  # layer4.0.conv2, layer4.1.conv1, layer4.1.conv2
+    assert table.uniform(8) is None and table.uniform(4) is None
+    pinned = [r["macs"] for r in (rows[0], rows[-1])]  # conv1 and fc, at 8 bits
+    expected = sum(pinned) / (16 * 256 * 8e8) + (sum(r["macs"] for r in rows) - sum(pinned)) / (16 * 1024 * 8e8)
+    assert table.total(table.uniform(2))["latency_s"] == pytest.approx(expected, rel=1e-12)
+
+    report = json.loads(mpq("cost", model, "--hw", spec_path, "--bits", "2", "--json").stdout)
+    assert report["uniform"]["8"] is None and report["uniform"]["4"] is None
+    assert report["speedup_over_8bit"] == {"4bit": None, "2bit": None}
+    assert report["totals"]["latency_s"] == pytest.approx(expected, rel=1e-12)
+    assert_user_error(mpq("cost", model, "--hw", spec_path), "does not offer 8 bits")
+    assert_user_error(mpq("cost", model, "--hw", spec_path, "--bits", "4"), "does not offer 4 bits", "offered: [2]")
+
 def test_shipped_specs_validate_and_carry_sources():
     assert {"northpole", "gpu_a100", "edge_npu"} <= set(shipped_specs())
     np_spec = load_spec("northpole")

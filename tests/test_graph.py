@@ -213,6 +213,46 @@ def test_minus_one_dims_are_symbolic(exported, built, tmp_path):
     _assert_counts_match(graph, *built("resnet18"))
 
 
+
+def test_declared_output_shapes_do_not_override_the_given_input_shapes(exported, built, tmp_path):
+    """A model exported at batch 1 whose input was made dynamic afterwards (its output still
+    declares 1x1000), costed at batch 3: every layer, the classifier too, runs at batch 3, as the
+    torch module counts it at batch 3."""
+    model = onnx.load(str(exported("resnet18")))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 1000]
+    onnx.save(model, str(tmp_path / "batch_made_dynamic.onnx"))
+    graph = load_graph(tmp_path / "batch_made_dynamic.onnx", {model.graph.input[0].name: (3, 3, 224, 224)})
+    module, _ = built("resnet18")
+    macs, params = count_macs_params(module, (torch.randn(3, 3, 224, 224),))
+    assert graph.totals()["macs"] == macs and graph.totals()["params"] == params
+    assert graph.layers[-1].op_type == "Gemm" and graph.layers[-1].out_elems == 3 * 1000
+
+
+class _ImageAndMetadata(torch.nn.Module):
+    """Two inputs with one batch: an image branch and a metadata branch, summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.meta, self.head = torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Linear(10, 8), torch.nn.Linear(8, 4)
+
+    def forward(self, image, meta):
+        return self.head(torch.relu(self.conv(image).mean((2, 3)) + self.meta(meta)))
+
+
+def test_a_dimension_named_like_a_given_one_takes_its_value(tmp_path):
+    """Both inputs declare their first dimension 'batch'; --input-shape gives the image's alone
+    (4), and the metadata branch runs at batch 4 too, as the torch module counts it (a batch of
+    1 there would be broadcast without any error and count a quarter of its MACs)."""
+    module = _ImageAndMetadata().eval()
+    inputs = (torch.randn(4, 3, 16, 16), torch.randn(4, 10))
+    path = export(module, inputs, tmp_path / "two_inputs.onnx", "torchscript", input_names=["image", "meta"],
+                  dynamic_axes={"image": {0: "batch"}, "meta": {0: "batch"}})
+    graph = load_graph(path, {"image": (4, 3, 16, 16)})
+    assert graph.model.input_shapes == {"image": [4, 3, 16, 16], "meta": [4, 10]}
+    _assert_counts_match(graph, module, inputs)
+    assert graph.layer("/meta/Gemm").macs == 4 * 10 * 8
+
 @pytest.mark.parametrize("where", ["onnx.shape_inference.infer_shapes", "onnxruntime.InferenceSession.run"])
 def test_a_bug_inside_shape_inference_stays_a_bug(monkeypatch, where):
     """Only errors about the model become MpqError (exit 2): a programming error injected into the

@@ -28,7 +28,7 @@ def cost_report(setup: Setup, *, bits: int = 8, plan_path: str | None = None, fo
     else:
         choice = table.uniform(bits)
         if choice is None:
-            lacking = next(g for g in graph.groups if bits not in table.groups[g.id])
+            lacking = next(g for g in graph.groups if g.pinned_bits is None and bits not in table.groups[g.id])
             raise MpqError(f"{spec.name} with cost model '{table.model_name}' does not offer {bits} bits for "
                            f"{lacking.layers[0]} (offered: {table.options(lacking.id)}); choose --bits from them")
         pinned = any(g.pinned_bits is not None for g in graph.groups)

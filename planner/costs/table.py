@@ -25,7 +25,8 @@ class CostTable:
     metrics every option carries, in the cost model's order. On a spec that keeps every weight
     on chip, ``capacity`` is the bytes of on-chip memory for weights and ``resident[id][bits]``
     the bytes a group's weights take there (weights x bits / 8, whatever the cost model);
-    otherwise both are None.
+    otherwise both are None. ``pinned`` holds the ids of the pinned groups (each offered its pin
+    alone); a free group may also be offered a single precision (the others do not fit).
     """
 
     metrics: tuple[str, ...]
@@ -34,6 +35,7 @@ class CostTable:
     model_name: str
     capacity: float | None = None
     resident: list[dict[int, float]] | None = None
+    pinned: frozenset[int] = frozenset()
 
     def options(self, group: int) -> list[int]:
         """The precisions group ``group`` is offered, ascending."""
@@ -58,7 +60,7 @@ class CostTable:
             groups.append(kept)
         resident = None if self.resident is None else [{b: r[b] for b in kept} for r, kept in zip(self.resident, groups)]
         return CostTable(metrics=self.metrics, layers=self.layers, groups=groups, model_name=self.model_name,
-                         capacity=self.capacity, resident=resident)
+                         capacity=self.capacity, resident=resident, pinned=self.pinned)
 
     def resident_bytes(self, bits_by_group: list[int]) -> float | None:
         """On-chip weight bytes of a choice of bits per group (None unless weights stay on chip)."""
@@ -83,7 +85,8 @@ class CostTable:
             return self, {}
         groups = [{b: {**c, RESIDENT: r[b]} for b, c in options.items()} for options, r in zip(self.groups, self.resident)]
         table = CostTable(metrics=self.metrics + (RESIDENT,), layers=self.layers, groups=groups,
-                          model_name=self.model_name, capacity=self.capacity, resident=self.resident)
+                          model_name=self.model_name, capacity=self.capacity, resident=self.resident,
+                          pinned=self.pinned)
         return table, {RESIDENT: self.capacity}
 
     def offered_bits(self) -> list[int]:
@@ -96,10 +99,11 @@ class CostTable:
         return {b: (None if (choice := self.uniform(b)) is None else self.total(choice)) for b in widths}
 
     def uniform(self, bits: int) -> list[int] | None:
-        """Free groups at ``bits`` (pinned ones at their pin), or None if some group lacks it."""
+        """Free groups at ``bits`` (pinned ones at their pin), or None if some free group lacks it
+        (also one offered a single other precision: a uniform plan never holds another width)."""
         choice = []
-        for options in self.groups:
-            if len(options) == 1:
+        for g, options in enumerate(self.groups):
+            if g in self.pinned:
                 choice.append(next(iter(options)))
             elif bits in options:
                 choice.append(bits)
@@ -153,7 +157,8 @@ def cost_table(graph: LayerGraph, spec, model) -> CostTable:
         resident = [{b: sum(params[n] for n in group.layers) * b / 8 for b in options}
                     for group, options in zip(graph.groups, group_costs)]
     return CostTable(metrics=seen_metrics or (), layers=layer_costs, groups=group_costs, model_name=model.name,
-                     capacity=spec.weight_capacity, resident=resident)
+                     capacity=spec.weight_capacity, resident=resident,
+                     pinned=frozenset(g.id for g in graph.groups if g.pinned_bits is not None))
 
 
 def _checked_cost(cost, model, layer, bits: int) -> dict[str, float]:

@@ -145,7 +145,8 @@ def check_plan_of_checkpoint(checkpoint: str, plan_path: str, force: bool) -> No
 
 
 #: Layer ops whose operands are already integers: a model with them was quantized before mpq saw it.
-INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat")
 
 
 def check_float_model(graph, onnx_path) -> None:

@@ -377,11 +377,11 @@ def _channel_axis(graph: LayerGraph, layer) -> int | None:
     """The axis of the stored weight that indexes the layer's output channels, or None when the
     weight reaches the layer through ops other than Identity / Cast / Transpose."""
     node = graph.producers[layer.output]
-    if node.op_type in ("Conv", "ConvTranspose"):
-        axis = 0 if node.op_type == "Conv" else 1
+    if node.op_type in ("Conv", "ConvTranspose", "FusedConv"):
+        axis = 1 if node.op_type == "ConvTranspose" else 0
         if node.op_type == "ConvTranspose" and any(a.name == "group" and a.i > 1 for a in node.attribute):
             return None
-    elif node.op_type == "Gemm" and node.input[1] == layer.weight_operand:
+    elif node.op_type in ("Gemm", "FusedGemm") and node.input[1] == layer.weight_operand:
         axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
     elif node.op_type == "MatMul" and node.input[1] == layer.weight_operand:
         axis = -1

@@ -1,7 +1,9 @@
 """ONNX model -> LayerGraph: the layers, their costs' raw counts, precision groups and pins.
 
 A *layer* is a node that multiplies an activation by a weight (or by another activation):
-Conv, ConvTranspose, Gemm, MatMul and their integer / QLinear forms. A *group* is a set of
+Conv, ConvTranspose, Gemm, MatMul, Einsum of two operands, their integer / QLinear forms and
+onnxruntime's com.microsoft forms of them (FusedConv, FusedGemm, FusedMatMul, QGemm,
+DynamicQuantizeMatMul, MatMulIntegerToFloat). A *group* is a set of
 layers that read the same activation (after walking back through precision-transparent ops)
 and so must run at one precision. *First* layers read a graph input with no other layer
 upstream; *last* layers reach a graph output through non-layer ops and have no other layer
@@ -28,8 +30,18 @@ from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_
 LAYER_OPS: dict[str, tuple[int, int]] = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
     "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
+    "FusedConv": (0, 1), "FusedGemm": (0, 1), "FusedMatMul": (0, 1), "QGemm": (0, 3),
+    "DynamicQuantizeMatMul": (0, 1), "MatMulIntegerToFloat": (0, 1), "Einsum": (0, 1),
 }
-_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "QGemm",
+                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Einsum"}
+# onnxruntime's fusions (a Conv or Gemm with its activation, a MatMul with a Transpose or a scale,
+# a dynamically quantized MatMul with its quantizer or dequantizer), which models saved after
+# onnxruntime's graph optimizations hold, and its quantized Gemm (QGemm, from quantize_static's
+# QOperator format, operands laid out as QLinearMatMul's): Conv, Gemm and MatMul with the same
+# operands and attributes, in the com.microsoft domain. Every other layer op is ONNX's.
+_MICROSOFT_LAYER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "QGemm", "DynamicQuantizeMatMul",
+                                  "MatMulIntegerToFloat"})
 
 # Ops whose output carries its (first) input's values at the same precision: a quantizer
 # placed on either side is the same quantizer. Groups are found by walking back through them.
@@ -167,7 +179,8 @@ class LayerGraph:
 
     def totals(self) -> dict[str, int]:
         """Counts of the graph: ``layers``, ``groups``, ``pinned_groups``, ``macs`` (multiply-accumulates
-        per inference) and ``params`` (weights)."""
+        per inference) and ``params`` (weight elements summed over the layers: a weight that two
+        layers use counts for each, as it does in the cost models' ``weight_bytes``)."""
         return {"layers": len(self.layers), "groups": len(self.groups),
                 "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
                 "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}
@@ -208,7 +221,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
 
     found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
-        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
+        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm, MatMul or Einsum on an "
                        "activation); nothing to plan")
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     folded: dict[str, np.ndarray] = {}
@@ -402,8 +415,11 @@ def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[
 def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
     """True for a layer op with at least one operand that is not constant. Raises MpqError
     for a layer op that lacks one of its two operands."""
-    if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
+    domains = ("com.microsoft",) if node.op_type in _MICROSOFT_LAYER_OPS else ("", "ai.onnx")
+    if node.op_type not in LAYER_OPS or node.domain not in domains:
         return False
+    if node.op_type == "Einsum" and (len(node.input) != 2 or not all(node.input)):
+        return False  # a trace, transpose or three-way product: not a product of two operands
     a, w = LAYER_OPS[node.op_type]
     if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
         raise MpqError(f"{where}: {node.op_type} node '{node.name or node.op_type}' has {len(node.input)} "
@@ -477,14 +493,36 @@ def _make_layer(node, activations: list[str], weight_operand: str | None, shapes
 def _macs(node, left: Shape, right: Shape, out: Shape) -> int:
     """Multiply-accumulates of one inference, from the shapes of the two operands and the output."""
     op = node.op_type
-    if op in ("Conv", "ConvInteger", "QLinearConv"):  # W: (M, C/g, k...)
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    if op in ("Conv", "ConvInteger", "QLinearConv", "FusedConv"):  # W: (M, C/g, k...)
         return math.prod(out) * math.prod(right[1:])
     if op == "ConvTranspose":  # W: (C, M/g, k...): every input element meets M/g * k... weights
         return math.prod(left) * math.prod(right[1:])
-    if op == "Gemm":
-        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        return math.prod(out) * (left[0] if trans_a else left[-1])
+    if op in ("Gemm", "FusedGemm", "QGemm"):
+        return math.prod(out) * (left[0] if attrs.get("transA") else left[-1])
+    if op == "Einsum":
+        return _einsum_macs(next(a.s.decode() for a in node.attribute if a.name == "equation"), left, right, out)
+    if op == "FusedMatMul" and attrs.get("transA"):  # K is A's second-last dim, or its first where
+        return math.prod(out) * (left[0] if attrs.get("transBatchA") else left[-2])  # transBatchA moves it
     return math.prod(out) * (left[-1] if left else 1)  # MatMul: (..., M, K) @ (..., K, N)
+
+
+def _einsum_macs(equation: str, left: Shape, right: Shape, out: Shape) -> int:
+    """Multiply-accumulates of a two-operand Einsum: every output element sums over the
+    letters that the operands have and the output lacks (``bsk,nk->bsn``: k), so it is the
+    output's elements times the product of their sizes. Without ``->`` the output holds the
+    letters that occur once (numpy's implicit mode); ``...`` stands for broadcast dimensions."""
+    terms, arrow, output = equation.replace(" ", "").partition("->")
+    operands = terms.split(",")
+    if not arrow:
+        letters = "".join(operands).replace("...", "")
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    sizes: dict[str, int] = {}
+    for term, shape in zip(operands, (left, right)):
+        head, _, tail = term.partition("...")
+        for letter, size in [*zip(head, shape), *zip(tail, shape[len(shape) - len(tail):] if tail else ())]:
+            sizes[letter] = max(sizes.get(letter, 1), size)  # a dimension of 1 broadcasts
+    return math.prod(out) * math.prod(size for letter, size in sizes.items() if letter not in output)
 
 
 def _layer_dag(nodes, layers: list[Layer], graph: onnx.GraphProto) -> nx.DiGraph:

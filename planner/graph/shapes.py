@@ -30,10 +30,11 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | None,
                      where: str) -> dict[str, Shape]:
-    """Resolve every graph input's shape: given shapes win, a symbolic first dimension is 1,
-    any other symbolic dimension is an error that names the input and the dimension. A
-    dimension is symbolic where it has a ``dim_param``, no value, or a value <= 0 (Paddle's
-    exporter writes -1 for unknown dimensions)."""
+    """Resolve every graph input's shape: given shapes win; a symbolic dimension named like one
+    of a given input (the same ``dim_param``: ``batch`` of image and metadata inputs) takes its
+    value; else a symbolic first dimension is 1, and any other symbolic dimension is an error
+    that names the input and the dimension. A dimension is symbolic where it has a
+    ``dim_param``, no value, or a value <= 0 (Paddle's exporter writes -1 for unknown dimensions)."""
     given = dict(input_shapes or {})
     inputs = graph_inputs(graph)
     names = [i.name for i in inputs]
@@ -41,6 +42,12 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
     if unknown:
         raise MpqError(f"{where}: --input-shape names '{unknown[0]}', which is not a graph input; "
                        f"the inputs are: {', '.join(names)}")
+    named: dict[str, int] = {}  # dim_param -> the value a given shape sets it to
+    for value in inputs:
+        if value.name in given and value.type.tensor_type.HasField("shape"):
+            for d, want in zip(value.type.tensor_type.shape.dim, given[value.name]):
+                if d.dim_param and not (d.HasField("dim_value") and d.dim_value > 0):
+                    named.setdefault(d.dim_param, int(want))
     resolved: dict[str, Shape] = {}
     for value in inputs:
         tensor_type = value.type.tensor_type
@@ -68,6 +75,8 @@ def fix_input_shapes(graph: onnx.GraphProto, input_shapes: dict[str, Shape] | No
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(int(d.dim_value))
+            elif d.dim_param in named:
+                shape.append(named[d.dim_param])
             elif axis == 0:
                 shape.append(1)
             else:
@@ -145,6 +154,9 @@ def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
 def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
     """The model with its inputs fixed to ``input_shapes`` and without its large weights.
 
+    The graph outputs keep their element types but not their declared shapes: those were written
+    at export time (a batch of 1, say) and would override what inference derives from
+    ``input_shapes`` (ONNX keeps a declared dimension where it differs from the inferred one).
     Initializers of more than ``_KEEP_ELEMENTS`` elements, and external ones, become typed graph
     inputs (returned, so that a caller can feed them); their bytes are neither copied nor read.
     """
@@ -155,7 +167,7 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[o
     skeleton.functions.extend(model.functions)
     g = skeleton.graph
     g.node.extend(graph.node)
-    g.output.extend(graph.output)
+    g.output.extend(_without_shape(o) for o in graph.output)
     for value in graph_inputs(graph):
         elem = value.type.tensor_type.elem_type
         g.input.append(helper.make_tensor_value_info(value.name, elem, input_shapes[value.name]))
@@ -168,6 +180,14 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[o
             g.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
             stripped.append(tensor)
     return skeleton, stripped
+
+
+def _without_shape(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """``value`` with its tensor shape removed (other types unchanged)."""
+    value = onnx.ValueInfoProto.FromString(value.SerializeToString())
+    if value.type.HasField("tensor_type"):
+        value.type.tensor_type.ClearField("shape")
+    return value
 
 
 # Element types stored several to a byte (bits per element), which onnxruntime takes only as
