@@ -146,7 +146,29 @@ def _outside_folder(good, folder):
     return path
 
 
+def _second_producer(model):
+    """The second ReLU writes the first one's output too (two definitions of one tensor)."""
+    first, second = [n for n in model.graph.node if n.op_type == "Relu"]
+    for node in model.graph.node:
+        node.input[:] = [first.output[0] if i == second.output[0] else i for i in node.input]
+    second.output[0] = first.output[0]
+
+
+def _initializer_over_a_node_output(model):
+    """An initializer named like the first ReLU's output: which value the next layer reads is a guess."""
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 32), np.float32), relu.output[0]))
+
+
+def _twin_initializer(model):
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((32, 16), np.float32), _weights(model)[0].name))
+
+
 CASES = {  # name: (builder(good, folder) -> model path, words the message must hold)
+    "two nodes write one tensor": (lambda g, f: _edited(g, f, _second_producer), ["defined twice", "node"]),
+    "initializer over a node output": (lambda g, f: _edited(g, f, _initializer_over_a_node_output),
+                                       ["defined twice", "an initializer"]),
+    "two initializers of one name": (lambda g, f: _edited(g, f, _twin_initializer), ["two initializers"]),
     "offset not a number": (lambda g, f: _external(g, f, _set_external("offset", "abc")), ["offset", "abc"]),
     "negative offset": (lambda g, f: _external(g, f, _set_external("offset", "-64")), ["offset", "-64"]),
     "length not a number": (lambda g, f: _external(g, f, _set_external("length", "1e3")), ["length", "1e3"]),
@@ -237,3 +259,4 @@ def test_a_computed_weight_that_cannot_be_evaluated(good, tmp_path, command):
     before = _snapshot(tmp_path)
     assert_user_error(in_process(*COMMANDS[command](model, tmp_path)), "mpq: error:", "cannot reshape")
     assert _snapshot(tmp_path) == before
+

@@ -191,6 +191,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     proto, base_dir, digest = read_model(model, lazy_digest=True)
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     graph = proto.graph
+    _check_single_assignment(graph, where)
     tensors = TensorStore(graph, base_dir, where)
     fixed_inputs = fix_input_shapes(graph, input_shapes, where)
     elem_types: dict[str, int] = {}
@@ -348,6 +349,31 @@ def _numpy_value(name: str, producers: dict, tensors: TensorStore, shapes: dict,
 
 def _default_opset(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _check_single_assignment(graph: onnx.GraphProto, where: str) -> None:
+    """MpqError where the graph defines a tensor name twice: two nodes with the same output, a
+    node output that is also an initializer or a graph input, or two initializers of one name.
+    ONNX graphs are in single static assignment form (onnx.checker and onnxruntime refuse such a
+    model); which value a reader gets would be a guess. Old IR versions list initializers as graph
+    inputs too, which is not a second definition."""
+    defined: dict[str, str] = {}
+    for tensor in list(graph.initializer) + [t.values for t in graph.sparse_initializer]:
+        if tensor.name in defined:
+            raise MpqError(f"{where}: two initializers are named '{tensor.name}'; the graph is not valid ONNX "
+                           "(every tensor has one definition): fix or export the model again")
+        defined[tensor.name] = "an initializer"
+    for value in graph.input:
+        defined.setdefault(value.name, "a graph input")
+    for node in graph.node:
+        for output in node.output:
+            if not output:
+                continue
+            if output in defined:
+                raise MpqError(f"{where}: '{output}' is defined twice (by {defined[output]} and by node "
+                               f"'{node.name or node.op_type}'); the graph is not valid ONNX (every tensor has "
+                               "one definition): fix or export the model again")
+            defined[output] = f"node '{node.name or node.op_type}'"
 
 
 def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]:
