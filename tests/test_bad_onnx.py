@@ -20,6 +20,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_user_error, export, mpq
+from planner import load_graph
 from planner.cli.commands import run
 
 
@@ -260,3 +261,19 @@ def test_a_computed_weight_that_cannot_be_evaluated(good, tmp_path, command):
     assert_user_error(in_process(*COMMANDS[command](model, tmp_path)), "mpq: error:", "cannot reshape")
     assert _snapshot(tmp_path) == before
 
+
+def test_layer_nodes_sharing_a_name_stay_separate_layers(good, tmp_path):
+    """Layer nodes with one name (onnxruntime refuses such a file, ONNX tools write them) are
+    separate layers named NAME:OUTPUT, in their own groups, with the counts of the same model with
+    unique names; nodes with unique names keep them."""
+    model = onnx.load(str(good / "mlp.onnx"))
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    for node in gemms:
+        node.name = "dense"
+    onnx.save(model, str(tmp_path / "same.onnx"))
+    shared, unique = load_graph(tmp_path / "same.onnx"), load_graph(good / "mlp.onnx")
+    assert [l.name for l in shared.layers] == [f"dense:{n.output[0]}" for n in gemms]
+    assert [(l.macs, l.params, l.group, l.pinned_bits) for l in shared.layers] == \
+        [(l.macs, l.params, l.group, l.pinned_bits) for l in unique.layers]
+    assert len(shared.groups) == 3 and [l.name for l in unique.layers] == [n.name for n in onnx.load(
+        str(good / "mlp.onnx")).graph.node if n.op_type == "Gemm"]

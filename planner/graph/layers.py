@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import networkx as nx
@@ -222,7 +223,9 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
         needed = [t for t in needed if shapes.get(t) is None]
     if needed:
         shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
-    layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
+    named = Counter(n.name for n, _, _ in found)
+    layers = [_make_layer(n, acts, w, shapes, tensors, producers, where, shared_name=named[n.name] > 1)
+              for n, acts, w in found]
 
     info = ModelInfo(path=None if isinstance(model, onnx.ModelProto) else str(model), sha256=digest,
                      opset=_default_opset(proto), producer=f"{proto.producer_name} {proto.producer_version}".strip(),
@@ -464,8 +467,11 @@ def _weight_root(operand: str, tensors: TensorStore, producers: dict) -> tuple[s
 
 
 def _make_layer(node, activations: list[str], weight_operand: str | None, shapes: dict,
-                tensors: TensorStore, producers: dict, where: str) -> Layer:
-    name = node.name or f"{node.op_type}:{node.output[0]}"
+                tensors: TensorStore, producers: dict, where: str, shared_name: bool = False) -> Layer:
+    """The layer of ``node``, named by the node's name; where the node has no name, or another
+    layer node has the same one (``shared_name``), ``NAME:OUTPUT`` (``NAME`` the op type when
+    empty), unique because every tensor has one producer."""
+    name = f"{node.name or node.op_type}:{node.output[0]}" if shared_name or not node.name else node.name
 
     def shape_of(t: str) -> Shape:
         s = shapes.get(t)
