@@ -645,3 +645,34 @@ def test_old_zoo_models_with_ir_3_export_and_run(name, tmp_path):
     want = float_session.run(None, {image.name: x})[0]
     got = session(out).run(None, {image.name: x})[0]
     assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)  # constant weights sit on every grid
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_a_model_computing_in_float16_or_double_exports_with_its_types(dtype, tmp_path):
+    """A network exported by torch in float16 (a CNN) or double (an MLP: onnxruntime has no double
+    Conv): the QDQ model bound float32 Q/DQ outputs to the model's float16 / double layers
+    (onnxruntime refused to load it, exit 0). Now every tensor keeps its type (Q/DQ in float32
+    between Casts): the model passes onnx.checker's full check, returns the float model's type,
+    stays close to it at 8 bits, and mpq inspect reads the plan's weight and input bits back."""
+    torch.manual_seed(0)
+    if dtype == torch.float16:
+        net, shape = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                                   nn.Flatten(), nn.Linear(8 * 6 * 6, 5)), (1, 3, 8, 8)
+    else:
+        net, shape = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)), (4, 12)
+    path = export(net.eval().to(dtype), (torch.randn(shape, dtype=dtype),), tmp_path / "net.onnx", "torchscript",
+                  input_names=["x"])
+    plan = _plan(path, tmp_path, f"net-{dtype}", "--bits", "8", "--no-pin", "--budget", "latency=1")
+    layers = json.loads(plan.read_text())["layers"]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float16 if dtype == torch.float16 else np.float64)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "0.npy", x)
+    out = tmp_path / "net.qdq.onnx"
+    result = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert _inspected_bits(out) == {l["name"]: (8, [8]) for l in layers}
+    (got,) = session(out).run(None, {"x": x})
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert got.dtype == want.dtype == x.dtype
+    assert np.abs(got.astype(np.float64) - want).max() < 0.05 * np.abs(want.astype(np.float64)).max()

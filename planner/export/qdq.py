@@ -25,6 +25,13 @@ DequantizeLinear output ``W``; an activation ``x`` becomes ``x_QuantizeLinear_Ou
 ``x_DequantizeLinear_Output`` with ``x_scale`` / ``x_zero_point`` (a suffix ``_2``, ``_3`` ... where
 one tensor gets several quantizers).
 
+Models that compute in float16, bfloat16 or double: the Q/DQ pairs work in float32 (scales are
+float32 at every opset, and DequantizeLinear has no double output), with a Cast on each side,
+so every tensor of the model keeps its type: a float16 weight ``W`` is the DequantizeLinear
+output ``W_float`` cast to float16 as ``W``; an activation ``x`` is cast to ``x_float`` before its
+QuantizeLinear, and ``x_DequantizeLinear_Output`` back to ``x_DequantizeLinear_Output_float16``
+(the type's name) for its reader.
+
 onnxruntime 1.32 on CPU runs these models with three of its graph optimizers off, which
 :func:`session` does (``disabled_optimizers=DISABLED_OPTIMIZERS``): ``QDQSelectorActionTransformer``
 and ``ClipQuantRewrite`` build invalid fused nodes around INT2 weights and UINT2 / UINT4
@@ -47,7 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
-from planner.graph.shapes import add_outputs
+from planner.graph.shapes import add_outputs, infer_shapes
 from planner.graph.weights import WEIGHT_BITS_KEY
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
@@ -128,10 +135,11 @@ def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds, sample: i
     """Activation step and sign of each activation input of every planned layer: layer ->
     [(step, signed) per ``layer.activation_inputs``], each input measured on its own (attention's
     P·V reads non-negative P and signed V). ``feeds`` yields tuples of input arrays in the model's
-    input order (or dicts by input name; float64 arrays are cast to float32); the float model at
-    ``graph.model.path`` runs on them in onnxruntime. A tensor is unsigned when every value seen is
-    >= 0; below 8 bits its step minimises the squared error on up to ``sample`` values per batch
-    (see :func:`grid_steps`), at 8 bits and above it spans the largest magnitude seen."""
+    input order (or dicts by input name; float64 arrays are cast to float32 where the model reads
+    float32); the float model at ``graph.model.path`` runs on them in onnxruntime. A tensor is
+    unsigned when every value seen is >= 0; below 8 bits its step minimises the squared error on
+    up to ``sample`` values per batch (see :func:`grid_steps`), at 8 bits and above it spans the
+    largest magnitude seen."""
     tensors = {t for l in graph.layers if l.name in bits_by_layer for t in l.activation_inputs}
     return steps_from_stats(graph, activation_stats(graph, tensors, feeds, sample), bits_by_layer)
 
@@ -145,11 +153,13 @@ def activation_stats(graph: LayerGraph, tensors, feeds, sample: int = 1 << 16) -
     add_outputs(model, wanted)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
+    reads_float = {i.name for i in session.get_inputs() if i.type == "tensor(float)"}
     seen: dict[str, list] = {n: [[], 0.0, True] for n in wanted}
     for arrays in feeds:
         feed = arrays if isinstance(arrays, dict) else dict(zip(names, arrays))
-        for name, v in zip(wanted, session.run(wanted, {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64
-                                                          else np.asarray(v) for k, v in feed.items()})):
+        feed = {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 and k in reads_float
+                else np.asarray(v) for k, v in feed.items()}
+        for name, v in zip(wanted, session.run(wanted, feed)):
             flat = np.asarray(v, np.float32).ravel()
             seen[name][0].append(flat[::max(1, flat.size // sample)])
             seen[name][1] = max(seen[name][1], float(np.abs(flat).max(initial=0.0)))
@@ -214,7 +224,7 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
         del model.graph.input[:]
         model.graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import, ignore_unknown=True))
-    builder = _Builder(model)
+    builder = _Builder(model, _elem_types(model, graph))
     notes = [f"{b}-bit levels in {c}-bit Q/DQ types (no {b}-bit type up to opset {max_opset})"
              for b, c in sorted(containers.items()) if b != c]
     float_inputs = []
@@ -251,11 +261,22 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
     return QdqExport(builder.finish(), opset, notes)
 
 
-class _Builder:
-    """Adds quantizers to a float model in place; ``finish`` sorts the nodes and writes metadata."""
+def _elem_types(model: onnx.ModelProto, graph: LayerGraph) -> dict[str, int]:
+    """The ONNX element type of every tensor of ``model`` (shape inference at the graph's input
+    shapes; initializers by their own type)."""
+    types: dict[str, int] = {}
+    infer_shapes(model, {k: tuple(v) for k, v in graph.model.input_shapes.items()}, str(graph.model.path), types)
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
 
-    def __init__(self, model: onnx.ModelProto):
+
+class _Builder:
+    """Adds quantizers to a float model in place; ``finish`` sorts the nodes and writes metadata.
+    ``types``: the element type of each tensor of the model (float32 where missing)."""
+
+    def __init__(self, model: onnx.ModelProto, types: dict[str, int] | None = None):
         self.model = model
+        self.types = types or {}
         g = model.graph
         self.initializers = {t.name: t for t in g.initializer}
         self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
@@ -328,9 +349,13 @@ class _Builder:
             dequantized = self._unique(f"{name}_dequantized")
             for node in g.node:
                 node.input[:] = [dequantized if i == name else i for i in node.input]
-        self.new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dequantized],
+        elem = self.types.get(name, TensorProto.FLOAT)
+        float_out = dequantized if elem == TensorProto.FLOAT else self._unique(f"{name}_float")
+        self.new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [float_out],
                                                name=f"{name}_DequantizeLinear",
                                                **({"axis": axis} if axis is not None else {})))
+        if float_out != dequantized:
+            self.new_nodes.append(helper.make_node("Cast", [float_out], [dequantized], name=f"{dequantized}_Cast", to=elem))
         self.weights.add(name)
         self.weight_bits[q_name] = bits
 
@@ -345,18 +370,27 @@ class _Builder:
         g.initializer.extend([numpy_helper.from_array(np.array(step, np.float32), scale),
                               self._zero(zero, container, signed, ())])
         source = tensor
+        elem = self.types.get(tensor, TensorProto.FLOAT)
+        if elem != TensorProto.FLOAT:  # Q/DQ in float32 (see the module docstring)
+            source = self._unique(f"{tensor}_float")
+            self.new_nodes.append(helper.make_node("Cast", [tensor], [source], name=f"{source}_Cast",
+                                                   to=TensorProto.FLOAT))
         if container != bits:
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
             lo_name, hi_name, clipped = (self._unique(f"{tensor}_clip_{s}") for s in ("min", "max", "output"))
             g.initializer.extend([numpy_helper.from_array(np.array(lo * step, np.float32), lo_name),
                                   numpy_helper.from_array(np.array(hi * step, np.float32), hi_name)])
-            self.new_nodes.append(helper.make_node("Clip", [tensor, lo_name, hi_name], [clipped], name=f"{clipped}_Clip"))
+            self.new_nodes.append(helper.make_node("Clip", [source, lo_name, hi_name], [clipped], name=f"{clipped}_Clip"))
             source = clipped
             self.activation_bits[q_out] = bits
         self.new_nodes += [
             helper.make_node("QuantizeLinear", [source, scale, zero], [q_out], name=f"{q_out}_QuantizeLinear"),
             helper.make_node("DequantizeLinear", [q_out, scale, zero], [dq_out], name=f"{dq_out}_DequantizeLinear"),
         ]
+        if elem != TensorProto.FLOAT:
+            cast = self._unique(f"{dq_out}_{helper.tensor_dtype_to_string(elem).removeprefix('TensorProto.').lower()}")
+            self.new_nodes.append(helper.make_node("Cast", [dq_out], [cast], name=f"{cast}_Cast", to=elem))
+            dq_out = cast
         self.quantizers[key] = dq_out
         return dq_out
 
@@ -454,6 +488,8 @@ def layer_bits(graph: LayerGraph) -> dict[str, dict]:
         a_bits = []
         for tensor in layer.activation_inputs:
             node = graph.producers.get(tensor)
+            while node is not None and node.op_type == "Cast":  # a model computing in float16 or double
+                node = graph.producers.get(node.input[0])
             bits = None
             if node is not None and node.op_type == "DequantizeLinear":
                 zero = node.input[2] if len(node.input) > 2 else ""
