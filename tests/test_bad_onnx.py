@@ -277,3 +277,33 @@ def test_layer_nodes_sharing_a_name_stay_separate_layers(good, tmp_path):
         [(l.macs, l.params, l.group, l.pinned_bits) for l in unique.layers]
     assert len(shared.groups) == 3 and [l.name for l in unique.layers] == [n.name for n in onnx.load(
         str(good / "mlp.onnx")).graph.node if n.op_type == "Gemm"]
+
+
+def _poisoned(value: float):
+    def edit(model):
+        weight = _weights(model)[1]
+        values = numpy_helper.to_array(weight).copy()
+        values[3, 5] = value
+        weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    return edit
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_weight_with_nan_or_inf_is_a_user_error_where_values_are_read(good, tmp_path, value):
+    """One NaN or infinite weight in the middle layer: EAGL gave that group the gains 0 (NaN) or
+    0.04 bits (inf) and the export wrote levels cast from NaN (exit 0 both); qerror failed with
+    advice about learning rates and printed numpy warnings. Every command that reads weight values
+    is now exit 2 naming the layer; inspect, cost and the params gains read none and still work."""
+    model = _edited(good, tmp_path, _poisoned(value))
+    shutil.copy(good / "plan.json", tmp_path / "plan.json")
+    layer = load_graph(good / "mlp.onnx").layers[1].name
+    before = _snapshot(tmp_path)
+    for args in (COMMANDS["plan"](model, tmp_path), COMMANDS["gains eagl"](model, tmp_path),
+                 ["gains", "eagl", model, "--step", "mse", "-o", tmp_path / "g.json"],
+                 ["gains", "qerror", model, "-o", tmp_path / "g.json"], COMMANDS["export"](model, tmp_path)):
+        assert_user_error(in_process(*args), "mpq: error:", f"layer '{layer}'", "NaN or infinite")
+    assert _snapshot(tmp_path) == before
+    for args in (COMMANDS["inspect"](model, tmp_path), COMMANDS["cost"](model, tmp_path),
+                 ["plan", model, "--hw", "northpole", "--budget", "latency=0.5", "--gains", "params"]):
+        result = in_process(*args)
+        assert result.returncode == 0 and not result.stderr, result.stderr

@@ -55,7 +55,7 @@ from onnx import TensorProto, helper, numpy_helper
 from planner.errors import MpqError
 from planner.graph import LayerGraph
 from planner.graph.shapes import add_outputs, infer_shapes
-from planner.graph.weights import WEIGHT_BITS_KEY
+from planner.graph.weights import WEIGHT_BITS_KEY, require_finite
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
 # bits -> (signed type, unsigned type, numpy signed, numpy unsigned, first opset with the type)
@@ -201,7 +201,8 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
     after its step was learned; the learned levels are kept and the fold goes into per-channel
     scales. ``per_channel``: one weight step per output channel (else per tensor). ``max_opset``:
     the highest opset the model may use (21: INT2 becomes INT4 containers; 13: INT8 containers).
-    Raises MpqError when the model cannot be converted to the opset needed.
+    Raises MpqError when the model cannot be converted to the opset needed, or a planned layer's
+    weight holds NaN or infinite values.
     """
     if not graph.model.path:
         raise MpqError("the QDQ export needs the model's ONNX file")
@@ -306,6 +307,7 @@ class _Builder:
     def weight(self, graph: LayerGraph, layer, bits: int, container: int, learned_step: float | None,
                fold: Fold | None, per_channel: bool) -> None:
         w = np.asarray(graph.tensors.array(layer.weight), np.float32)
+        require_finite(graph, layer, float(np.abs(w).max(initial=0.0)))
         qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
         axis = _channel_axis(graph, layer) if per_channel or fold is not None else None
         zero = None
