@@ -676,3 +676,35 @@ def test_a_model_computing_in_float16_or_double_exports_with_its_types(dtype, tm
     (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert got.dtype == want.dtype == x.dtype
     assert np.abs(got.astype(np.float64) - want).max() < 0.05 * np.abs(want.astype(np.float64)).max()
+
+
+def _mlp(tmp_path) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    return export(net, (torch.randn(4, 12),), tmp_path / "mlp.onnx", "torchscript", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})
+
+
+def test_outputs_without_a_shape_get_their_rank_in_the_export(tmp_path):
+    """A model whose graph output has a type but no shape (onnx-graphsurgeon writes such outputs;
+    onnxruntime runs them, onnx.checker refuses them): the export ended in the checker's
+    ValidationError (exit 1). Now the output gets its inferred rank with open dimensions: the QDQ
+    model passes the full check and runs at another batch size, close to the float model."""
+    model = onnx.load(_mlp(tmp_path))
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    path = tmp_path / "shapeless.onnx"
+    onnx.save(model, path)
+    plan = _plan(path, tmp_path, "shapeless", "--bits", "8", "--budget", "latency=1")
+    out = tmp_path / "shapeless.qdq.onnx"
+    result = mpq("export", plan, path, "-o", out)
+    assert result.returncode == 0, result.stderr
+    exported = onnx.load(out)
+    onnx.checker.check_model(exported, full_check=True)
+    dims = exported.graph.output[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and not any(d.HasField("dim_value") or d.HasField("dim_param") for d in dims)
+    x = np.random.default_rng(0).standard_normal((7, 12)).astype(np.float32)
+    (got,) = session(out).run(None, {"x": x})
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert got.shape == want.shape == (7, 5)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+

@@ -225,7 +225,9 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
         del model.graph.input[:]
         model.graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import, ignore_unknown=True))
-    builder = _Builder(model, _elem_types(model, graph))
+    shapes, types = _inferred(model, graph)
+    _type_outputs(model, shapes, types)
+    builder = _Builder(model, types)
     notes = [f"{b}-bit levels in {c}-bit Q/DQ types (no {b}-bit type up to opset {max_opset})"
              for b, c in sorted(containers.items()) if b != c]
     float_inputs = []
@@ -262,13 +264,28 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
     return QdqExport(builder.finish(), opset, notes)
 
 
-def _elem_types(model: onnx.ModelProto, graph: LayerGraph) -> dict[str, int]:
-    """The ONNX element type of every tensor of ``model`` (shape inference at the graph's input
-    shapes; initializers by their own type)."""
+def _inferred(model: onnx.ModelProto, graph: LayerGraph) -> tuple[dict[str, tuple | None], dict[str, int]]:
+    """The static shape (None where unknown) and the ONNX element type of every tensor of
+    ``model``: shape inference at the graph's input shapes; initializers by their own type."""
     types: dict[str, int] = {}
-    infer_shapes(model, {k: tuple(v) for k, v in graph.model.input_shapes.items()}, str(graph.model.path), types)
+    shapes = infer_shapes(model, {k: tuple(v) for k, v in graph.model.input_shapes.items()}, str(graph.model.path), types)
     types.update({t.name: t.data_type for t in model.graph.initializer})
-    return types
+    return shapes, types
+
+
+def _type_outputs(model: onnx.ModelProto, shapes: dict[str, tuple | None], types: dict[str, int]) -> None:
+    """Give each tensor output of the graph that lacks them its element type and a shape of its
+    inferred rank, every dimension left open (the model runs at other input sizes). onnx.checker
+    requires both, onnxruntime does not, and some tools write outputs without them."""
+    for value in model.graph.output:
+        kind = value.type.WhichOneof("value")
+        tensor = value.type.tensor_type
+        if kind not in (None, "tensor_type") or (tensor.elem_type and tensor.HasField("shape")):
+            continue
+        if not tensor.elem_type and types.get(value.name):
+            tensor.elem_type = types[value.name]
+        if not tensor.HasField("shape") and shapes.get(value.name) is not None:
+            tensor.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in shapes[value.name])
 
 
 class _Builder:
