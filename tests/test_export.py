@@ -708,3 +708,17 @@ def test_outputs_without_a_shape_get_their_rank_in_the_export(tmp_path):
     assert got.shape == want.shape == (7, 5)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
+
+def test_a_model_that_onnx_checker_refuses_is_a_user_error_at_export(tmp_path):
+    """A float model that onnx.checker refuses (here an IR version newer than the installed onnx
+    knows) is planned, but its QDQ model would be refused too: the export said so with a
+    traceback (exit 1); now exit 2, one line with the checker's finding, no file."""
+    model = onnx.load(_mlp(tmp_path))
+    model.ir_version = 99
+    path = tmp_path / "ir99.onnx"
+    onnx.save(model, path)
+    plan = _plan(path, tmp_path, "ir99", "--budget", "latency=0.5")
+    result = mpq("export", plan, path, "-o", tmp_path / "ir99.qdq.onnx")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "onnx.checker" in result.stderr and "ir_version 99" in result.stderr
+    assert not (tmp_path / "ir99.qdq.onnx").exists()

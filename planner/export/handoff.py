@@ -42,8 +42,9 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
     given; activation steps are calibrated on ``inputs_folder`` or the task's training batches.
     With a task or inputs, fidelity to the float model (and to the torch network with a
     checkpoint) is measured on held-out batches. Every file is written atomically, all or none.
-    Raises MpqError for inconsistent options, a plan for another model (unless ``force``) or a
-    checkpoint fine-tuned for another plan."""
+    Raises MpqError for inconsistent options, a plan for another model (unless ``force``), a
+    checkpoint fine-tuned for another plan, or a float model that onnx.checker refuses (its QDQ
+    model would be refused too)."""
     import onnx
 
     from planner.atomic import atomic_path, together, write_text
@@ -103,7 +104,7 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
                          f"and {len(doc['activation_encodings'])} activation encodings, for the float model {float_path}")
         proto = None
     elif fmt == "qdq":
-        onnx.checker.check_model(proto)
+        check_exported(proto, model)
         with atomic_path(output) as tmp:
             onnx.save(proto, tmp)
         out.written.append(output)
@@ -125,6 +126,25 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
         out.lines.append(f"  onnxruntime 1.32 CPU: open with disabled_optimizers={DISABLED_OPTIMIZERS} "
                          "(planner.export.qdq.session does)")
     return out
+
+
+def check_exported(proto, model: str) -> None:
+    """Run onnx.checker on the exported QDQ model ``proto``. Where it fails and the float
+    ``model`` fails the checker too, the fault is the model's (onnxruntime runs models the checker
+    refuses): MpqError saying what the checker found. Where only the export fails, the
+    ValidationError propagates (a bug in mpq)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError:
+        try:
+            onnx.checker.check_model(str(model))
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MpqError(f"{model}: the model fails onnx.checker ({first}), and so would its QDQ model; "
+                           "fix the model (onnx.checker.check_model says what is wrong) and export again") from None
+        raise
 
 
 def float_model_path(output: str) -> Path:
