@@ -722,3 +722,23 @@ def test_a_model_that_onnx_checker_refuses_is_a_user_error_at_export(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "onnx.checker" in result.stderr and "ir_version 99" in result.stderr
     assert not (tmp_path / "ir99.qdq.onnx").exists()
+
+
+def test_calibrating_a_model_onnxruntime_cannot_run_is_a_user_error(tmp_path):
+    """A double-precision CNN (onnxruntime has no double Conv): planned and exported without data,
+    but calibrating it on --inputs ended in onnxruntime's NotImplemented traceback (exit 1). Now
+    exit 2, one line saying what to do, no file; the export without --inputs still works."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval().double()
+    path = export(net, (torch.randn(1, 3, 8, 8, dtype=torch.float64),), tmp_path / "conv64.onnx", "torchscript",
+                  input_names=["x"])
+    plan = _plan(path, tmp_path, "conv64", "--budget", "latency=0.5")
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "0.npy", np.random.default_rng(0).standard_normal((1, 3, 8, 8)))
+    out = tmp_path / "conv64.qdq.onnx"
+    result = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "onnxruntime cannot run" in result.stderr
+    assert "without --inputs" in result.stderr and not out.exists()
+    assert mpq("export", plan, path, "-o", out).returncode == 0
+    onnx.checker.check_model(onnx.load(out), full_check=True)

@@ -54,7 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
-from planner.graph.shapes import add_outputs, infer_shapes
+from planner.graph.shapes import add_outputs, infer_shapes, ort_model_errors
 from planner.graph.weights import WEIGHT_BITS_KEY, require_finite
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
@@ -145,13 +145,19 @@ def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds, sample: i
 
 
 def activation_stats(graph: LayerGraph, tensors, feeds, sample: int = 1 << 16) -> dict[str, tuple]:
-    """tensor -> (sampled values, largest magnitude, all >= 0) over ``feeds`` (see :func:`calibrate`)."""
+    """tensor -> (sampled values, largest magnitude, all >= 0) over ``feeds`` (see :func:`calibrate`).
+    MpqError where onnxruntime cannot load the float model (it has no kernel for one of its ops)."""
     import onnxruntime as ort
 
     model = onnx.load(graph.model.path)
     wanted = sorted(tensors)
     add_outputs(model, wanted)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except ort_model_errors() as e:
+        raise MpqError(f"onnxruntime cannot run the float model to calibrate its activations "
+                       f"({str(e).strip().splitlines()[0]}); export without --inputs or --task (the layer "
+                       "inputs then stay float)") from None
     names = [i.name for i in session.get_inputs()]
     reads_float = {i.name for i in session.get_inputs() if i.type == "tensor(float)"}
     seen: dict[str, list] = {n: [[], 0.0, True] for n in wanted}

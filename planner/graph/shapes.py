@@ -186,6 +186,15 @@ def add_outputs(model: onnx.ModelProto, names) -> None:
             known.add(name)
 
 
+def ort_model_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
+    can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    return (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+            ort_errors.NotImplemented, ort_errors.RuntimeException, ort_errors.NoSuchFile)
+
+
 def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
     """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
 
@@ -198,13 +207,8 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
     onnxruntime cannot load or run the model.
     """
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-    # What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
-    # can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one.
-    model_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
-                    ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
-                    ort_errors.NoSuchFile)
+    model_errors = ort_model_errors()
     probe, stripped = _skeleton(model, input_shapes)
     add_outputs(probe, names)
     feeds = {}
