@@ -165,7 +165,33 @@ def _twin_initializer(model):
     model.graph.initializer.append(numpy_helper.from_array(np.zeros((32, 16), np.float32), _weights(model)[0].name))
 
 
+def _huge_dims(model):
+    """The small first weight (its bytes inline) claims 2^31 x 2^31 elements."""
+    _weights(model)[0].dims[:] = [1 << 31, 1 << 31]
+
+
+def _typed_values(count: int, dims: list[int]):
+    """The small first weight's values moved to float_data: ``count`` of them, under ``dims``."""
+    def edit(model):
+        weight = _weights(model)[0]
+        values = numpy_helper.to_array(weight).ravel()[:count].tolist()
+        weight.ClearField("raw_data")
+        weight.float_data[:] = values
+        weight.dims[:] = dims
+    return edit
+
+
+def _negative_dims(model):
+    _weights(model)[0].dims[:] = [-32, -16]
+
+
 CASES = {  # name: (builder(good, folder) -> model path, words the message must hold)
+    "inline weight of 2^31 x 2^31": (lambda g, f: _edited(g, f, _huge_dims), ["holds 2048 bytes", "needs"]),
+    "float_data of 2^31 x 2^31": (lambda g, f: _edited(g, f, _typed_values(512, [1 << 31, 1 << 31])),
+                                  ["holds 512 values", "needs"]),
+    "float_data shorter than its dims": (lambda g, f: _edited(g, f, _typed_values(500, [32, 16])),
+                                         ["holds 500 values", "needs 512"]),
+    "negative dims": (lambda g, f: _edited(g, f, _negative_dims), ["negative dimensions"]),
     "two nodes write one tensor": (lambda g, f: _edited(g, f, _second_producer), ["defined twice", "node"]),
     "initializer over a node output": (lambda g, f: _edited(g, f, _initializer_over_a_node_output),
                                        ["defined twice", "an initializer"]),
