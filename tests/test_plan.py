@@ -469,6 +469,8 @@ def test_same_inputs_same_bytes(exported, tmp_path):
     ("power_w<=5", ["unknown metric 'power_w'"]),
     ("latency_s<=1e400", ["not a finite number"]),
     ("weight_bytes<=1e300TB", ["not a finite number"]),
+    ("latency=-0.5", ["-0.5 is negative", "from 0 (cheapest plan) to 1"]),  # was "'-0.5' is not a number"
+    ("weight_bytes<=-1MB", ["-1MB is negative", "0 or more"]),
 ])
 def test_bad_budgets_exit_2_and_write_nothing(exported, tmp_path, budget, words):
     out = tmp_path / "plan.json"
