@@ -493,9 +493,12 @@ def test_budget_above_every_plan_gives_the_unconstrained_optimum(exported, limit
         assert doc["solver"]["status"] == "OPTIMAL" and doc["solver"]["objective"] == pytest.approx(best, rel=1e-12)
 
 
-def test_between_must_run_from_low_to_high(exported):
-    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", "latency=0.5", "--between", "4,2")
+@pytest.mark.parametrize("pair,example", [("4,2", "e.g. 2,4"), ("8,4", "e.g. 4,8"), ("4,4", "e.g. 2,4")])
+def test_between_must_run_from_low_to_high(exported, pair, example):
+    """The example is a valid pair (for 4,4 it was "e.g. 4,4")."""
+    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", "latency=0.5", "--between", pair)
     assert result.returncode == 2 and "LOW must be below HIGH" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr.strip().endswith(example), result.stderr
 
 
 @pytest.mark.parametrize("where", ["gain", "cost", "budget"])
