@@ -193,6 +193,7 @@ def inputs(tmp_path_factory) -> Path:
     _edit_json(plan, d / "p_w99.json", lambda p: all_bits(p, 99))
     _edit_json(plan, d / "p_w0.json", lambda p: all_bits(p, 0))
     _edit_json(plan, d / "p_nolayers.json", lambda p: p.update(layers=[]))
+    _edit_json(plan, d / "p_twice.json", lambda p: p["layers"].append(dict(p["layers"][1], w_bits=2, a_bits=2)))
     (d / "p_nan.json").write_text(plan.read_text().replace('"objective": ', '"objective": NaN, "x": ', 1))
     (d / "p_deep.json").write_text("{\"a\":" * 50_000 + "1" + "}" * 50_000)
     (d / "p_binary.json").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
@@ -454,6 +455,8 @@ CASES: dict[str, list] = {
     "export plan of another model": ["export", "plan2.json", "m.onnx", "-o", "q.onnx"],
     "export plan w_bits 99": ["export", "p_w99.json", "m.onnx", "-o", "q.onnx"],
     "export plan binary": ["export", "p_binary.json", "m.onnx", "-o", "q.onnx"],
+    "export plan with a layer twice": ["export", "p_twice.json", "m.onnx", "-o", "q.onnx"],
+    "cost plan with a layer twice": COST + ["--plan", "p_twice.json"],
     "export --checkpoint without --task": EXPORT + ["--checkpoint", "ckpt.pt", "-o", "q.onnx"],
     "inspect a device (/dev/zero never ends)": ["inspect", "/dev/zero"],
     "--hw a device": COST[:2] + ["--hw", "/dev/zero", "--summary"],
