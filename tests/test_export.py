@@ -742,3 +742,29 @@ def test_calibrating_a_model_onnxruntime_cannot_run_is_a_user_error(tmp_path):
     assert "without --inputs" in result.stderr and not out.exists()
     assert mpq("export", plan, path, "-o", out).returncode == 0
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_batch_norms_folded_in_an_ir_3_model_leave_no_inputs_behind(tmp_path):
+    """torch's opset-7 export (IR 3: every initializer is also a graph input) of a Conv + BatchNorm
+    net: folding the batch norm removed its initializers but kept them as graph inputs, so the QDQ
+    model and AIMET's float model asked to be fed the batch norm's scale and bias (onnxruntime:
+    "Required inputs are missing", exit 0). Now the image is the only input they need and the QDQ
+    model stays close to the float model."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    path = export(net, (torch.randn(1, 3, 8, 8),), tmp_path / "bn7.onnx", "torchscript", input_names=["x"],
+                  opset_version=7)
+    assert onnx.load(path).ir_version == 3
+    plan = _plan(path, tmp_path, "bn7", "--bits", "8", "--budget", "latency=1")
+    for fmt, out in (("qdq", tmp_path / "bn7.qdq.onnx"), ("aimet", tmp_path / "bn7-aimet.json")):
+        result = mpq("export", plan, path, "--format", fmt, "-o", out)
+        assert result.returncode == 0, result.stderr
+        graph = onnx.load(out.with_suffix(".onnx")).graph
+        stored = {t.name for t in graph.initializer}
+        assert [i.name for i in graph.input if i.name not in stored] == ["x"]  # the inputs one must feed
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    (got,) = session(tmp_path / "bn7.qdq.onnx").run(None, {"x": x})
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
