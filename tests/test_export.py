@@ -768,3 +768,35 @@ def test_batch_norms_folded_in_an_ir_3_model_leave_no_inputs_behind(tmp_path):
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+class _Score(nn.Module):
+    """An MLP whose output is one number per call (a 0-d tensor), as scorers and losses export."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.body(x).sum()
+
+
+def test_fidelity_of_a_model_with_a_scalar_output(tmp_path):
+    """Exporting with --inputs measured fidelity assuming a batch axis on the output: a 0-d output
+    was an IndexError traceback (exit 1) after the QDQ model had been written. Now exit 0, the
+    figures printed, and the QDQ output close to torch's."""
+    torch.manual_seed(0)
+    net = _Score().eval()
+    path = export(net, (torch.randn(4, 12),), tmp_path / "score.onnx", "torchscript", input_names=["x"])
+    plan = _plan(path, tmp_path, "score", "--bits", "8", "--budget", "latency=1")
+    x = np.random.default_rng(0).standard_normal((4, 12)).astype(np.float32)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "0.npy", x)
+    out = tmp_path / "score.qdq.onnx"
+    result = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "fidelity vs the float model on 1 inputs" in result.stdout
+    (got,) = session(out).run(None, {"x": x})
+    with torch.no_grad():
+        want = float(net(torch.from_numpy(x)))
+    assert got.shape == () and abs(float(got) - want) < 0.05 * max(1.0, abs(want))
