@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import export
+import planner.errors
 from planner.cli.commands import run
 from planner.quant.checkpoint import save_checkpoint
 from planner.tasks.mnist import SmallResNet
@@ -634,6 +635,23 @@ def test_a_bug_is_exit_1_with_a_traceback_and_a_request(workdir, monkeypatch):
     assert code == 1
     assert "Traceback" in err and "ZeroDivisionError" in err and "please report" in err.splitlines()[-1]
     assert not err.startswith("mpq: error:")
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "aimet", "ort-overrides"])
+def test_an_export_whose_fidelity_fails_writes_nothing(workdir, monkeypatch, fmt):
+    """Fidelity was measured after the export's files were written: a failure there (a user error
+    from onnxruntime, or a bug) left them behind (ort-overrides: the JSON and the --calibrate
+    model). It is now measured first, and the two ort-overrides files are written together."""
+    import planner.export.fidelity
+
+    def failing(*args, **kwargs):
+        raise planner.errors.MpqError("onnxruntime cannot run the float model on these inputs")
+
+    (workdir / "good_inputs").mkdir()
+    np.save(workdir / "good_inputs" / "0.npy", np.zeros((1, 1, 28, 28), np.float32))
+    monkeypatch.setattr(planner.export.fidelity, "fidelity", failing)
+    calibrate = ["--calibrate", "calibrated.onnx"] if fmt == "ort-overrides" else []
+    assert_promise(workdir, EXPORT + ["--format", fmt, "--inputs", "good_inputs", "-o", "out.json", *calibrate])
 
 
 if __name__ == "__main__":
