@@ -800,3 +800,34 @@ def test_fidelity_of_a_model_with_a_scalar_output(tmp_path):
     with torch.no_grad():
         want = float(net(torch.from_numpy(x)))
     assert got.shape == () and abs(float(got) - want) < 0.05 * max(1.0, abs(want))
+
+
+def test_a_float16_conversion_that_appends_its_casts_exports(tmp_path):
+    """onnxruntime's float16 converter with keep_io_types appends the input and output Casts after
+    the nodes that read them. ONNX shape inference follows the file's order, so the element types
+    of the float16 activations were unknown, taken as float32, and the export with --inputs built
+    float32 quantizers on float16 tensors (onnxruntime refused the model: a traceback, exit 1). Now
+    inference reads the nodes in a topological order: the model exports, passes the full check and
+    stays close to the float model."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 2 * 2, 5)).eval()
+    path = export(net, (torch.randn(1, 3, 8, 8),), tmp_path / "net.onnx", "torchscript", input_names=["x"])
+    half = convert_float_to_float16(onnx.load(path), keep_io_types=True)
+    position = {o: k for k, n in enumerate(half.graph.node) for o in n.output}
+    assert any(position.get(i, -1) > k for k, n in enumerate(half.graph.node) for i in n.input)  # a reader before its Cast
+    onnx.save(half, tmp_path / "half.onnx")
+    plan = _plan(tmp_path / "half.onnx", tmp_path, "half", "--bits", "8", "--budget", "latency=1")
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "0.npy", x)
+    out = tmp_path / "half.qdq.onnx"
+    result = mpq("export", plan, tmp_path / "half.onnx", "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    (got,) = session(out).run(None, {"x": x})
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

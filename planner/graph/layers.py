@@ -22,7 +22,7 @@ import onnx
 
 from planner.errors import MpqError
 from planner.graph.onnxfile import TensorStore, read_model
-from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_shapes
+from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, outer_inputs as _outer_inputs, run_for_shapes
 
 # op_type -> (index of the activation operand, index of the weight operand) for layers with
 # one weight; MatMul-like ops may have the weight on either side.
@@ -397,18 +397,6 @@ def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]
                            f"'{missing}', which nothing produces; the graph is broken")
         pending = remaining
     return ordered
-
-
-def _outer_inputs(node: onnx.NodeProto) -> set[str]:
-    """Tensors of the enclosing graph that a control-flow node's subgraphs read."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            local = {t.name for t in sub.initializer} | {i.name for i in sub.input}
-            local |= {o for n in sub.node for o in n.output}
-            for n in sub.node:
-                names |= {i for i in n.input if i and i not in local} | (_outer_inputs(n) - local)
-    return names
 
 
 def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[str]:
