@@ -831,3 +831,24 @@ def test_a_float16_conversion_that_appends_its_casts_exports(tmp_path):
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_ort_overrides_calibrate_a_double_model(tmp_path):
+    """quantize_static's calibration reader cast every float64 batch to float32, so a model that
+    reads double failed in onnxruntime (a traceback, exit 1). Now the batches keep the type the
+    model reads, and the calibrated model runs close to the float model."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)).eval().double()
+    path = export(net, (torch.randn(4, 12, dtype=torch.float64),), tmp_path / "mlp64.onnx", "torchscript",
+                  input_names=["x"])
+    plan = _plan(path, tmp_path, "mlp64", "--bits", "8", "--budget", "latency=1")
+    x = np.random.default_rng(0).standard_normal((4, 12))
+    (tmp_path / "inputs").mkdir()
+    np.save(tmp_path / "inputs" / "0.npy", x)
+    result = mpq("export", plan, path, "--format", "ort-overrides", "--calibrate", tmp_path / "cal.onnx",
+                 "--inputs", tmp_path / "inputs", "-o", tmp_path / "overrides.json")
+    assert result.returncode == 0, result.stderr
+    (got,) = ort.InferenceSession(str(tmp_path / "cal.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert got.dtype == np.float64 and np.abs(got - want).max() < 0.05 * np.abs(want).max()
