@@ -54,7 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
-from planner.graph.shapes import add_outputs, infer_shapes, ort_model_errors
+from planner.graph.shapes import add_outputs, infer_shapes, ort_model_errors, outer_inputs
 from planner.graph.weights import WEIGHT_BITS_KEY, require_finite
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
@@ -463,7 +463,8 @@ def _channel_axis(graph: LayerGraph, layer) -> int | None:
 
 
 def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Put the nodes back in topological order (the new ones were prepended)."""
+    """Put the nodes back in topological order (the new ones were prepended); a node with
+    subgraphs (If, Loop, Scan) comes after the producers of the outer tensors they read."""
     g = model.graph
     available = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
     pending, ordered = list(g.node), []
@@ -471,7 +472,7 @@ def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
         progress = False
         rest = []
         for node in pending:
-            if all(i in available for i in node.input):
+            if all(i in available for i in node.input) and not outer_inputs(node) - available:
                 ordered.append(node)
                 available.update(node.output)
                 progress = True
