@@ -205,8 +205,11 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
 
     found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
-        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an "
-                       "activation); nothing to plan")
+        nested = _nested_layer_ops(graph)
+        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an activation)"
+                       + (f"; its {nested} such nodes sit inside If/Loop/Scan subgraphs, which mpq does not plan: "
+                          "export the model without control flow (e.g. one model per branch)" if nested else
+                          "; nothing to plan"))
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     folded: dict[str, np.ndarray] = {}
     for _ in range(8):  # first fold the shape operands that decide the missing shapes (each fold may
@@ -397,6 +400,16 @@ def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]
                            f"'{missing}', which nothing produces; the graph is broken")
         pending = remaining
     return ordered
+
+
+def _nested_layer_ops(graph: onnx.GraphProto) -> int:
+    """The number of layer ops (:data:`LAYER_OPS`) inside the subgraphs of ``graph``'s nodes."""
+    count = 0
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                count += sum(n.op_type in LAYER_OPS for n in sub.node) + _nested_layer_ops(sub)
+    return count
 
 
 def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[str]:
