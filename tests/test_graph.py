@@ -316,3 +316,46 @@ def test_model_digest_hashed_in_the_background_is_the_file_sha256(exported):
     assert pickle.loads(pickle.dumps(graph.model)).sha256 == expected
     assert graph.model.sha256 == copy.deepcopy(graph.model).sha256 == expected
     assert graph.to_json()["model"]["sha256"] == expected
+
+
+class _EinsumDense(torch.nn.Module):
+    """Projections written with torch.einsum (as Keras' EinsumDense and many attention codes do):
+    'bsd,dhk->bshk' splits into heads, '...hk,hke->...e' merges them (an ellipsis), then a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.split = torch.nn.Parameter(torch.randn(16, 4, 8) * 0.1)
+        self.merge = torch.nn.Parameter(torch.randn(4, 8, 12) * 0.1)
+        self.out = torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        heads = torch.relu(torch.einsum("bsd,dhk->bshk", x, self.split))
+        return self.out(torch.einsum("...hk,hke->...e", heads, self.merge))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_einsum_with_a_weight_is_a_layer(exporter, tmp_path):
+    """Two-operand Einsums were not layers: their weights were neither counted nor planned and
+    their multiply-accumulates were missing. Now each is a layer with the weight's element count and
+    the MACs of its contraction (output elements x summed index sizes, counted here from the
+    shapes), and a plan on them exports and runs close to torch."""
+    torch.manual_seed(0)
+    net, x = _EinsumDense().eval(), torch.randn(2, 5, 16)
+    path = export(net, (x,), tmp_path / "einsum.onnx", exporter, input_names=["x"])
+    graph = load_graph(path)
+    assert [(l.op_type, l.params, l.macs) for l in graph.layers] == [
+        ("Einsum", 16 * 4 * 8, (2 * 5 * 4 * 8) * 16),  # output b,s,h,k; summed d
+        ("Einsum", 4 * 8 * 12, (2 * 5 * 12) * (4 * 8)),  # output b,s,e; summed h,k
+        (graph.layers[2].op_type, 12 * 3, 2 * 5 * 3 * 12)]
+    assert len(graph.groups) == 3 and graph.groups[1].pinned_bits is None
+    from conftest import mpq
+    from planner.export.qdq import session
+
+    plan = tmp_path / "plan.json"
+    assert mpq("plan", path, "--hw", "northpole", "--bits", "8", "--budget", "latency=1", "-o", plan).returncode == 0
+    result = mpq("export", plan, path, "-o", tmp_path / "q.onnx")
+    assert result.returncode == 0 and "3 weight quantizers" in result.stdout, result.stderr
+    (got,) = session(tmp_path / "q.onnx").run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
