@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -333,3 +334,33 @@ def test_a_weight_with_nan_or_inf_is_a_user_error_where_values_are_read(good, tm
                  ["plan", model, "--hw", "northpole", "--budget", "latency=0.5", "--gains", "params"]):
         result = in_process(*args)
         assert result.returncode == 0 and not result.stderr, result.stderr
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def test_layers_inside_model_local_functions_are_a_user_error(tmp_path):
+    """torch's export_modules_as_functions puts each block in a model-local function that the main
+    graph calls. mpq reads the main graph only: inspect showed 2 of the 4 layers and their MACs, and
+    plans left the others out (exit 0). Now every command says so and how to inline them; the
+    inlined model has all 4 layers."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), _Block(), _Block(), torch.nn.Linear(16, 4)).eval()
+    path = export(net, (torch.randn(2, 8),), tmp_path / "blocks.onnx", "torchscript", input_names=["x"],
+                  opset_version=17, export_modules_as_functions={_Block})
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["Gemm", "_Block", "_Block", "Gemm"]
+    before = _snapshot(tmp_path)
+    for command, args in COMMANDS.items():
+        if command != "export":
+            assert_user_error(in_process(*args(path, tmp_path)), "mpq: error:", "model-local functions",
+                              "inline_local_functions")
+    assert _snapshot(tmp_path) == before
+    onnx.save(onnx.inliner.inline_local_functions(onnx.load(str(path))), str(tmp_path / "inlined.onnx"))
+    graph = load_graph(tmp_path / "inlined.onnx")
+    assert [l.macs for l in graph.layers] == [2 * 8 * 16, 2 * 16 * 16, 2 * 16 * 16, 2 * 16 * 4]

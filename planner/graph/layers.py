@@ -194,6 +194,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     graph = proto.graph
     _check_single_assignment(graph, where)
+    _check_no_layers_in_functions(proto, where)
     tensors = TensorStore(graph, base_dir, where)
     fixed_inputs = fix_input_shapes(graph, input_shapes, where)
     elem_types: dict[str, int] = {}
@@ -401,6 +402,27 @@ def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]
                            f"'{missing}', which nothing produces; the graph is broken")
         pending = remaining
     return ordered
+
+
+def _check_no_layers_in_functions(proto: onnx.ModelProto, where: str) -> None:
+    """MpqError where the main graph calls a model-local function that holds a layer op (directly
+    or through other local functions; torch's ``export_modules_as_functions`` writes such models):
+    mpq reads the main graph only, so those layers would be missing from every count and plan."""
+    functions = {(f.domain, f.name): f for f in proto.functions}
+    holding: set[tuple[str, str]] = set()
+    changed = True
+    while changed:  # a function holds a layer when its nodes are layer ops or call one that does
+        changed = False
+        for key, function in functions.items():
+            if key not in holding and any(n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx")
+                                          or (n.domain, n.op_type) in holding for n in function.node):
+                holding.add(key)
+                changed = True
+    calls = [n for n in proto.graph.node if (n.domain, n.op_type) in holding]
+    if calls:
+        raise MpqError(f"{where}: {len(calls)} nodes (e.g. '{calls[0].name or calls[0].op_type}') call model-local "
+                       f"functions that hold Conv/Gemm/MatMul layers, which mpq does not read; inline them first: "
+                       "onnx.save(onnx.inliner.inline_local_functions(onnx.load(MODEL)), INLINED)")
 
 
 def _nested_layer_ops(graph: onnx.GraphProto) -> int:
