@@ -879,3 +879,33 @@ def test_a_model_whose_if_branches_read_outer_tensors_exports_in_order(tmp_path)
     assert probability.shape == want_probability.shape and np.abs(probability - want_probability).max() < 0.02
     cosine = (state * want_state).sum() / np.linalg.norm(state) / np.linalg.norm(want_state)
     assert state.shape == want_state.shape and cosine > 0.95
+
+
+def test_integer_weights_behind_a_cast_dequantize_to_float(tmp_path):
+    """A weight stored as int8 levels and cast to float by the model (as weight-compressed models
+    store them) is quantized again as a float weight: its DequantizeLinear output feeds the Cast
+    as float, never cast back to int8 (which would truncate every dequantized value)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    levels = rng.integers(-100, 100, (16, 16)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["a"], name="m0"), helper.make_node("Cast", ["w1i"], ["w1"], to=1),
+         helper.make_node("MatMul", ["a", "w1"], ["b"], name="m1"), helper.make_node("MatMul", ["b", "w2"], ["y"], name="m2")],
+        "intw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w0"),
+         numpy_helper.from_array(levels, "w1i"), numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")])
+    path = tmp_path / "intw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    plan = _plan(path, tmp_path, "intw", "--bits", "8", "--budget", "latency=1")
+    out = tmp_path / "intw.qdq.onnx"
+    assert mpq("export", plan, path, "-o", out).returncode == 0
+    exported = onnx.load(out)
+    dq = next(n for n in exported.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("w1i"))
+    assert [n.op_type for n in exported.graph.node if dq.output[0] in n.input] == ["Cast"]
+    assert not any(n.op_type == "Cast" and n.attribute[0].i == TensorProto.INT8 for n in exported.graph.node)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    (got,) = session(out).run(None, {"x": x})
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()

@@ -28,7 +28,8 @@ one tensor gets several quantizers).
 Models that compute in float16, bfloat16 or double: the Q/DQ pairs work in float32 (scales are
 float32 at every opset, and DequantizeLinear has no double output), with a Cast on each side,
 so every tensor of the model keeps its type: a float16 weight ``W`` is the DequantizeLinear
-output ``W_float`` cast to float16 as ``W``; an activation ``x`` is cast to ``x_float`` before its
+output ``W_float`` cast to float16 as ``W`` (an integer weight that the model casts to float
+becomes the float DequantizeLinear output ``W`` itself); an activation ``x`` is cast to ``x_float`` before its
 QuantizeLinear, and ``x_DequantizeLinear_Output`` back to ``x_DequantizeLinear_Output_float16``
 (the type's name) for its reader.
 
@@ -68,6 +69,8 @@ TYPES = {
 TYPE_BITS = {t: b for b, (s, u, *_) in TYPES.items() for t in (s, u)}
 DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ClipQuantRewrite", "WeightBiasQuantization"]
 CLIP_RATIOS = np.linspace(0.05, 1.0, 20)
+# Float types other than float32, which DequantizeLinear does not write at every opset (double at none).
+_OTHER_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 # Ops whose weight layout maps an output channel of the layer to one axis of the stored tensor.
 _LAYOUT_OPS = {"Identity", "Cast", "Transpose"}
 
@@ -374,8 +377,8 @@ class _Builder:
             dequantized = self._unique(f"{name}_dequantized")
             for node in g.node:
                 node.input[:] = [dequantized if i == name else i for i in node.input]
-        elem = self.types.get(name, TensorProto.FLOAT)
-        float_out = dequantized if elem == TensorProto.FLOAT else self._unique(f"{name}_float")
+        elem = self.types.get(name, TensorProto.FLOAT)  # integer weights (read through a Cast) become float
+        float_out = dequantized if elem not in _OTHER_FLOATS else self._unique(f"{name}_float")
         self.new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [float_out],
                                                name=f"{name}_DequantizeLinear",
                                                **({"axis": axis} if axis is not None else {})))
