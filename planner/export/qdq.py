@@ -275,9 +275,15 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
 
 def _inferred(model: onnx.ModelProto, graph: LayerGraph) -> tuple[dict[str, tuple | None], dict[str, int]]:
     """The static shape (None where unknown) and the ONNX element type of every tensor of
-    ``model``: shape inference at the graph's input shapes; initializers by their own type."""
+    ``model``: shape inference at the graph's input shapes; initializers by their own type. Where
+    inference fails on the converted model, only the initializers' types (the rest is taken as
+    float32, as before types were read)."""
     types: dict[str, int] = {}
-    shapes = infer_shapes(model, {k: tuple(v) for k, v in graph.model.input_shapes.items()}, str(graph.model.path), types)
+    try:
+        shapes = infer_shapes(model, {k: tuple(v) for k, v in graph.model.input_shapes.items()}, str(graph.model.path),
+                              types)
+    except MpqError:
+        shapes, types = {}, {}
     types.update({t.name: t.data_type for t in model.graph.initializer})
     return shapes, types
 
