@@ -39,6 +39,23 @@ def test_entropy_ignores_the_order_of_weights():
     assert layer_entropies(w, [2, 4, 8]) == layer_entropies(shuffled, [2, 4, 8])
 
 
+def test_entropy_of_subnormal_weights(recwarn):
+    """Weights around 1e-42 (float32 subnormals) have an LSQ step whose inverse overflows float32:
+    every weight's level was inf or NaN, EAGL printed numpy's overflow warnings and gave 1 bit at
+    4 and 8 bits. Now the entropies equal the float64 count of the same levels, with no warning."""
+    w = (np.random.default_rng(0).standard_normal(4096) * 2.0 ** -140).astype(np.float32)
+    assert 0 < np.abs(w).max() < np.finfo(np.float32).tiny
+    got = layer_entropies(w, [2, 4, 8])
+    w64 = w.astype(np.float64)
+    for bits in (2, 4, 8):
+        qn, qp = grid.qrange(bits)
+        step = 2 * np.abs(w64).mean() / np.sqrt(qp)
+        levels = np.clip(np.floor(w64 / step + 0.5), -qn, qp)
+        p = np.unique(levels, return_counts=True)[1] / levels.size
+        assert got[bits] == pytest.approx(-(p * np.log2(p)).sum(), rel=1e-3)
+    assert got[8] > 4 and not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_level_counts_stream_in_chunks(monkeypatch):
     rng = np.random.default_rng(1)
     w = rng.normal(size=300_001).astype(np.float32)
