@@ -958,3 +958,27 @@ def test_a_weight_read_by_several_layers_is_stored_once(tmp_path):
     doc = json.loads(result.stdout)
     assert doc["totals"]["weight_bytes"] == doc["fit"]["on_chip_weight_bytes"] == stored
     assert load_graph(path).totals()["params"] == stored  # inspect's count (it was 8 x 16 + 3 x 256 + 16 x 4)
+
+
+def test_a_dynamo_bert_exported_with_calibration_loads_in_onnxruntime(tmp_path):
+    """torch's dynamo exporter writes BERT's projections as MatMul + Add on 3-D activations.
+    onnxruntime's MatMulAddFusion turned them into Gemms behind a QuantizeLinear whose type
+    contradicted its zero point, so the calibrated QDQ model did not load: measuring its fidelity
+    was a traceback (exit 1). planner.export.qdq.session now leaves that fusion off too: the
+    export with --inputs succeeds and the model stays close to the float model."""
+    import archs
+
+    model, (ids, mask) = archs.bert(blocks=2, hidden=64, heads=4, seq=16)
+    path = export(model, (ids, mask), tmp_path / "bert.onnx", "dynamo", input_names=["input_ids", "attention_mask"])
+    plan = _plan(path, tmp_path, "bert-dynamo", "--budget", "latency=0.5")
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    (tmp_path / "inputs").mkdir()
+    np.savez(tmp_path / "inputs" / "0.npz", **feed)
+    out = tmp_path / "bert.qdq.onnx"
+    result = mpq("export", plan, path, "--inputs", tmp_path / "inputs", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "activation quantizers" in result.stdout and "fidelity vs the float model" in result.stdout
+    (got,) = session(out).run(None, feed)
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    cosine = (got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)
+    assert got.shape == want.shape and cosine > 0.99

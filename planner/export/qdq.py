@@ -29,14 +29,17 @@ Models that compute in float16, bfloat16 or double: the Q/DQ pairs work in float
 float32 at every opset, and DequantizeLinear has no double output), with a Cast on each side,
 so every tensor of the model keeps its type: a float16 weight ``W`` is the DequantizeLinear
 output ``W_float`` cast to float16 as ``W`` (an integer weight that the model casts to float
-becomes the float DequantizeLinear output ``W`` itself); an activation ``x`` is cast to ``x_float`` before its
-QuantizeLinear, and ``x_DequantizeLinear_Output`` back to ``x_DequantizeLinear_Output_float16``
-(the type's name) for its reader.
+becomes the float DequantizeLinear output ``W`` itself); an activation ``x`` is cast to
+``x_float`` before its QuantizeLinear, and ``x_DequantizeLinear_Output`` back to
+``x_DequantizeLinear_Output_float16`` (the type's name) for its reader.
 
-onnxruntime 1.32 on CPU runs these models with three of its graph optimizers off, which
+onnxruntime 1.32 on CPU runs these models with four of its graph optimizers off, which
 :func:`session` does (``disabled_optimizers=DISABLED_OPTIMIZERS``): ``QDQSelectorActionTransformer``
 and ``ClipQuantRewrite`` build invalid fused nodes around INT2 weights and UINT2 / UINT4
-activations (the session fails to load), and ``WeightBiasQuantization`` rounds each float bias to
+activations (the session fails to load), ``MatMulAddFusion`` turns a MatMul + Add on a 3-D
+activation (as torch's dynamo exporter writes BERT's projections) into a Gemm behind a
+QuantizeLinear whose output type contradicts its zero point (the session fails to load), and
+``WeightBiasQuantization`` rounds each float bias to
 int32 at input step x weight step, which for batch-norm biases folded into 2-bit layers moves
 outputs by up to half a (large) step; without it the model computes what the fine-tuned torch
 network computes. A compiler that keeps biases in int32 at the accumulator scale adds that
@@ -67,7 +70,7 @@ TYPES = {
     16: (TensorProto.INT16, TensorProto.UINT16, np.int16, np.uint16, 21),
 }
 TYPE_BITS = {t: b for b, (s, u, *_) in TYPES.items() for t in (s, u)}
-DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ClipQuantRewrite", "WeightBiasQuantization"]
+DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ClipQuantRewrite", "MatMulAddFusion", "WeightBiasQuantization"]
 CLIP_RATIOS = np.linspace(0.05, 1.0, 20)
 # Float types other than float32, which DequantizeLinear does not write at every opset (double at none).
 _OTHER_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
