@@ -911,55 +911,6 @@ def test_integer_weights_behind_a_cast_dequantize_to_float(tmp_path):
     assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
 
 
-class _Unrolled(nn.Module):
-    """A recurrence unrolled over three steps: one Linear (one stored weight) read by three layers."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp, self.cell, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
-
-    def forward(self, x):
-        h = torch.tanh(self.inp(x))
-        for _ in range(3):
-            h = torch.tanh(self.cell(h) + h)
-        return self.out(h)
-
-
-def test_layers_sharing_a_weight_share_a_precision(tmp_path):
-    """The three steps of an unrolled recurrence read one stored weight but were three groups, so a
-    plan could give them different bits while the export quantized the weight once, at the first
-    one's bits: the exported model did not carry the plan (read back, the bits differed). Now they
-    are one group, and the bits read back from the export equal the plan's for every layer."""
-    torch.manual_seed(0)
-    path = export(_Unrolled().eval(), (torch.randn(2, 8),), tmp_path / "unrolled.onnx", "torchscript",
-                  input_names=["x"])
-    graph = load_graph(path)
-    cells = [l for l in graph.layers if l.weight == graph.layers[1].weight]
-    assert len(cells) == 3 and len({l.group for l in cells}) == 1
-    plan = _plan(path, tmp_path, "unrolled", "--bits", "2,4", "--gains", "random", "--seed", "1",
-                 "--budget", "latency=0.5")
-    layers = json.loads(plan.read_text())["layers"]
-    out = tmp_path / "unrolled.qdq.onnx"
-    assert mpq("export", plan, path, "-o", out).returncode == 0
-    assert {name: bits[0] for name, bits in _inspected_bits(out).items()} == {l["name"]: l["w_bits"] for l in layers}
-
-
-def test_a_weight_read_by_several_layers_is_stored_once(tmp_path):
-    """The unrolled recurrence's cell weight (16 x 16) is stored once, but the model size
-    (weight_bytes), the on-chip bytes and inspect's parameter count summed it once per step. Now
-    all three count the model's three stored weights once each: (8 x 16 + 16 x 16 + 16 x 4)."""
-    torch.manual_seed(0)
-    path = export(_Unrolled().eval(), (torch.randn(2, 8),), tmp_path / "unrolled.onnx", "torchscript",
-                  input_names=["x"])
-    stored = sum(t.dims[0] * t.dims[1] for t in onnx.load(path).graph.initializer if len(t.dims) == 2)
-    assert stored == 8 * 16 + 16 * 16 + 16 * 4
-    result = mpq("cost", path, "--hw", "northpole", "--bits", "8", "--json")
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
-    assert doc["totals"]["weight_bytes"] == doc["fit"]["on_chip_weight_bytes"] == stored
-    assert load_graph(path).totals()["params"] == stored  # inspect's count (it was 8 x 16 + 3 x 256 + 16 x 4)
-
-
 def test_a_dynamo_bert_exported_with_calibration_loads_in_onnxruntime(tmp_path):
     """torch's dynamo exporter writes BERT's projections as MatMul + Add on 3-D activations.
     onnxruntime's MatMulAddFusion turned them into Gemms behind a QuantizeLinear whose type

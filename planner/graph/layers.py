@@ -1,8 +1,7 @@
 """ONNX model -> LayerGraph: the layers, their costs' raw counts, precision groups and pins.
 
 A *layer* is a node that multiplies an activation by a weight (or by another activation):
-Conv, ConvTranspose, Gemm, MatMul and their integer / QLinear forms, and Einsum of two operands
-(what tf2onnx writes for Keras' EinsumDense, and torch for ``torch.einsum``). A *group* is a set of
+Conv, ConvTranspose, Gemm, MatMul and their integer / QLinear forms. A *group* is a set of
 layers that read the same activation (after walking back through precision-transparent ops)
 and so must run at one precision. *First* layers read a graph input with no other layer
 upstream; *last* layers reach a graph output through non-layer ops and have no other layer
@@ -29,9 +28,9 @@ from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, outer_in
 # one weight; MatMul-like ops may have the weight on either side.
 LAYER_OPS: dict[str, tuple[int, int]] = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3),
-    "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Einsum": (0, 1),
+    "Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3),
 }
-_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "Einsum"}
+_MATMUL_LIKE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 
 # Ops whose output carries its (first) input's values at the same precision: a quantizer
 # placed on either side is the same quantizer. Groups are found by walking back through them.
@@ -164,11 +163,10 @@ class LayerGraph:
 
     def totals(self) -> dict[str, int]:
         """Counts of the graph: ``layers``, ``groups``, ``pinned_groups``, ``macs`` (multiply-accumulates
-        per inference) and ``params`` (weights, each stored weight once however many layers read it)."""
-        stored = {l.weight: l.params for l in self.layers if l.weight is not None}
+        per inference) and ``params`` (weights)."""
         return {"layers": len(self.layers), "groups": len(self.groups),
                 "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
-                "macs": sum(l.macs for l in self.layers), "params": sum(stored.values())}
+                "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}
 
     def to_json(self) -> dict:
         """The ``mpq inspect --json`` document of DESIGN.md."""
@@ -209,7 +207,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
         nested = _nested_layer_ops(graph)
-        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm, MatMul or Einsum on an activation)"
+        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm or MatMul on an activation)"
                        + (f"; its {nested} such nodes sit inside If/Loop/Scan subgraphs, which mpq does not plan: "
                           "export the model without control flow (e.g. one model per branch)" if nested else
                           "; nothing to plan"))
@@ -449,12 +447,9 @@ def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[
 
 
 def _is_layer(node: onnx.NodeProto, constant: set[str], where: str) -> bool:
-    """True for a layer op with at least one operand that is not constant (an Einsum only with
-    two operands: one operand is a reduction or a transpose, three a chain of products). Raises
-    MpqError for another layer op that lacks one of its two operands."""
+    """True for a layer op with at least one operand that is not constant. Raises MpqError
+    for a layer op that lacks one of its two operands."""
     if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
-        return False
-    if node.op_type == "Einsum" and len(node.input) != 2:
         return False
     a, w = LAYER_OPS[node.op_type]
     if len(node.input) <= max(a, w) or not node.input[a] or not node.input[w]:
@@ -539,28 +534,7 @@ def _macs(node, left: Shape, right: Shape, out: Shape) -> int:
     if op == "Gemm":
         trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
         return math.prod(out) * (left[0] if trans_a else left[-1])
-    if op == "Einsum":
-        equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "")
-        return math.prod(out) * _einsum_summed(equation, left, right)
     return math.prod(out) * (left[-1] if left else 1)  # MatMul: (..., M, K) @ (..., K, N)
-
-
-def _einsum_summed(equation: str, left: Shape, right: Shape) -> int:
-    """The product of the sizes of the indices a two-operand Einsum sums over (those of the
-    operands that the output lacks; without ``->``, the indices that occur twice): each output
-    element costs that many multiply-accumulates. ``...`` stands for the dimensions the letters
-    leave, which the output keeps."""
-    text = equation.replace(" ", "")
-    operands, arrow, output = text.partition("->")
-    sizes: dict[str, int] = {}
-    for term, shape in zip(operands.split(","), (left, right)):
-        head, dots, tail = term.partition("...")
-        letters = list(head) + [""] * (len(shape) - len(head) - len(tail)) * bool(dots) + list(tail)
-        for letter, size in zip(letters, shape):
-            if letter:
-                sizes[letter] = max(sizes.get(letter, 1), size)
-    kept = set(output) if arrow else {x for x in sizes if operands.count(x) == 1}
-    return math.prod(size for letter, size in sizes.items() if letter not in kept)
 
 
 def _layer_dag(nodes, layers: list[Layer], graph: onnx.GraphProto) -> nx.DiGraph:
@@ -598,9 +572,7 @@ def _source(tensor: str, producers: dict) -> str:
 
 
 def _group(layers: list[Layer], producers: dict) -> list[Group]:
-    """Union-find over the source tensors the layers read, and over the weights they read (a
-    weight stored once, e.g. one reused by every step of an unrolled recurrence, has one
-    precision); groups numbered in layer order."""
+    """Union-find over the source tensors the layers read; groups numbered in layer order."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -612,8 +584,6 @@ def _group(layers: list[Layer], producers: dict) -> list[Group]:
     for layer in layers:
         for t in layer.activation_inputs:
             parent[find(layer.name)] = find("tensor:" + _source(t, producers))
-        if layer.weight is not None:
-            parent[find(layer.name)] = find("weight:" + layer.weight)
     groups: dict[str, Group] = {}
     for layer in layers:
         root = find(layer.name)
