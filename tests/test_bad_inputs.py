@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import export
+import planner.errors
 from planner.cli.commands import run
 from planner.quant.checkpoint import save_checkpoint
 from planner.tasks.mnist import SmallResNet
@@ -193,6 +194,7 @@ def inputs(tmp_path_factory) -> Path:
     _edit_json(plan, d / "p_w99.json", lambda p: all_bits(p, 99))
     _edit_json(plan, d / "p_w0.json", lambda p: all_bits(p, 0))
     _edit_json(plan, d / "p_nolayers.json", lambda p: p.update(layers=[]))
+    _edit_json(plan, d / "p_twice.json", lambda p: p["layers"].append(dict(p["layers"][1], w_bits=2, a_bits=2)))
     (d / "p_nan.json").write_text(plan.read_text().replace('"objective": ', '"objective": NaN, "x": ', 1))
     (d / "p_deep.json").write_text("{\"a\":" * 50_000 + "1" + "}" * 50_000)
     (d / "p_binary.json").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
@@ -454,6 +456,8 @@ CASES: dict[str, list] = {
     "export plan of another model": ["export", "plan2.json", "m.onnx", "-o", "q.onnx"],
     "export plan w_bits 99": ["export", "p_w99.json", "m.onnx", "-o", "q.onnx"],
     "export plan binary": ["export", "p_binary.json", "m.onnx", "-o", "q.onnx"],
+    "export plan with a layer twice": ["export", "p_twice.json", "m.onnx", "-o", "q.onnx"],
+    "cost plan with a layer twice": COST + ["--plan", "p_twice.json"],
     "export --checkpoint without --task": EXPORT + ["--checkpoint", "ckpt.pt", "-o", "q.onnx"],
     "inspect a device (/dev/zero never ends)": ["inspect", "/dev/zero"],
     "--hw a device": COST[:2] + ["--hw", "/dev/zero", "--summary"],
@@ -631,6 +635,23 @@ def test_a_bug_is_exit_1_with_a_traceback_and_a_request(workdir, monkeypatch):
     assert code == 1
     assert "Traceback" in err and "ZeroDivisionError" in err and "please report" in err.splitlines()[-1]
     assert not err.startswith("mpq: error:")
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "aimet", "ort-overrides"])
+def test_an_export_whose_fidelity_fails_writes_nothing(workdir, monkeypatch, fmt):
+    """Fidelity was measured after the export's files were written: a failure there (a user error
+    from onnxruntime, or a bug) left them behind (ort-overrides: the JSON and the --calibrate
+    model). It is now measured first, and the two ort-overrides files are written together."""
+    import planner.export.fidelity
+
+    def failing(*args, **kwargs):
+        raise planner.errors.MpqError("onnxruntime cannot run the float model on these inputs")
+
+    (workdir / "good_inputs").mkdir()
+    np.save(workdir / "good_inputs" / "0.npy", np.zeros((1, 1, 28, 28), np.float32))
+    monkeypatch.setattr(planner.export.fidelity, "fidelity", failing)
+    calibrate = ["--calibrate", "calibrated.onnx"] if fmt == "ort-overrides" else []
+    assert_promise(workdir, EXPORT + ["--format", fmt, "--inputs", "good_inputs", "-o", "out.json", *calibrate])
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_user_error, export, mpq
+from planner import load_graph
 from planner.cli.commands import run
 
 
@@ -146,7 +148,55 @@ def _outside_folder(good, folder):
     return path
 
 
+def _second_producer(model):
+    """The second ReLU writes the first one's output too (two definitions of one tensor)."""
+    first, second = [n for n in model.graph.node if n.op_type == "Relu"]
+    for node in model.graph.node:
+        node.input[:] = [first.output[0] if i == second.output[0] else i for i in node.input]
+    second.output[0] = first.output[0]
+
+
+def _initializer_over_a_node_output(model):
+    """An initializer named like the first ReLU's output: which value the next layer reads is a guess."""
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 32), np.float32), relu.output[0]))
+
+
+def _twin_initializer(model):
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((32, 16), np.float32), _weights(model)[0].name))
+
+
+def _huge_dims(model):
+    """The small first weight (its bytes inline) claims 2^31 x 2^31 elements."""
+    _weights(model)[0].dims[:] = [1 << 31, 1 << 31]
+
+
+def _typed_values(count: int, dims: list[int]):
+    """The small first weight's values moved to float_data: ``count`` of them, under ``dims``."""
+    def edit(model):
+        weight = _weights(model)[0]
+        values = numpy_helper.to_array(weight).ravel()[:count].tolist()
+        weight.ClearField("raw_data")
+        weight.float_data[:] = values
+        weight.dims[:] = dims
+    return edit
+
+
+def _negative_dims(model):
+    _weights(model)[0].dims[:] = [-32, -16]
+
+
 CASES = {  # name: (builder(good, folder) -> model path, words the message must hold)
+    "inline weight of 2^31 x 2^31": (lambda g, f: _edited(g, f, _huge_dims), ["holds 2048 bytes", "needs"]),
+    "float_data of 2^31 x 2^31": (lambda g, f: _edited(g, f, _typed_values(512, [1 << 31, 1 << 31])),
+                                  ["holds 512 values", "needs"]),
+    "float_data shorter than its dims": (lambda g, f: _edited(g, f, _typed_values(500, [32, 16])),
+                                         ["holds 500 values", "needs 512"]),
+    "negative dims": (lambda g, f: _edited(g, f, _negative_dims), ["negative dimensions"]),
+    "two nodes write one tensor": (lambda g, f: _edited(g, f, _second_producer), ["defined twice", "node"]),
+    "initializer over a node output": (lambda g, f: _edited(g, f, _initializer_over_a_node_output),
+                                       ["defined twice", "an initializer"]),
+    "two initializers of one name": (lambda g, f: _edited(g, f, _twin_initializer), ["two initializers"]),
     "offset not a number": (lambda g, f: _external(g, f, _set_external("offset", "abc")), ["offset", "abc"]),
     "negative offset": (lambda g, f: _external(g, f, _set_external("offset", "-64")), ["offset", "-64"]),
     "length not a number": (lambda g, f: _external(g, f, _set_external("length", "1e3")), ["length", "1e3"]),
@@ -237,3 +287,80 @@ def test_a_computed_weight_that_cannot_be_evaluated(good, tmp_path, command):
     before = _snapshot(tmp_path)
     assert_user_error(in_process(*COMMANDS[command](model, tmp_path)), "mpq: error:", "cannot reshape")
     assert _snapshot(tmp_path) == before
+
+
+def test_layer_nodes_sharing_a_name_stay_separate_layers(good, tmp_path):
+    """Layer nodes with one name (onnxruntime refuses such a file, ONNX tools write them) are
+    separate layers named NAME:OUTPUT, in their own groups, with the counts of the same model with
+    unique names; nodes with unique names keep them."""
+    model = onnx.load(str(good / "mlp.onnx"))
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    for node in gemms:
+        node.name = "dense"
+    onnx.save(model, str(tmp_path / "same.onnx"))
+    shared, unique = load_graph(tmp_path / "same.onnx"), load_graph(good / "mlp.onnx")
+    assert [l.name for l in shared.layers] == [f"dense:{n.output[0]}" for n in gemms]
+    assert [(l.macs, l.params, l.group, l.pinned_bits) for l in shared.layers] == \
+        [(l.macs, l.params, l.group, l.pinned_bits) for l in unique.layers]
+    assert len(shared.groups) == 3 and [l.name for l in unique.layers] == [n.name for n in onnx.load(
+        str(good / "mlp.onnx")).graph.node if n.op_type == "Gemm"]
+
+
+def _poisoned(value: float):
+    def edit(model):
+        weight = _weights(model)[1]
+        values = numpy_helper.to_array(weight).copy()
+        values[3, 5] = value
+        weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    return edit
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_weight_with_nan_or_inf_is_a_user_error_where_values_are_read(good, tmp_path, value):
+    """One NaN or infinite weight in the middle layer: EAGL gave that group the gains 0 (NaN) or
+    0.04 bits (inf) and the export wrote levels cast from NaN (exit 0 both); qerror failed with
+    advice about learning rates and printed numpy warnings. Every command that reads weight values
+    is now exit 2 naming the layer; inspect, cost and the params gains read none and still work."""
+    model = _edited(good, tmp_path, _poisoned(value))
+    shutil.copy(good / "plan.json", tmp_path / "plan.json")
+    layer = load_graph(good / "mlp.onnx").layers[1].name
+    before = _snapshot(tmp_path)
+    for args in (COMMANDS["plan"](model, tmp_path), COMMANDS["gains eagl"](model, tmp_path),
+                 ["gains", "eagl", model, "--step", "mse", "-o", tmp_path / "g.json"],
+                 ["gains", "qerror", model, "-o", tmp_path / "g.json"], COMMANDS["export"](model, tmp_path)):
+        assert_user_error(in_process(*args), "mpq: error:", f"layer '{layer}'", "NaN or infinite")
+    assert _snapshot(tmp_path) == before
+    for args in (COMMANDS["inspect"](model, tmp_path), COMMANDS["cost"](model, tmp_path),
+                 ["plan", model, "--hw", "northpole", "--budget", "latency=0.5", "--gains", "params"]):
+        result = in_process(*args)
+        assert result.returncode == 0 and not result.stderr, result.stderr
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def test_layers_inside_model_local_functions_are_a_user_error(tmp_path):
+    """torch's export_modules_as_functions puts each block in a model-local function that the main
+    graph calls. mpq reads the main graph only: inspect showed 2 of the 4 layers and their MACs, and
+    plans left the others out (exit 0). Now every command says so and how to inline them; the
+    inlined model has all 4 layers."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), _Block(), _Block(), torch.nn.Linear(16, 4)).eval()
+    path = export(net, (torch.randn(2, 8),), tmp_path / "blocks.onnx", "torchscript", input_names=["x"],
+                  opset_version=17, export_modules_as_functions={_Block})
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["Gemm", "_Block", "_Block", "Gemm"]
+    before = _snapshot(tmp_path)
+    for command, args in COMMANDS.items():
+        if command != "export":
+            assert_user_error(in_process(*args(path, tmp_path)), "mpq: error:", "model-local functions",
+                              "inline_local_functions")
+    assert _snapshot(tmp_path) == before
+    onnx.save(onnx.inliner.inline_local_functions(onnx.load(str(path))), str(tmp_path / "inlined.onnx"))
+    graph = load_graph(tmp_path / "inlined.onnx")
+    assert [l.macs for l in graph.layers] == [2 * 8 * 16, 2 * 16 * 16, 2 * 16 * 16, 2 * 16 * 4]

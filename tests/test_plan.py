@@ -39,6 +39,23 @@ def test_entropy_ignores_the_order_of_weights():
     assert layer_entropies(w, [2, 4, 8]) == layer_entropies(shuffled, [2, 4, 8])
 
 
+def test_entropy_of_subnormal_weights(recwarn):
+    """Weights around 1e-42 (float32 subnormals) have an LSQ step whose inverse overflows float32:
+    every weight's level was inf or NaN, EAGL printed numpy's overflow warnings and gave 1 bit at
+    4 and 8 bits. Now the entropies equal the float64 count of the same levels, with no warning."""
+    w = (np.random.default_rng(0).standard_normal(4096) * 2.0 ** -140).astype(np.float32)
+    assert 0 < np.abs(w).max() < np.finfo(np.float32).tiny
+    got = layer_entropies(w, [2, 4, 8])
+    w64 = w.astype(np.float64)
+    for bits in (2, 4, 8):
+        qn, qp = grid.qrange(bits)
+        step = 2 * np.abs(w64).mean() / np.sqrt(qp)
+        levels = np.clip(np.floor(w64 / step + 0.5), -qn, qp)
+        p = np.unique(levels, return_counts=True)[1] / levels.size
+        assert got[bits] == pytest.approx(-(p * np.log2(p)).sum(), rel=1e-3)
+    assert got[8] > 4 and not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_level_counts_stream_in_chunks(monkeypatch):
     rng = np.random.default_rng(1)
     w = rng.normal(size=300_001).astype(np.float32)
@@ -476,6 +493,8 @@ def test_same_inputs_same_bytes(exported, tmp_path):
     ("power_w<=5", ["unknown metric 'power_w'"]),
     ("latency_s<=1e400", ["not a finite number"]),
     ("weight_bytes<=1e300TB", ["not a finite number"]),
+    ("latency=-0.5", ["-0.5 is negative", "from 0 (cheapest plan) to 1"]),  # was "'-0.5' is not a number"
+    ("weight_bytes<=-1MB", ["-1MB is negative", "0 or more"]),
 ])
 def test_bad_budgets_exit_2_and_write_nothing(exported, tmp_path, budget, words):
     out = tmp_path / "plan.json"
@@ -498,9 +517,12 @@ def test_budget_above_every_plan_gives_the_unconstrained_optimum(exported, limit
         assert doc["solver"]["status"] == "OPTIMAL" and doc["solver"]["objective"] == pytest.approx(best, rel=1e-12)
 
 
-def test_between_must_run_from_low_to_high(exported):
-    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", "latency=0.5", "--between", "4,2")
+@pytest.mark.parametrize("pair,example", [("4,2", "e.g. 2,4"), ("8,4", "e.g. 4,8"), ("4,4", "e.g. 2,4")])
+def test_between_must_run_from_low_to_high(exported, pair, example):
+    """The example is a valid pair (for 4,4 it was "e.g. 4,4")."""
+    result = mpq("plan", exported("resnet18"), "--hw", "northpole", "--budget", "latency=0.5", "--between", pair)
     assert result.returncode == 2 and "LOW must be below HIGH" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr.strip().endswith(example), result.stderr
 
 
 @pytest.mark.parametrize("where", ["gain", "cost", "budget"])

@@ -236,3 +236,13 @@ def test_load_graph_memory_on_a_transformers_bert(tmp_path):
     layers, peak = map(int, out.stdout.split())
     assert layers == 4 * 8
     assert peak <= 2 * weights, f"load_graph peak {peak / 2**20:.0f} MB for {weights / 2**20:.0f} MB of weights"
+
+
+def test_a_model_whose_layers_all_sit_in_if_branches_says_so():
+    """silero-vad's main model holds its whole network in the branches of an If (one per sample
+    rate): mpq plans the main graph only, and said "no layers found ... nothing to plan", as if the
+    model had none. Now the message counts the layer nodes inside the subgraphs and says what to do."""
+    path = packaged("silero_vad", "data/silero_vad.onnx")
+    result = mpq("inspect", path, "--input-shape", "input=1x512", "--input-shape", "state=2x1x128")
+    assert_user_error(result, "no layers found", "its 12 such nodes sit inside If/Loop/Scan subgraphs",
+                      "without control flow")

@@ -57,8 +57,9 @@ def between(text: str | None) -> tuple[int, int] | None:
 
     low, high = check_bits(low, f"--between {text}"), check_bits(high, f"--between {text}")
     if low >= high:
+        example = f"{high},{low}" if low > high else "2,4"
         raise MpqError(f"--between '{text}': LOW must be below HIGH (the sweep runs from uniform LOW-bit to "
-                       f"uniform HIGH-bit), e.g. {min(low, high)},{max(low, high)}")
+                       f"uniform HIGH-bit), e.g. {example}")
     return (low, high)
 
 

@@ -29,7 +29,9 @@ def fold_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Fold
 
 
 def _prune(g: onnx.GraphProto, names: set[str]) -> None:
-    """Remove the Identity nodes and initializers among ``names`` that nothing reads any more."""
+    """Remove the Identity nodes and initializers among ``names`` that nothing reads any more,
+    and the graph inputs that list those initializers (IR 3 lists every initializer as an input:
+    left behind, they become inputs the model must be fed)."""
     while True:
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
         dead = [n for n in g.node if n.op_type == "Identity" and n.output[0] in names and n.output[0] not in used]
@@ -38,8 +40,11 @@ def _prune(g: onnx.GraphProto, names: set[str]) -> None:
             g.node.remove(n)
         if not dead:
             break
-    for t in [t for t in g.initializer if t.name in names and t.name not in used]:
+    dropped = {t.name for t in g.initializer if t.name in names and t.name not in used}
+    for t in [t for t in g.initializer if t.name in dropped]:
         g.initializer.remove(t)
+    for value in [v for v in g.input if v.name in dropped]:
+        g.input.remove(value)
 
 
 def _fold_one(model: onnx.ModelProto, folds: dict[str, Fold], touched: set[str]) -> bool:

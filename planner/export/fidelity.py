@@ -9,8 +9,9 @@ import onnx
 
 
 def _outputs(run, feeds) -> np.ndarray:
-    """The first output of ``run(arrays)`` over all feeds, one row per input."""
-    rows = [np.asarray(run(arrays), np.float64) for arrays in feeds]
+    """The first output of ``run(arrays)`` over all feeds, one row per input (a scalar output is
+    one row of one value)."""
+    rows = [np.atleast_1d(np.asarray(run(arrays), np.float64)) for arrays in feeds]
     return np.concatenate([r.reshape(r.shape[0], -1) for r in rows])
 
 

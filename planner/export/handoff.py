@@ -41,9 +41,11 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
     Weights and learned steps come from ``checkpoint`` (a task checkpoint, needs ``task_ref``) when
     given; activation steps are calibrated on ``inputs_folder`` or the task's training batches.
     With a task or inputs, fidelity to the float model (and to the torch network with a
-    checkpoint) is measured on held-out batches. Every file is written atomically, all or none.
-    Raises MpqError for inconsistent options, a plan for another model (unless ``force``) or a
-    checkpoint fine-tuned for another plan."""
+    checkpoint) is measured on held-out batches, before anything is written. Every file is written
+    atomically, all or none.
+    Raises MpqError for inconsistent options, a plan for another model (unless ``force``), a
+    checkpoint fine-tuned for another plan, or a float model that onnx.checker refuses (its QDQ
+    model would be refused too)."""
     import onnx
 
     from planner.atomic import atomic_path, together, write_text
@@ -71,14 +73,28 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
     feeds = folder_feeds(inputs_folder, model) if inputs_folder else None
     torch_model = None
     out = Handoff()
+
+    def measured(checked) -> list[str]:
+        """Fidelity lines of the exported model ``checked`` on held-out data (measured before
+        anything is written, so that a failure leaves no file)."""
+        if checked is None or not (task is not None or feeds):
+            return []
+        from planner.export.fidelity import describe, fidelity
+
+        held_out = feeds or list(task_feeds(task, split="eval"))
+        return [f"  {line}" for line in
+                describe(fidelity(checked, model, held_out, torch_model if fmt != "ort-overrides" else None))]
+
     if fmt == "ort-overrides":
         from planner.export.ortoverrides import overrides_json
 
         if calibrated_path and feeds is None and task is not None:
             feeds = list(task_feeds(task))
-        overrides, notes, proto = export_ort_overrides(plan, model, feeds=feeds, quantized_path=calibrated_path,
-                                                       per_channel=not per_tensor, force=force)
-        write_text(output, overrides_json(overrides))
+        with together(output, calibrated_path) as (output_tmp, calibrated_tmp):
+            overrides, notes, proto = export_ort_overrides(plan, model, feeds=feeds, quantized_path=calibrated_tmp,
+                                                           per_channel=not per_tensor, force=force)
+            fidelity_lines = measured(proto)
+            write_text(output_tmp, overrides_json(overrides))
         out.written.append(output)
         out.lines.append(f"wrote {output}: TensorQuantOverrides for {len(overrides)} tensors (load with "
                          "planner.export.ortoverrides.read_overrides; quantize_static with quant_format=QDQ, "
@@ -91,6 +107,9 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
         result = export_qdq(plan, model, task=task, model=torch_model, feeds=feeds, per_channel=not per_tensor,
                             max_opset=max_opset, force=force)
         proto, notes = result.model, result.notes
+        if fmt == "qdq":
+            check_exported(proto, model)
+        fidelity_lines = measured(proto)
     if fmt == "aimet":
         from planner.export.aimet import encodings, encodings_json
 
@@ -103,7 +122,6 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
                          f"and {len(doc['activation_encodings'])} activation encodings, for the float model {float_path}")
         proto = None
     elif fmt == "qdq":
-        onnx.checker.check_model(proto)
         with atomic_path(output) as tmp:
             onnx.save(proto, tmp)
         out.written.append(output)
@@ -114,17 +132,30 @@ def export_plan(plan_path: str, model: str, output: str, *, fmt: str = "qdq", ch
         out.lines.append(f"wrote {output} (opset {result.opset}): {dq - q} weight quantizers ({channels} with a scale "
                          f"per output channel) and {q} activation quantizers")
     out.lines += [f"  note: {note}" for note in notes]
-    checked = result.model if fmt == "aimet" else proto
-    if checked is not None and (task is not None or feeds):
-        from planner.export.fidelity import describe, fidelity
-
-        held_out = feeds or list(task_feeds(task, split="eval"))
-        out.lines += [f"  {line}" for line in
-                      describe(fidelity(checked, model, held_out, torch_model if fmt != "ort-overrides" else None))]
+    out.lines += fidelity_lines
     if proto is not None:
         out.lines.append(f"  onnxruntime 1.32 CPU: open with disabled_optimizers={DISABLED_OPTIMIZERS} "
                          "(planner.export.qdq.session does)")
     return out
+
+
+def check_exported(proto, model: str) -> None:
+    """Run onnx.checker on the exported QDQ model ``proto``. Where it fails and the float
+    ``model`` fails the checker too, the fault is the model's (onnxruntime runs models the checker
+    refuses): MpqError saying what the checker found. Where only the export fails, the
+    ValidationError propagates (a bug in mpq)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError:
+        try:
+            onnx.checker.check_model(str(model))
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MpqError(f"{model}: the model fails onnx.checker ({first}), and so would its QDQ model; "
+                           "fix the model (onnx.checker.check_model says what is wrong) and export again") from None
+        raise
 
 
 def float_model_path(output: str) -> Path:

@@ -101,16 +101,19 @@ def quantize_with_overrides(float_model: str | Path, output: str | Path, overrid
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    names = [i.name for i in ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]).get_inputs()]
+    inputs = ort.InferenceSession(str(float_model), providers=["CPUExecutionProvider"]).get_inputs()
+    names = [i.name for i in inputs]
+    reads_float = {i.name for i in inputs if i.type == "tensor(float)"}
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.batches = iter([f if isinstance(f, dict) else dict(zip(names, f)) for f in feeds])
 
-        def get_next(self):
+        def get_next(self):  # float64 arrays cast to float32 where the model reads float32
             batch = next(self.batches, None)
-            return None if batch is None else {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64
-                                               else np.asarray(v) for k, v in batch.items()}
+            return None if batch is None else {
+                k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 and k in reads_float
+                else np.asarray(v) for k, v in batch.items()}
 
     enums = {t: [dict(o, quant_type=QuantType[o["quant_type"]]) for o in entries] for t, entries in overrides.items()}
     with tempfile.TemporaryDirectory() as folder:

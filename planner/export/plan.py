@@ -183,12 +183,18 @@ class PlanFile:
 
 
 def read_plan(path: str | Path) -> PlanFile:
-    """A plan file, validated against the schema; every layer's bits a supported bit width."""
+    """A plan file, validated against the schema; every layer's bits a supported bit width, and
+    each layer listed once (a second entry would silently win over the first)."""
     from hw import check_bits
 
     doc = read_json(path, "plan")
     validate(doc, str(path))
+    seen = set()
     for layer in doc["layers"]:
+        if layer["name"] in seen:
+            raise MpqError(f"{path}: layer '{layer['name']}' is listed twice; a plan gives each layer one entry "
+                           "(make it again with mpq plan, or delete one entry)")
+        seen.add(layer["name"])
         for key in ("w_bits", "a_bits"):
             check_bits(layer[key], f"{path}: layer {layer['name']}: {key}")
     return PlanFile(str(path), doc)

@@ -25,10 +25,21 @@ DequantizeLinear output ``W``; an activation ``x`` becomes ``x_QuantizeLinear_Ou
 ``x_DequantizeLinear_Output`` with ``x_scale`` / ``x_zero_point`` (a suffix ``_2``, ``_3`` ... where
 one tensor gets several quantizers).
 
-onnxruntime 1.32 on CPU runs these models with three of its graph optimizers off, which
+Models that compute in float16, bfloat16 or double: the Q/DQ pairs work in float32 (scales are
+float32 at every opset, and DequantizeLinear has no double output), with a Cast on each side,
+so every tensor of the model keeps its type: a float16 weight ``W`` is the DequantizeLinear
+output ``W_float`` cast to float16 as ``W`` (an integer weight that the model casts to float
+becomes the float DequantizeLinear output ``W`` itself); an activation ``x`` is cast to
+``x_float`` before its QuantizeLinear, and ``x_DequantizeLinear_Output`` back to
+``x_DequantizeLinear_Output_float16`` (the type's name) for its reader.
+
+onnxruntime 1.32 on CPU runs these models with four of its graph optimizers off, which
 :func:`session` does (``disabled_optimizers=DISABLED_OPTIMIZERS``): ``QDQSelectorActionTransformer``
 and ``ClipQuantRewrite`` build invalid fused nodes around INT2 weights and UINT2 / UINT4
-activations (the session fails to load), and ``WeightBiasQuantization`` rounds each float bias to
+activations (the session fails to load), ``MatMulAddFusion`` turns a MatMul + Add on a 3-D
+activation (as torch's dynamo exporter writes BERT's projections) into a Gemm behind a
+QuantizeLinear whose output type contradicts its zero point (the session fails to load), and
+``WeightBiasQuantization`` rounds each float bias to
 int32 at input step x weight step, which for batch-norm biases folded into 2-bit layers moves
 outputs by up to half a (large) step; without it the model computes what the fine-tuned torch
 network computes. A compiler that keeps biases in int32 at the accumulator scale adds that
@@ -47,8 +58,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
-from planner.graph.shapes import add_outputs
-from planner.graph.weights import WEIGHT_BITS_KEY
+from planner.graph.shapes import add_outputs, infer_shapes, ort_model_errors, outer_inputs
+from planner.graph.weights import WEIGHT_BITS_KEY, require_finite
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
 # bits -> (signed type, unsigned type, numpy signed, numpy unsigned, first opset with the type)
@@ -59,8 +70,10 @@ TYPES = {
     16: (TensorProto.INT16, TensorProto.UINT16, np.int16, np.uint16, 21),
 }
 TYPE_BITS = {t: b for b, (s, u, *_) in TYPES.items() for t in (s, u)}
-DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ClipQuantRewrite", "WeightBiasQuantization"]
+DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ClipQuantRewrite", "MatMulAddFusion", "WeightBiasQuantization"]
 CLIP_RATIOS = np.linspace(0.05, 1.0, 20)
+# Float types other than float32, which DequantizeLinear does not write at every opset (double at none).
+_OTHER_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 # Ops whose weight layout maps an output channel of the layer to one axis of the stored tensor.
 _LAYOUT_OPS = {"Identity", "Cast", "Transpose"}
 
@@ -128,28 +141,37 @@ def calibrate(graph: LayerGraph, bits_by_layer: dict[str, int], feeds, sample: i
     """Activation step and sign of each activation input of every planned layer: layer ->
     [(step, signed) per ``layer.activation_inputs``], each input measured on its own (attention's
     P·V reads non-negative P and signed V). ``feeds`` yields tuples of input arrays in the model's
-    input order (or dicts by input name; float64 arrays are cast to float32); the float model at
-    ``graph.model.path`` runs on them in onnxruntime. A tensor is unsigned when every value seen is
-    >= 0; below 8 bits its step minimises the squared error on up to ``sample`` values per batch
-    (see :func:`grid_steps`), at 8 bits and above it spans the largest magnitude seen."""
+    input order (or dicts by input name; float64 arrays are cast to float32 where the model reads
+    float32); the float model at ``graph.model.path`` runs on them in onnxruntime. A tensor is
+    unsigned when every value seen is >= 0; below 8 bits its step minimises the squared error on
+    up to ``sample`` values per batch (see :func:`grid_steps`), at 8 bits and above it spans the
+    largest magnitude seen."""
     tensors = {t for l in graph.layers if l.name in bits_by_layer for t in l.activation_inputs}
     return steps_from_stats(graph, activation_stats(graph, tensors, feeds, sample), bits_by_layer)
 
 
 def activation_stats(graph: LayerGraph, tensors, feeds, sample: int = 1 << 16) -> dict[str, tuple]:
-    """tensor -> (sampled values, largest magnitude, all >= 0) over ``feeds`` (see :func:`calibrate`)."""
+    """tensor -> (sampled values, largest magnitude, all >= 0) over ``feeds`` (see :func:`calibrate`).
+    MpqError where onnxruntime cannot load the float model (it has no kernel for one of its ops)."""
     import onnxruntime as ort
 
     model = onnx.load(graph.model.path)
     wanted = sorted(tensors)
     add_outputs(model, wanted)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except ort_model_errors() as e:
+        raise MpqError(f"onnxruntime cannot run the float model to calibrate its activations "
+                       f"({str(e).strip().splitlines()[0]}); export without --inputs or --task (the layer "
+                       "inputs then stay float)") from None
     names = [i.name for i in session.get_inputs()]
+    reads_float = {i.name for i in session.get_inputs() if i.type == "tensor(float)"}
     seen: dict[str, list] = {n: [[], 0.0, True] for n in wanted}
     for arrays in feeds:
         feed = arrays if isinstance(arrays, dict) else dict(zip(names, arrays))
-        for name, v in zip(wanted, session.run(wanted, {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64
-                                                          else np.asarray(v) for k, v in feed.items()})):
+        feed = {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 and k in reads_float
+                else np.asarray(v) for k, v in feed.items()}
+        for name, v in zip(wanted, session.run(wanted, feed)):
             flat = np.asarray(v, np.float32).ravel()
             seen[name][0].append(flat[::max(1, flat.size // sample)])
             seen[name][1] = max(seen[name][1], float(np.abs(flat).max(initial=0.0)))
@@ -191,7 +213,8 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
     after its step was learned; the learned levels are kept and the fold goes into per-channel
     scales. ``per_channel``: one weight step per output channel (else per tensor). ``max_opset``:
     the highest opset the model may use (21: INT2 becomes INT4 containers; 13: INT8 containers).
-    Raises MpqError when the model cannot be converted to the opset needed.
+    Raises MpqError when the model cannot be converted to the opset needed, or a planned layer's
+    weight holds NaN or infinite values.
     """
     if not graph.model.path:
         raise MpqError("the QDQ export needs the model's ONNX file")
@@ -214,7 +237,9 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
         del model.graph.input[:]
         model.graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(model.opset_import, ignore_unknown=True))
-    builder = _Builder(model)
+    shapes, types = _inferred(model, graph)
+    _type_outputs(model, shapes, types)
+    builder = _Builder(model, types)
     notes = [f"{b}-bit levels in {c}-bit Q/DQ types (no {b}-bit type up to opset {max_opset})"
              for b, c in sorted(containers.items()) if b != c]
     float_inputs = []
@@ -251,11 +276,43 @@ def qdq_model(graph: LayerGraph, bits_by_layer: dict[str, int], *, activation_bi
     return QdqExport(builder.finish(), opset, notes)
 
 
-class _Builder:
-    """Adds quantizers to a float model in place; ``finish`` sorts the nodes and writes metadata."""
+def _inferred(model: onnx.ModelProto, graph: LayerGraph) -> tuple[dict[str, tuple | None], dict[str, int]]:
+    """The static shape (None where unknown) and the ONNX element type of every tensor of
+    ``model``: shape inference at the graph's input shapes; initializers by their own type. Where
+    inference fails on the converted model, only the initializers' types (the rest is taken as
+    float32, as before types were read)."""
+    types: dict[str, int] = {}
+    try:
+        shapes = infer_shapes(model, {k: tuple(v) for k, v in graph.model.input_shapes.items()}, str(graph.model.path),
+                              types)
+    except MpqError:
+        shapes, types = {}, {}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return shapes, types
 
-    def __init__(self, model: onnx.ModelProto):
+
+def _type_outputs(model: onnx.ModelProto, shapes: dict[str, tuple | None], types: dict[str, int]) -> None:
+    """Give each tensor output of the graph that lacks them its element type and a shape of its
+    inferred rank, every dimension left open (the model runs at other input sizes). onnx.checker
+    requires both, onnxruntime does not, and some tools write outputs without them."""
+    for value in model.graph.output:
+        kind = value.type.WhichOneof("value")
+        tensor = value.type.tensor_type
+        if kind not in (None, "tensor_type") or (tensor.elem_type and tensor.HasField("shape")):
+            continue
+        if not tensor.elem_type and types.get(value.name):
+            tensor.elem_type = types[value.name]
+        if not tensor.HasField("shape") and shapes.get(value.name) is not None:
+            tensor.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in shapes[value.name])
+
+
+class _Builder:
+    """Adds quantizers to a float model in place; ``finish`` sorts the nodes and writes metadata.
+    ``types``: the element type of each tensor of the model (float32 where missing)."""
+
+    def __init__(self, model: onnx.ModelProto, types: dict[str, int] | None = None):
         self.model = model
+        self.types = types or {}
         g = model.graph
         self.initializers = {t.name: t for t in g.initializer}
         self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
@@ -285,6 +342,7 @@ class _Builder:
     def weight(self, graph: LayerGraph, layer, bits: int, container: int, learned_step: float | None,
                fold: Fold | None, per_channel: bool) -> None:
         w = np.asarray(graph.tensors.array(layer.weight), np.float32)
+        require_finite(graph, layer, float(np.abs(w).max(initial=0.0)))
         qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
         axis = _channel_axis(graph, layer) if per_channel or fold is not None else None
         zero = None
@@ -328,9 +386,13 @@ class _Builder:
             dequantized = self._unique(f"{name}_dequantized")
             for node in g.node:
                 node.input[:] = [dequantized if i == name else i for i in node.input]
-        self.new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dequantized],
+        elem = self.types.get(name, TensorProto.FLOAT)  # integer weights (read through a Cast) become float
+        float_out = dequantized if elem not in _OTHER_FLOATS else self._unique(f"{name}_float")
+        self.new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [float_out],
                                                name=f"{name}_DequantizeLinear",
                                                **({"axis": axis} if axis is not None else {})))
+        if float_out != dequantized:
+            self.new_nodes.append(helper.make_node("Cast", [float_out], [dequantized], name=f"{dequantized}_Cast", to=elem))
         self.weights.add(name)
         self.weight_bits[q_name] = bits
 
@@ -345,18 +407,27 @@ class _Builder:
         g.initializer.extend([numpy_helper.from_array(np.array(step, np.float32), scale),
                               self._zero(zero, container, signed, ())])
         source = tensor
+        elem = self.types.get(tensor, TensorProto.FLOAT)
+        if elem != TensorProto.FLOAT:  # Q/DQ in float32 (see the module docstring)
+            source = self._unique(f"{tensor}_float")
+            self.new_nodes.append(helper.make_node("Cast", [tensor], [source], name=f"{source}_Cast",
+                                                   to=TensorProto.FLOAT))
         if container != bits:
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
             lo_name, hi_name, clipped = (self._unique(f"{tensor}_clip_{s}") for s in ("min", "max", "output"))
             g.initializer.extend([numpy_helper.from_array(np.array(lo * step, np.float32), lo_name),
                                   numpy_helper.from_array(np.array(hi * step, np.float32), hi_name)])
-            self.new_nodes.append(helper.make_node("Clip", [tensor, lo_name, hi_name], [clipped], name=f"{clipped}_Clip"))
+            self.new_nodes.append(helper.make_node("Clip", [source, lo_name, hi_name], [clipped], name=f"{clipped}_Clip"))
             source = clipped
             self.activation_bits[q_out] = bits
         self.new_nodes += [
             helper.make_node("QuantizeLinear", [source, scale, zero], [q_out], name=f"{q_out}_QuantizeLinear"),
             helper.make_node("DequantizeLinear", [q_out, scale, zero], [dq_out], name=f"{dq_out}_DequantizeLinear"),
         ]
+        if elem != TensorProto.FLOAT:
+            cast = self._unique(f"{dq_out}_{helper.tensor_dtype_to_string(elem).removeprefix('TensorProto.').lower()}")
+            self.new_nodes.append(helper.make_node("Cast", [dq_out], [cast], name=f"{cast}_Cast", to=elem))
+            dq_out = cast
         self.quantizers[key] = dq_out
         return dq_out
 
@@ -404,7 +475,8 @@ def _channel_axis(graph: LayerGraph, layer) -> int | None:
 
 
 def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Put the nodes back in topological order (the new ones were prepended)."""
+    """Put the nodes back in topological order (the new ones were prepended); a node with
+    subgraphs (If, Loop, Scan) comes after the producers of the outer tensors they read."""
     g = model.graph
     available = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
     pending, ordered = list(g.node), []
@@ -412,7 +484,7 @@ def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
         progress = False
         rest = []
         for node in pending:
-            if all(i in available for i in node.input):
+            if all(i in available for i in node.input) and not outer_inputs(node) - available:
                 ordered.append(node)
                 available.update(node.output)
                 progress = True
@@ -454,6 +526,8 @@ def layer_bits(graph: LayerGraph) -> dict[str, dict]:
         a_bits = []
         for tensor in layer.activation_inputs:
             node = graph.producers.get(tensor)
+            while node is not None and node.op_type == "Cast":  # a model computing in float16 or double
+                node = graph.producers.get(node.input[0])
             bits = None
             if node is not None and node.op_type == "DequantizeLinear":
                 zero = node.input[2] if len(node.input) > 2 else ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from planner.graph import LayerGraph
-from planner.graph.weights import layer_weights
+from planner.graph.weights import layer_weights, require_finite
 from planner.gains import Gains, grid
 
 
@@ -53,7 +53,7 @@ def qerror(graph: LayerGraph, precisions: list[int], *, step: str = "lsq") -> Ga
     """Gains of a free group = the drop in its layers' weight quantization error (sum of squares)
     from the lowest of ``precisions`` to each one, with steps by ``step`` (``lsq`` or ``mse``, see
     :func:`planner.gains.eagl.grid_steps`). Weightless layers get the median drop of the others
-    (named in ``extra["estimated_layers"]``)."""
+    (named in ``extra["estimated_layers"]``). MpqError for a weight with NaN or infinite values."""
     from planner.gains.eagl import grid_steps
 
     bits = sorted(set(precisions))
@@ -63,7 +63,9 @@ def qerror(graph: LayerGraph, precisions: list[int], *, step: str = "lsq") -> Ga
         if view is None:
             continue
         values = view.values if view.scale is None else view.values * view.scale
-        steps = grid_steps(values, bits, step=step)
+        mean, peak = grid.abs_stats(values)
+        require_finite(graph, layer, peak)
+        steps = grid_steps(values, bits, step=step, mean=mean)
         errors[layer.name] = {b: grid.quant_error(values, steps[b], b) for b in bits}
     drop = {n: {b: e[bits[0]] - e[b] for b in bits} for n, e in errors.items()}
     median = {b: float(np.median([d[b] for d in drop.values()])) if drop else 0.0 for b in bits}

@@ -31,7 +31,7 @@ import numpy as np
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
-from planner.graph.weights import layer_weights
+from planner.graph.weights import layer_weights, require_finite
 from planner.gains import Gains, grid
 from planner.gains.datadriven import group_gains
 
@@ -42,11 +42,16 @@ READ_WHOLE_BYTES = 16 << 20  # a streamed weight up to this size is read once in
 
 
 def layer_entropies(values: np.ndarray, bits: list[int], *, step: str = "auto", model_step=None,
-                    model_bits: int | None = None, learned: dict[int, float] | None = None) -> dict[int, float]:
-    """Entropy (bits) of one weight tensor's levels at every precision in ``bits``."""
+                    model_bits: int | None = None, learned: dict[int, float] | None = None,
+                    check=None) -> dict[int, float]:
+    """Entropy (bits) of one weight tensor's levels at every precision in ``bits``. ``check``:
+    called with the largest |w| of float weights before they are counted (it raises on NaN or
+    infinite weights, see :func:`planner.graph.weights.require_finite`)."""
     mean = peak = None
     if step == "lsq" or (step == "auto" and not learned and model_step is None):  # LSQ's initial step
         mean, peak = grid.abs_stats(values)  # one pass; the peak spares the levels' clipping where it can
+    if check is not None and model_step is None:
+        check(grid.abs_stats(values)[1] if peak is None else peak)  # a second pass only for learned or mse steps
     steps = grid_steps(values, bits, step=step, model_step=model_step, model_bits=model_bits, learned=learned,
                        mean=mean)
     return {b: grid.entropy(c) for b, c in grid.level_counts(values, steps, peak=peak).items()}
@@ -123,7 +128,8 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
                       buffers: threading.local) -> tuple[dict[int, float] | None, str | None]:
     """Entropies of one layer's weights and how its step was chosen. ``buffers``: per-thread
     read buffers shared by the jobs of one EAGL run (see :func:`_buffer`)."""
-    view = layer_weights(graph, graph.layer(name), stream=step != "mse")  # read once, front to back
+    layer = graph.layer(name)
+    view = layer_weights(graph, layer, stream=step != "mse")  # read once, front to back
     if view is None:
         return None, None
     if view.scale is not None and step == "auto" and not learned:
@@ -134,7 +140,8 @@ def layer_entropy_job(graph: LayerGraph, name: str, needed: list[int], step: str
     if hasattr(values, "chunks") and values.size * values.dtype.itemsize <= READ_WHOLE_BYTES:
         values = values.read_into(_buffer(buffers, values.size, values.dtype))  # read once for both passes
     how = "learned" if learned and step == "auto" else ("mse" if step == "mse" else "lsq init")
-    return layer_entropies(values, needed, step=step, learned=learned), how
+    return layer_entropies(values, needed, step=step, learned=learned,
+                           check=lambda peak: require_finite(graph, layer, peak)), how
 
 
 def _buffer(buffers: threading.local, size: int, dtype) -> np.ndarray:

@@ -73,19 +73,25 @@ def level_counts(values, steps: dict[int, float | np.ndarray], peak: float | Non
     several grids are packed into one 16-bit key (4 and 8 bits: index_4 + 16 * index_8), the keys
     sorted (numpy sorts 16-bit integers vectorised) and counted (:func:`_add_sorted_counts`), and
     every grid's counts summed from the keys' counts once per tensor. Memory: O(chunk + 2^b), whatever the tensor size. A step may be an array
-    broadcastable against ``values`` (per-channel scales); then the tensor is divided by it whole
+    broadcastable against ``values`` (per-channel scales); then, and for a step below 2.9e-39 (of
+    subnormal weights: its inverse overflows float32), the tensor is divided by it whole
     (float32) and the quotient counted on the unit grid. ``peak``: max |w| where known (see
     :func:`abs_stats`); a grid on which -peak and peak land inside the levels needs no clipping.
     """
-    if any(np.ndim(s) for s in steps.values()):
+    divide = any(np.ndim(s) or abs(float(s)) < _SMALLEST_STEP for s in steps.values())
+    if divide:  # per-channel steps, or a step so small (subnormal weights) that 1/step overflows float32
         whole = np.asarray(values, dtype=np.float32)
         grids = [(b, (whole / np.asarray(s, dtype=np.float32)).reshape(-1), np.float32(1.0)) for b, s in steps.items()]
     else:
         grids = [(b, values, np.float32(1.0 / float(s))) for b, s in steps.items()]
     counts = {b: np.zeros(2 ** b, dtype=np.int64) for b in steps}
     for pack in _packs(sorted(grids, key=lambda g: g[0])):
-        _count_packed(pack, counts, None if any(np.ndim(s) for s in steps.values()) else peak)
+        _count_packed(pack, counts, None if divide else peak)
     return counts
+
+
+# The smallest step whose inverse float32 holds (steps below it divide instead of multiplying).
+_SMALLEST_STEP = 1.0 / float(np.finfo(np.float32).max)
 
 
 def _packs(grids: list[tuple]) -> list[list[tuple]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import networkx as nx
@@ -23,7 +24,7 @@ import onnx
 
 from planner.errors import MpqError
 from planner.graph.onnxfile import TensorStore, read_model
-from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, run_for_shapes
+from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, outer_inputs as _outer_inputs, run_for_shapes
 
 # op_type -> (index of the activation operand, index of the weight operand) for layers with
 # one weight; MatMul-like ops may have the weight on either side.
@@ -209,6 +210,8 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
     proto, base_dir, digest = read_model(model, lazy_digest=True)
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     graph = proto.graph
+    _check_single_assignment(graph, where)
+    _check_no_layers_in_functions(proto, where)
     tensors = TensorStore(graph, base_dir, where)
     fixed_inputs = fix_input_shapes(graph, input_shapes, where)
     elem_types: dict[str, int] = {}
@@ -221,8 +224,11 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
 
     found = [(n, *_operands(n, constant)) for n in nodes if _is_layer(n, constant, where)]
     if not found:
-        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm, MatMul or Einsum on an "
-                       "activation); nothing to plan")
+        nested = _nested_layer_ops(graph)
+        raise MpqError(f"{where}: no layers found (no Conv, ConvTranspose, Gemm, MatMul or Einsum on an activation)"
+                       + (f"; its {nested} such nodes sit inside If/Loop/Scan subgraphs, which mpq does not plan: "
+                          "export the model without control flow (e.g. one model per branch)" if nested else
+                          "; nothing to plan"))
     needed = sorted({t for n, acts, _ in found for t in [*acts, n.output[0]] if shapes.get(t) is None})
     folded: dict[str, np.ndarray] = {}
     for _ in range(8):  # first fold the shape operands that decide the missing shapes (each fold may
@@ -239,7 +245,9 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[st
         needed = [t for t in needed if shapes.get(t) is None]
     if needed:
         shapes.update(run_for_shapes(proto, fixed_inputs, needed, where))
-    layers = [_make_layer(n, acts, w, shapes, tensors, producers, where) for n, acts, w in found]
+    named = Counter(n.name for n, _, _ in found)
+    layers = [_make_layer(n, acts, w, shapes, tensors, producers, where, shared_name=named[n.name] > 1)
+              for n, acts, w in found]
 
     info = ModelInfo(path=None if isinstance(model, onnx.ModelProto) else str(model), sha256=digest,
                      opset=_default_opset(proto), producer=f"{proto.producer_name} {proto.producer_version}".strip(),
@@ -368,6 +376,31 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _check_single_assignment(graph: onnx.GraphProto, where: str) -> None:
+    """MpqError where the graph defines a tensor name twice: two nodes with the same output, a
+    node output that is also an initializer or a graph input, or two initializers of one name.
+    ONNX graphs are in single static assignment form (onnx.checker and onnxruntime refuse such a
+    model); which value a reader gets would be a guess. Old IR versions list initializers as graph
+    inputs too, which is not a second definition."""
+    defined: dict[str, str] = {}
+    for tensor in list(graph.initializer) + [t.values for t in graph.sparse_initializer]:
+        if tensor.name in defined:
+            raise MpqError(f"{where}: two initializers are named '{tensor.name}'; the graph is not valid ONNX "
+                           "(every tensor has one definition): fix or export the model again")
+        defined[tensor.name] = "an initializer"
+    for value in graph.input:
+        defined.setdefault(value.name, "a graph input")
+    for node in graph.node:
+        for output in node.output:
+            if not output:
+                continue
+            if output in defined:
+                raise MpqError(f"{where}: '{output}' is defined twice (by {defined[output]} and by node "
+                               f"'{node.name or node.op_type}'); the graph is not valid ONNX (every tensor has "
+                               "one definition): fix or export the model again")
+            defined[output] = f"node '{node.name or node.op_type}'"
+
+
 def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]:
     """Nodes in a topological order (the file's order when it already is one)."""
     produced = set(available) | {""}
@@ -388,16 +421,35 @@ def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]
     return ordered
 
 
-def _outer_inputs(node: onnx.NodeProto) -> set[str]:
-    """Tensors of the enclosing graph that a control-flow node's subgraphs read."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            local = {t.name for t in sub.initializer} | {i.name for i in sub.input}
-            local |= {o for n in sub.node for o in n.output}
-            for n in sub.node:
-                names |= {i for i in n.input if i and i not in local} | (_outer_inputs(n) - local)
-    return names
+def _check_no_layers_in_functions(proto: onnx.ModelProto, where: str) -> None:
+    """MpqError where the main graph calls a model-local function that holds a layer op (directly
+    or through other local functions; torch's ``export_modules_as_functions`` writes such models):
+    mpq reads the main graph only, so those layers would be missing from every count and plan."""
+    functions = {(f.domain, f.name): f for f in proto.functions}
+    holding: set[tuple[str, str]] = set()
+    changed = True
+    while changed:  # a function holds a layer when its nodes are layer ops or call one that does
+        changed = False
+        for key, function in functions.items():
+            if key not in holding and any(n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx")
+                                          or (n.domain, n.op_type) in holding for n in function.node):
+                holding.add(key)
+                changed = True
+    calls = [n for n in proto.graph.node if (n.domain, n.op_type) in holding]
+    if calls:
+        raise MpqError(f"{where}: {len(calls)} nodes (e.g. '{calls[0].name or calls[0].op_type}') call model-local "
+                       f"functions that hold Conv/Gemm/MatMul layers, which mpq does not read; inline them first: "
+                       "onnx.save(onnx.inliner.inline_local_functions(onnx.load(MODEL)), INLINED)")
+
+
+def _nested_layer_ops(graph: onnx.GraphProto) -> int:
+    """The number of layer ops (:data:`LAYER_OPS`) inside the subgraphs of ``graph``'s nodes."""
+    count = 0
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                count += sum(n.op_type in LAYER_OPS for n in sub.node) + _nested_layer_ops(sub)
+    return count
 
 
 def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[str]:
@@ -459,8 +511,11 @@ def _weight_root(operand: str, tensors: TensorStore, producers: dict) -> tuple[s
 
 
 def _make_layer(node, activations: list[str], weight_operand: str | None, shapes: dict,
-                tensors: TensorStore, producers: dict, where: str) -> Layer:
-    name = node.name or f"{node.op_type}:{node.output[0]}"
+                tensors: TensorStore, producers: dict, where: str, shared_name: bool = False) -> Layer:
+    """The layer of ``node``, named by the node's name; where the node has no name, or another
+    layer node has the same one (``shared_name``), ``NAME:OUTPUT`` (``NAME`` the op type when
+    empty), unique because every tensor has one producer."""
+    name = f"{node.name or node.op_type}:{node.output[0]}" if shared_name or not node.name else node.name
 
     def shape_of(t: str) -> Shape:
         s = shapes.get(t)

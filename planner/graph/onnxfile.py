@@ -9,6 +9,7 @@ the memory of its largest tensor.
 from __future__ import annotations
 
 import hashlib
+import math
 import mmap
 import os
 from collections.abc import Callable
@@ -425,12 +426,31 @@ class TensorStore:
                                f"'{tensor.name}' needs ({path.stat().st_size} < {need} bytes); copy it again")
 
     def _check_types(self) -> None:
+        """MpqError for a tensor whose data type is not an ONNX type, whose dimensions are negative,
+        or whose inline data (``raw_data`` bytes, or the values of a typed field such as
+        ``float_data``) is not exactly what its dimensions need (a shape of 2^31 x 2^31 over a few
+        bytes would be taken at its word, e.g. allocated as zeros)."""
         for tensor in self.tensors.values():
             try:
                 helper.tensor_dtype_to_np_dtype(tensor.data_type)
             except KeyError:
                 raise MpqError(f"{self.where}: tensor '{tensor.name}' has data type {tensor.data_type}, which "
                                "is not an ONNX tensor type; the model is damaged, export it again") from None
+            dims = [int(d) for d in tensor.dims]
+            if any(d < 0 for d in dims):
+                raise MpqError(f"{self.where}: tensor '{tensor.name}' has negative dimensions {dims}; the model is "
+                               "damaged, export it again")
+            if tensor.data_location == TensorProto.EXTERNAL:
+                continue
+            if tensor.HasField("raw_data") and tensor.data_type != TensorProto.STRING:
+                held, need, unit = len(tensor.raw_data), (math.prod(dims) * _bits(tensor.data_type) + 7) // 8, "bytes"
+            else:  # one typed field holds the values, several elements to an entry for complex and packed types
+                held = sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+                per_entry = 8 // _bits(tensor.data_type) if _bits(tensor.data_type) < 8 else 1
+                need, unit = -(-math.prod(dims) * _COMPLEX.get(tensor.data_type, 1) // per_entry), "values"
+            if held != need:
+                raise MpqError(f"{self.where}: tensor '{tensor.name}' holds {held} {unit} of data but its shape "
+                               f"{dims} needs {need}; the model is damaged, export it again")
 
     def _memmap(self, tensor: TensorProto) -> np.ndarray:
         path, offset, _ = self._external(tensor)
@@ -498,6 +518,11 @@ class FileTensor:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         values = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset).reshape(self.shape)
         return values if dtype is None else values.astype(dtype, copy=False)
+
+
+# The TensorProto fields that hold values in their own type, and the entries per complex element.
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_COMPLEX = {TensorProto.COMPLEX64: 2, TensorProto.COMPLEX128: 2}
 
 
 def _bits(data_type: int) -> int:

@@ -151,6 +151,39 @@ def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
     return tuple(dims)
 
 
+def outer_inputs(node: onnx.NodeProto) -> set[str]:
+    """Tensors of the enclosing graph that a control-flow node's subgraphs read."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            local = {t.name for t in sub.initializer} | {i.name for i in sub.input}
+            local |= {o for n in sub.node for o in n.output}
+            for n in sub.node:
+                names |= {i for i in n.input if i and i not in local} | (outer_inputs(n) - local)
+    return names
+
+
+def _in_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes in a topological order: the file's order where it already is one (ONNX
+    shape inference follows the file's order, and some tools append nodes, e.g. the Casts of a
+    float16 conversion, after their readers). Nodes whose inputs never become available stay at
+    the end in the file's order (the caller reports a broken graph)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], list(graph.node)
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input) and not outer_inputs(node) - available:
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            return ordered + rest
+        pending = rest
+    return ordered
+
+
 def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
     """The model with its inputs fixed to ``input_shapes`` and without its large weights.
 
@@ -166,7 +199,7 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[o
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
     g = skeleton.graph
-    g.node.extend(graph.node)
+    g.node.extend(_in_order(graph))
     g.output.extend(_without_shape(o) for o in graph.output)
     for value in graph_inputs(graph):
         elem = value.type.tensor_type.elem_type
@@ -206,6 +239,15 @@ def add_outputs(model: onnx.ModelProto, names) -> None:
             known.add(name)
 
 
+def ort_model_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
+    can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    return (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+            ort_errors.NotImplemented, ort_errors.RuntimeException, ort_errors.NoSuchFile)
+
+
 def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names: list[str], where: str) -> dict[str, Shape]:
     """Shapes of ``names`` found by running the model once in onnxruntime on zero inputs.
 
@@ -218,13 +260,8 @@ def run_for_shapes(model: onnx.ModelProto, input_shapes: dict[str, Shape], names
     onnxruntime cannot load or run the model.
     """
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-    # What onnxruntime raises for a model it cannot load or run: the model's fault, which the user
-    # can fix. Anything else (a wrong feed, a Python error) is a bug in mpq and stays one.
-    model_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
-                    ort_errors.InvalidProtobuf, ort_errors.NotImplemented, ort_errors.RuntimeException,
-                    ort_errors.NoSuchFile)
+    model_errors = ort_model_errors()
     probe, stripped = _skeleton(model, input_shapes)
     add_outputs(probe, names)
     feeds = {}

@@ -12,11 +12,13 @@ evaluated operand (see :class:`planner.graph.onnxfile.TensorStore`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
+from planner.errors import MpqError
 from planner.graph.layers import Layer, LayerGraph
 
 # Metadata key under which mpq's QDQ export records each weight's bit width ({levels tensor: bits}):
@@ -56,6 +58,16 @@ def layer_weights(graph: LayerGraph, layer: Layer, *, stream: bool = False) -> W
         peak = max(int(q.max(initial=0)), -int(q.min(initial=0)) - 1, 0)
         recorded = max(1, int(peak).bit_length() + 1)
     return WeightView(values=q, scale=scale, model_bits=int(recorded))
+
+
+def require_finite(graph: LayerGraph, layer: Layer, peak: float) -> None:
+    """MpqError where ``peak``, the largest magnitude of ``layer``'s weights (NaN where one is
+    NaN), is not finite: every grid, entropy and quantization error computed from such weights
+    is meaningless."""
+    if not math.isfinite(peak):
+        raise MpqError(f"{graph.model.path or 'model'}: layer '{layer.name}': its weight '{layer.weight}' holds NaN "
+                       "or infinite values; the model is broken (export it again from a good checkpoint), or plan "
+                       "it with gains that read no weights (--gains params)")
 
 
 def _broadcast(per_axis: np.ndarray, q: np.ndarray, node: onnx.NodeProto) -> np.ndarray:

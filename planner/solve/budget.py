@@ -29,7 +29,8 @@ class Budget:
 
 def parse_budget(text: str, metrics: tuple[str, ...]) -> Budget:
     """Parse ``metric<=value[unit]`` or ``metric=fraction``; metric names may drop their unit
-    suffix (``latency`` for ``latency_s``)."""
+    suffix (``latency`` for ``latency_s``). MpqError naming what is wrong otherwise (a negative
+    value, a fraction outside [0, 1], an unknown metric or unit, a number beyond float range)."""
     match = _FORM.match(text)
     if not match:
         raise MpqError(f"budget '{text}': expected METRIC<=VALUE (e.g. latency_s<=1.5e-3, weight_bytes<=3MB) "
@@ -37,6 +38,10 @@ def parse_budget(text: str, metrics: tuple[str, ...]) -> Budget:
     name, op, value = match.groups()
     metric = _metric(name, metrics, text)
     number = _NUMBER.match(value)
+    if not number and value.startswith("-") and _NUMBER.match(value[1:]):
+        raise MpqError(f"budget '{text}': {value} is negative; " + (
+            "a fractional budget is a number from 0 (cheapest plan) to 1 (dearest)" if op == "=" else
+            f"a limit on {metric} is 0 or more"))
     if not number:
         raise MpqError(f"budget '{text}': '{value}' is not a number")
     amount, suffix = float(number.group(1)), number.group(2)
