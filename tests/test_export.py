@@ -933,3 +933,36 @@ def test_a_dynamo_bert_exported_with_calibration_loads_in_onnxruntime(tmp_path):
     (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
     cosine = (got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)
     assert got.shape == want.shape and cosine > 0.99
+
+
+class _Unrolled(nn.Module):
+    """A recurrence unrolled over three steps: one Linear (one stored weight) read by three layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.cell, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        for _ in range(3):
+            h = torch.tanh(self.cell(h) + h)
+        return self.out(h)
+
+
+def test_layers_sharing_a_weight_share_a_precision(tmp_path):
+    """The three steps of an unrolled recurrence read one stored weight but were three groups, so a
+    plan could give them different bits while the export quantized the weight once, at the first
+    one's bits: the exported model did not carry the plan (read back, the bits differed). Now they
+    are one group, and the bits read back from the export equal the plan's for every layer."""
+    torch.manual_seed(0)
+    path = export(_Unrolled().eval(), (torch.randn(2, 8),), tmp_path / "unrolled.onnx", "torchscript",
+                  input_names=["x"])
+    graph = load_graph(path)
+    cells = [l for l in graph.layers if l.weight == graph.layers[1].weight]
+    assert len(cells) == 3 and len({l.group for l in cells}) == 1
+    plan = _plan(path, tmp_path, "unrolled", "--bits", "2,4", "--gains", "random", "--seed", "1",
+                 "--budget", "latency=0.5")
+    layers = json.loads(plan.read_text())["layers"]
+    out = tmp_path / "unrolled.qdq.onnx"
+    assert mpq("export", plan, path, "-o", out).returncode == 0
+    assert {name: bits[0] for name, bits in _inspected_bits(out).items()} == {l["name"]: l["w_bits"] for l in layers}

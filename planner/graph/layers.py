@@ -615,7 +615,9 @@ def _source(tensor: str, producers: dict) -> str:
 
 
 def _group(layers: list[Layer], producers: dict) -> list[Group]:
-    """Union-find over the source tensors the layers read; groups numbered in layer order."""
+    """Union-find over the source tensors the layers read, and over the weights they read (a
+    weight stored once, e.g. one reused by every step of an unrolled recurrence, has one
+    precision); groups numbered in layer order."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -627,6 +629,8 @@ def _group(layers: list[Layer], producers: dict) -> list[Group]:
     for layer in layers:
         for t in layer.activation_inputs:
             parent[find(layer.name)] = find("tensor:" + _source(t, producers))
+        if layer.weight is not None:
+            parent[find(layer.name)] = find("weight:" + layer.weight)
     groups: dict[str, Group] = {}
     for layer in layers:
         root = find(layer.name)
