@@ -966,3 +966,18 @@ def test_layers_sharing_a_weight_share_a_precision(tmp_path):
     out = tmp_path / "unrolled.qdq.onnx"
     assert mpq("export", plan, path, "-o", out).returncode == 0
     assert {name: bits[0] for name, bits in _inspected_bits(out).items()} == {l["name"]: l["w_bits"] for l in layers}
+
+
+def test_a_weight_read_by_several_layers_is_stored_once(tmp_path):
+    """The unrolled recurrence's cell weight (16 x 16) is stored once, but the model size
+    (weight_bytes) and the on-chip bytes summed it once per step: 3 x 256 bytes at 8 bits. Now
+    both count the model's three stored weights once each: (8 x 16 + 16 x 16 + 16 x 4) bytes."""
+    torch.manual_seed(0)
+    path = export(_Unrolled().eval(), (torch.randn(2, 8),), tmp_path / "unrolled.onnx", "torchscript",
+                  input_names=["x"])
+    stored = sum(t.dims[0] * t.dims[1] for t in onnx.load(path).graph.initializer if len(t.dims) == 2)
+    assert stored == 8 * 16 + 16 * 16 + 16 * 4
+    result = mpq("cost", path, "--hw", "northpole", "--bits", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["weight_bytes"] == doc["fit"]["on_chip_weight_bytes"] == stored

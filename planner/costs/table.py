@@ -113,7 +113,9 @@ class CostTable:
 
 
 def cost_table(graph: LayerGraph, spec, model) -> CostTable:
-    """Apply ``model`` to every layer of ``graph`` at every precision of ``spec``."""
+    """Apply ``model`` to every layer of ``graph`` at every precision of ``spec``. A group's cost
+    is the sum of its layers' costs, except ``weight_bytes`` (the model size), which counts each
+    stored weight once: the steps of an unrolled recurrence read one weight."""
     if hasattr(model, "check"):
         model.check(graph, spec)
     layer_costs: dict[str, dict[int, dict[str, float]]] = {}
@@ -149,13 +151,14 @@ def cost_table(graph: LayerGraph, spec, model) -> CostTable:
         if not offered:
             raise MpqError(f"group {group.id} ({group.layers[0]}) has no precision that {spec.name} with cost "
                            f"model '{model.name}' can run (weights too large for on-chip memory?)")
-        group_costs.append({b: {m: sum(layer_costs[n][b][m] for n in group.layers) for m in seen_metrics}
-                            for b in sorted(offered)})
+        # one layer per stored weight for the model size (layers that read one weight share a group)
+        storing = list({graph.layer(n).weight or n: n for n in group.layers}.values())
+        group_costs.append({b: {m: sum(layer_costs[n][b][m] for n in (storing if m == "weight_bytes" else group.layers))
+                                for m in seen_metrics} for b in sorted(offered)})
     resident = None
-    if spec.weight_capacity is not None:
-        params = {layer.name: layer.params for layer in graph.layers}
-        resident = [{b: sum(params[n] for n in group.layers) * b / 8 for b in options}
-                    for group, options in zip(graph.groups, group_costs)]
+    if spec.weight_capacity is not None:  # each stored weight once (layers that read one weight share a group)
+        stored = [{graph.layer(n).weight or n: graph.layer(n).params for n in group.layers} for group in graph.groups]
+        resident = [{b: sum(weights.values()) * b / 8 for b in options} for weights, options in zip(stored, group_costs)]
     return CostTable(metrics=seen_metrics or (), layers=layer_costs, groups=group_costs, model_name=model.name,
                      capacity=spec.weight_capacity, resident=resident,
                      pinned=frozenset(g.id for g in graph.groups if g.pinned_bits is not None))
