@@ -970,8 +970,8 @@ def test_layers_sharing_a_weight_share_a_precision(tmp_path):
 
 def test_a_weight_read_by_several_layers_is_stored_once(tmp_path):
     """The unrolled recurrence's cell weight (16 x 16) is stored once, but the model size
-    (weight_bytes) and the on-chip bytes summed it once per step: 3 x 256 bytes at 8 bits. Now
-    both count the model's three stored weights once each: (8 x 16 + 16 x 16 + 16 x 4) bytes."""
+    (weight_bytes), the on-chip bytes and inspect's parameter count summed it once per step. Now
+    all three count the model's three stored weights once each: (8 x 16 + 16 x 16 + 16 x 4)."""
     torch.manual_seed(0)
     path = export(_Unrolled().eval(), (torch.randn(2, 8),), tmp_path / "unrolled.onnx", "torchscript",
                   input_names=["x"])
@@ -981,3 +981,4 @@ def test_a_weight_read_by_several_layers_is_stored_once(tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["totals"]["weight_bytes"] == doc["fit"]["on_chip_weight_bytes"] == stored
+    assert load_graph(path).totals()["params"] == stored  # inspect's count (it was 8 x 16 + 3 x 256 + 16 x 4)

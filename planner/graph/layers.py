@@ -180,11 +180,12 @@ class LayerGraph:
 
     def totals(self) -> dict[str, int]:
         """Counts of the graph: ``layers``, ``groups``, ``pinned_groups``, ``macs`` (multiply-accumulates
-        per inference) and ``params`` (weight elements summed over the layers: a weight that two
-        layers use counts for each, as it does in the cost models' ``weight_bytes``)."""
+        per inference) and ``params`` (weights, each stored weight once however many layers read it, as
+        the cost models' ``weight_bytes`` count it: layers that read one weight form one group)."""
+        stored = {l.weight: l.params for l in self.layers if l.weight is not None}
         return {"layers": len(self.layers), "groups": len(self.groups),
                 "pinned_groups": sum(g.pinned_bits is not None for g in self.groups),
-                "macs": sum(l.macs for l in self.layers), "params": sum(l.params for l in self.layers)}
+                "macs": sum(l.macs for l in self.layers), "params": sum(stored.values())}
 
     def to_json(self) -> dict:
         """The ``mpq inspect --json`` document of DESIGN.md."""
