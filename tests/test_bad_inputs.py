@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from conftest import export
-import planner.errors
 from planner.cli.commands import run
+from planner.errors import MpqError
 from planner.quant.checkpoint import save_checkpoint
 from planner.tasks.mnist import SmallResNet
 
@@ -645,7 +645,7 @@ def test_an_export_whose_fidelity_fails_writes_nothing(workdir, monkeypatch, fmt
     import planner.export.fidelity
 
     def failing(*args, **kwargs):
-        raise planner.errors.MpqError("onnxruntime cannot run the float model on these inputs")
+        raise MpqError("onnxruntime cannot run the float model on these inputs")
 
     (workdir / "good_inputs").mkdir()
     np.save(workdir / "good_inputs" / "0.npy", np.zeros((1, 1, 28, 28), np.float32))
