@@ -127,7 +127,9 @@ def test_a_stop_event_ends_a_cpsat_search_in_a_worker_thread():
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
 def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_file(exported, tmp_path, delay):
     """SIGINT while the CLI imports, loads the model or solves: exit 130, 'mpq: interrupted', and
-    no file but the input (or, if the run already finished, exit 0 and its outputs)."""
+    no file but the input (or, if the run already finished, exit 0 and its outputs; or, on a
+    loaded machine where the signal lands before the interpreter has installed its handler, the
+    default end by SIGINT, silent, which a shell reports as 130 too)."""
     import shutil
     import signal
     import subprocess
@@ -145,6 +147,8 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_file(exported, tmp_path,
     files = sorted(p.name for p in tmp_path.iterdir())
     if process.returncode == 0:
         assert files == ["m.onnx", "p.csv", "p.json"]
+    elif process.returncode == -signal.SIGINT:
+        assert (err, files) == ("", ["m.onnx"])
     else:
         assert (process.returncode, err, files) == (130, "mpq: interrupted\n", ["m.onnx"])
 
