@@ -58,7 +58,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from planner.errors import MpqError
 from planner.graph import LayerGraph
-from planner.graph.shapes import add_outputs, infer_shapes, ort_model_errors, outer_inputs
+from planner.graph.shapes import add_outputs, infer_shapes, ort_model_errors, topological_order
 from planner.graph.weights import WEIGHT_BITS_KEY, require_finite
 
 ACTIVATION_BITS_KEY = "mpq.activation_bits"
@@ -478,21 +478,9 @@ def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
     """Put the nodes back in topological order (the new ones were prepended); a node with
     subgraphs (If, Loop, Scan) comes after the producers of the outer tensors they read."""
     g = model.graph
-    available = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
-    pending, ordered = list(g.node), []
-    while pending:
-        progress = False
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input) and not outer_inputs(node) - available:
-                ordered.append(node)
-                available.update(node.output)
-                progress = True
-            else:
-                rest.append(node)
-        if not progress:
-            raise MpqError("QDQ export produced a graph with a cycle; this is a bug in mpq")
-        pending = rest
+    ordered, stuck = topological_order(g.node, {t.name for t in g.initializer} | {i.name for i in g.input})
+    if stuck:
+        raise MpqError("QDQ export produced a graph with a cycle; this is a bug in mpq")
     del g.node[:]
     g.node.extend(ordered)
     return model

@@ -24,7 +24,8 @@ import onnx
 
 from planner.errors import MpqError
 from planner.graph.onnxfile import TensorStore, read_model
-from planner.graph.shapes import Shape, fix_input_shapes, infer_shapes, outer_inputs as _outer_inputs, run_for_shapes
+from planner.graph.shapes import (Shape, fix_input_shapes, infer_shapes, outer_inputs, run_for_shapes,
+                                  topological_order)
 
 # op_type -> (index of the activation operand, index of the weight operand) for layers with
 # one weight; MatMul-like ops may have the weight on either side.
@@ -403,23 +404,17 @@ def _check_single_assignment(graph: onnx.GraphProto, where: str) -> None:
 
 
 def _topological(nodes, available: set[str], where: str) -> list[onnx.NodeProto]:
-    """Nodes in a topological order (the file's order when it already is one)."""
-    produced = set(available) | {""}
-    ordered, pending = [], list(nodes)
-    while pending:
-        remaining = []
-        for node in pending:
-            if all(i in produced for i in node.input) and not _outer_inputs(node) - produced:
-                ordered.append(node)
-                produced.update(node.output)
-            else:
-                remaining.append(node)
-        if len(remaining) == len(pending):
-            missing = next(i for i in remaining[0].input if i not in produced)
-            raise MpqError(f"{where}: node '{remaining[0].name or remaining[0].op_type}' reads "
-                           f"'{missing}', which nothing produces; the graph is broken")
-        pending = remaining
+    """Nodes in a topological order (the file's order when it already is one); MpqError naming
+    the first node that reads a tensor nothing produces."""
+    ordered, stuck = topological_order(nodes, available)
+    if stuck:
+        produced = set(available) | {""} | {o for n in ordered for o in n.output}
+        missing = next((i for i in stuck[0].input if i not in produced), None) \
+            or sorted(outer_inputs(stuck[0]) - produced)[0]  # read inside its subgraphs
+        raise MpqError(f"{where}: node '{stuck[0].name or stuck[0].op_type}' reads '{missing}', which nothing "
+                       "produces; the graph is broken")
     return ordered
+
 
 
 def _check_no_layers_in_functions(proto: onnx.ModelProto, where: str) -> None:
@@ -460,7 +455,7 @@ def _constant_tensors(nodes: list[onnx.NodeProto], tensors: TensorStore) -> set[
         if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"):
             continue
         inputs = [i for i in node.input if i]
-        if node.op_type == "Constant" or (inputs and all(i in constant for i in inputs) and not _outer_inputs(node)):
+        if node.op_type == "Constant" or (inputs and all(i in constant for i in inputs) and not outer_inputs(node)):
             constant.update(node.output)
     return constant
 

@@ -163,25 +163,35 @@ def outer_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _in_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The graph's nodes in a topological order: the file's order where it already is one (ONNX
-    shape inference follows the file's order, and some tools append nodes, e.g. the Casts of a
-    float16 conversion, after their readers). Nodes whose inputs never become available stay at
-    the end in the file's order (the caller reports a broken graph)."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    ordered, pending = [], list(graph.node)
+def topological_order(nodes, available: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """(``nodes`` in a topological order, the nodes that cannot be placed): a node is placed once
+    every tensor it reads, its subgraphs' outer tensors included (see :func:`outer_inputs`), is in
+    ``available`` (graph inputs and initializers) or produced by a node placed before it; the
+    file's order is kept where it already is one. The nodes left over, in the file's order, read
+    a tensor that nothing produces (or sit on a cycle): the caller says what that means."""
+    produced = set(available) | {""}
+    ordered, pending = [], list(nodes)
     while pending:
         rest = []
         for node in pending:
-            if all(i in available for i in node.input) and not outer_inputs(node) - available:
+            if all(i in produced for i in node.input) and not outer_inputs(node) - produced:
                 ordered.append(node)
-                available.update(node.output)
+                produced.update(node.output)
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            return ordered + rest
+            return ordered, rest
         pending = rest
-    return ordered
+    return ordered, []
+
+
+def _in_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes in a topological order (ONNX shape inference follows the file's order,
+    and some tools append nodes, e.g. the Casts of a float16 conversion, after their readers).
+    Nodes whose inputs never become available stay at the end in the file's order (the caller
+    reports a broken graph)."""
+    ordered, stuck = topological_order(graph.node, {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    return ordered + stuck
 
 
 def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, list[TensorProto]]:
